@@ -1,0 +1,279 @@
+"""Process stdio over FIFOs: moby's DirectIO, in Trio.
+
+For each process we create ``<dir>/<process id>-stdin|stdout|stderr`` before Tasks.Create or
+Tasks.Exec (the shim opens them while handling that call and blocks until our end exists).
+Output FIFOs are drained all the time into bounded buffers, so a container never blocks on
+a slow or absent reader; when a buffer is full the oldest bytes are dropped and counted.
+Stdin is opened read-write so the open never blocks; EOF is delivered by closing our end and
+then Tasks.CloseIO (the shim holds its own keep-alive writer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+import msgspec
+import trio
+
+__all__ = ["DEFAULT_OUTPUT_BUFFER", "DirectIO", "FifoSet", "InputPipe", "OutputPipe"]
+
+DEFAULT_OUTPUT_BUFFER = 1 << 20
+_READ_CHUNK = 1 << 16
+
+
+class FifoSet(msgspec.Struct, frozen=True, kw_only=True):
+    """The FIFO paths of one process, as sent to containerd ('' means none)."""
+
+    directory: str
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+    @classmethod
+    def for_process(
+        cls, directory: str | os.PathLike[str], process_id: str, *, stdin: bool, terminal: bool
+    ) -> FifoSet:
+        base = Path(directory)
+        return cls(
+            directory=str(base),
+            stdin=str(base / f"{process_id}-stdin") if stdin else "",
+            stdout=str(base / f"{process_id}-stdout"),
+            stderr="" if terminal else str(base / f"{process_id}-stderr"),
+            terminal=terminal,
+        )
+
+    def paths(self) -> list[str]:
+        return [p for p in (self.stdin, self.stdout, self.stderr) if p]
+
+
+def _make_fifo(path: str) -> None:
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        # Re-attaching after a restart finds our own FIFO; anything else is refused.
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise
+    os.chmod(path, 0o600)
+
+
+class OutputPipe(trio.abc.ReceiveStream):
+    """A process's stdout or stderr, drained continuously into a bounded buffer.
+
+    ``receive_some`` returns buffered bytes, or b"" once the writer closed and the buffer is
+    empty. ``dropped_bytes`` counts what was discarded because nobody read fast enough.
+    """
+
+    def __init__(self, path: str, fd: int, *, limit: int = DEFAULT_OUTPUT_BUFFER) -> None:
+        self.path = path
+        self._fd = fd
+        self._limit = limit
+        self._buffer = bytearray()
+        self._eof = False
+        self._closed = False
+        self._readers = trio.lowlevel.ParkingLot()
+        self.total_bytes = 0
+        self.dropped_bytes = 0
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+    async def pump(self) -> None:
+        """Copy from the FIFO until the last writer closes (run in the owner's nursery)."""
+        try:
+            while not self._closed:
+                # A FIFO that never had a writer raises no POLLHUP, so this waits for the shim.
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                except trio.ClosedResourceError:
+                    return
+                try:
+                    data = os.read(self._fd, _READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.total_bytes += len(data)
+                self._buffer += data
+                excess = len(self._buffer) - self._limit
+                if excess > 0:
+                    del self._buffer[:excess]
+                    self.dropped_bytes += excess
+                self._readers.unpark_all()
+        finally:
+            self._eof = True
+            self._readers.unpark_all()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        while not self._buffer:
+            if self._closed:
+                raise trio.ClosedResourceError("output pipe is closed")
+            if self._eof:
+                await trio.lowlevel.checkpoint()
+                return b""
+            await self._readers.park()
+        await trio.lowlevel.checkpoint()
+        size = len(self._buffer) if max_bytes is None else min(max_bytes, len(self._buffer))
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def read_all(self) -> bytes:
+        """Everything until EOF (convenience for short-lived processes)."""
+        chunks = []
+        while chunk := await self.receive_some():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        os.close(self._fd)
+        self._readers.unpark_all()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+class InputPipe(trio.abc.SendStream):
+    """Our writing end of a process's stdin FIFO."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._closed = False
+        self._conflict = trio.lowlevel.ParkingLot()
+        self._busy = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._busy:
+            raise trio.BusyResourceError("another task is writing to this stdin")
+        self._busy = True
+        try:
+            view = memoryview(data)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while view:
+                if self._closed:
+                    raise trio.ClosedResourceError("stdin is closed")
+                try:
+                    written = os.write(self._fd, view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._fd)
+                    continue
+                except BrokenPipeError as exc:
+                    raise trio.BrokenResourceError("the process closed its stdin") from exc
+                view = view[written:]
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._busy = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stdin is closed")
+        await trio.lowlevel.wait_writable(self._fd)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        trio.lowlevel.notify_closing(self._fd)
+        os.close(self._fd)
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+class DirectIO:
+    """The open FIFOs of one process: ``stdin`` (a SendStream or None), ``stdout``, ``stderr``.
+
+    Created by the actor before the RPC that makes the shim open the other ends; passed to the
+    ``attach_stdio`` callback; closed and unlinked when the process is deleted.
+    """
+
+    def __init__(
+        self,
+        fifos: FifoSet,
+        stdin: InputPipe | None,
+        stdout: OutputPipe | None,
+        stderr: OutputPipe | None,
+    ) -> None:
+        self.fifos = fifos
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._stdin_closed = stdin is None
+
+    @classmethod
+    def open(cls, fifos: FifoSet, *, buffer_limit: int = DEFAULT_OUTPUT_BUFFER) -> DirectIO:
+        """mkfifo and open our ends without blocking; on failure nothing is left behind."""
+        os.makedirs(fifos.directory, mode=0o700, exist_ok=True)
+        opened: list[int] = []
+        try:
+            for path in fifos.paths():
+                _make_fifo(path)
+            flags = os.O_NONBLOCK | os.O_CLOEXEC
+            stdin = stdout = stderr = None
+            if fifos.stdin:
+                # O_RDWR never blocks on Linux and never sees ENXIO without a reader.
+                fd = os.open(fifos.stdin, os.O_RDWR | flags)
+                opened.append(fd)
+                stdin = InputPipe(fifos.stdin, fd)
+            if fifos.stdout:
+                fd = os.open(fifos.stdout, os.O_RDONLY | flags)
+                opened.append(fd)
+                stdout = OutputPipe(fifos.stdout, fd, limit=buffer_limit)
+            if fifos.stderr:
+                fd = os.open(fifos.stderr, os.O_RDONLY | flags)
+                opened.append(fd)
+                stderr = OutputPipe(fifos.stderr, fd, limit=buffer_limit)
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            _unlink_all(fifos.paths())
+            raise
+        return cls(fifos, stdin, stdout, stderr)
+
+    def pipes(self) -> list[OutputPipe]:
+        return [p for p in (self.stdout, self.stderr) if p is not None]
+
+    @property
+    def stdin_closed(self) -> bool:
+        return self._stdin_closed
+
+    def close_stdin_writer(self) -> bool:
+        """Close our stdin end; True if it was open (the caller then sends Tasks.CloseIO)."""
+        if self._stdin_closed or self.stdin is None:
+            return False
+        self._stdin_closed = True
+        self.stdin.close()
+        return True
+
+    def close(self, *, unlink: bool = True) -> None:
+        """Close every fd we hold and (by default) remove the FIFO files."""
+        self.close_stdin_writer()
+        for pipe in self.pipes():
+            pipe.close()
+        if unlink:
+            _unlink_all(self.fifos.paths())
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

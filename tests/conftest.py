@@ -1,0 +1,104 @@
+"""Test harness: a private containerd per session and a busybox rootfs.
+
+Integration tests ask for the ``containerd`` fixture (or ``client``). The session starts its
+own containerd (temporary root, state and socket; CRI disabled). Without containerd, runc or
+busybox the integration tests are skipped locally, but with ``CI=true`` that is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from actors import Client, open_client
+from actors._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+NAMESPACE = "ca-test"
+_ids = itertools.count()
+
+
+def unique_id(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_ids)}"
+
+
+def _require_host() -> None:
+    problems = list(missing_host_tools())
+    if os.geteuid() != 0:
+        problems.append("root privileges")
+    if not problems:
+        return
+    message = "integration tests need " + ", ".join(problems) + " (run `make test` as root)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[Path]:
+    # Short paths: unix socket paths are limited to 108 bytes.
+    path = Path(tempfile.mkdtemp(prefix="ca-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def containerd(session_dir: Path) -> Iterator[PrivateContainerd]:
+    _require_host()
+    daemon = PrivateContainerd(session_dir / "containerd")
+    daemon.start()
+    yield daemon
+    leftovers = _leftovers(daemon, session_dir / "io")
+    daemon.close()
+    if leftovers:
+        pytest.fail("the suite leaked: " + "; ".join(leftovers), pytrace=False)
+
+
+def _ctr(daemon: PrivateContainerd, *args: str) -> list[str]:
+    result = subprocess.run(
+        ["ctr", "-a", daemon.address, "-n", NAMESPACE, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.split()
+
+
+def _leftovers(daemon: PrivateContainerd, io_dir: Path) -> list[str]:
+    found = []
+    containers = _ctr(daemon, "containers", "list", "-q")
+    if containers:
+        found.append(f"containers {containers}")
+    tasks = _ctr(daemon, "tasks", "list", "-q")
+    if tasks:
+        found.append(f"tasks {tasks}")
+    fifos = [str(p) for p in io_dir.rglob("*") if p.is_fifo()] if io_dir.exists() else []
+    if fifos:
+        found.append(f"FIFO files {fifos}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def rootfs(session_dir: Path) -> Path:
+    _require_host()
+    return build_busybox_rootfs(session_dir / "rootfs")
+
+
+@pytest.fixture
+def io_dir(session_dir: Path) -> Path:
+    return session_dir / "io"
+
+
+@pytest.fixture
+async def client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
+    async with open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as c:
+        yield c
