@@ -29,6 +29,7 @@ from ._container import (
     ContainerActor,
     ContainerRecord,
 )
+from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
 from ._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
@@ -342,28 +343,10 @@ async def open_client(
                 client._closed = True
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _collapse(group) from None
+        raise collapse(group) from None
     finally:
         with trio.CancelScope(shield=True):
             await bridge.aclose()
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Unwrap the group our own nursery made, so callers see the exception that happened."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    interesting = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(interesting) == 1:
-        return interesting[0]
-    if not interesting:
-        return leaves[0]
-    return group
 
 
 __all__ = ["Client", "ClientStatistics", "RuncOptions", "default_state_dir", "open_client"]

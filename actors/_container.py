@@ -549,6 +549,14 @@ class ContainerActor:
 
     async def _checkpoint(self, directory: str, exit_: bool) -> None:
         self._require_live_init()
+        if not os.path.isabs(directory):
+            raise InvalidArgument(
+                f"checkpoint directory must be absolute: {directory!r}", local=True
+            )
+        problem = await criu_problem()
+        if problem is not None:
+            raise FailedPrecondition(f"cannot checkpoint on this host: {problem}", local=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         options = oci_pb2.CheckpointOptions(exit=exit_, image_path=directory)
         request = tasks_pb2.CheckpointTaskRequest(container_id=self.container_id)
         request.options.CopyFrom(
@@ -702,6 +710,30 @@ class ContainerActor:
                 await self._backend.process_event(self.container_id, event_type, info)
             except Exception:
                 log.exception("backend failed on %s event of %s", event_type, self.container_id)
+
+
+_criu_verdict: list[str | None] = []
+
+
+async def criu_problem() -> str | None:
+    """Why CRIU cannot checkpoint here (None when ``criu check`` passes); asked once."""
+    if _criu_verdict:
+        return _criu_verdict[0]
+    verdict: str | None
+    if shutil.which("criu") is None:
+        verdict = "criu is not installed (apt-get install criu)"
+    else:
+        result = await trio.run_process(
+            ["criu", "check"], capture_stdout=True, capture_stderr=True, check=False
+        )
+        if result.returncode == 0:
+            verdict = None
+        else:
+            lines = (result.stderr + result.stdout).decode(errors="replace").splitlines()
+            errors = [line for line in lines if "Error" in line] or lines or ["unknown error"]
+            verdict = f"`criu check` failed: {errors[min(1, len(errors) - 1)].strip()}"
+    _criu_verdict.append(verdict)
+    return verdict
 
 
 def _send_reply(reply: Reply, result: outcome.Outcome[Any]) -> None:

@@ -16,10 +16,19 @@ from . import _commands as cmd
 from ._container import ActorStatistics, ContainerActor, ProcessState, call_actor
 from ._ids import validate_id
 from .errors import FailedPrecondition, NotFound
-from .spec import LinuxResources, encode_process, encode_resources
+from .spec import (
+    LinuxResources,
+    Spec,
+    decode_spec,
+    encode_process,
+    encode_resources,
+    exec_process_from,
+)
 from .spec import Process as ProcessSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._container import ContainerRecord
     from .events import ExitStatus
     from .stdio import DirectIO
@@ -192,6 +201,21 @@ class Container(metaclass=_NoPublicConstructor):
 
     def statistics(self) -> ActorStatistics:
         return self._actor.statistics()
+
+    def spec(self) -> Spec:
+        """The OCI spec containerd holds for this container (0 RPCs: kept from create)."""
+        return decode_spec(self._record.spec)
+
+    def exec_spec(
+        self,
+        args: Sequence[str],
+        *,
+        terminal: bool = False,
+        env: Sequence[str] | None = None,
+        cwd: str | None = None,
+    ) -> ProcessSpec:
+        """A process spec for :meth:`Task.exec` that inherits user, caps and env from the spec."""
+        return exec_process_from(self.spec(), list(args), terminal=terminal, env=env, cwd=cwd)
 
     async def new_task(
         self,

@@ -13,6 +13,7 @@ import datetime as dt
 import enum
 import logging
 import math
+import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -20,6 +21,7 @@ import trio
 
 from proto.containerd.events import task_pb2 as events_pb2
 
+from ._groups import collapse
 from .errors import ClientClosed, ContainerdError
 
 if TYPE_CHECKING:
@@ -83,6 +85,16 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
 def subscription_filter(namespace: str) -> str:
     """moby's single AND filter: only this namespace's task events."""
     return f"namespace=={namespace},topic~=|^/tasks/|"
+
+
+# containerd sends nothing when a subscription is registered, so we publish a marker event
+# (ORed into our filters) until it comes back: then no event after that point can be missed.
+READY_TOPIC: Final = "/containerd-actors/subscribed"
+READY_TYPE_URL: Final = "containerd-actors.SubscriptionMarker"
+
+
+def ready_filter(namespace: str) -> str:
+    return f'namespace=={namespace},topic=="{READY_TOPIC}"'
 
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -221,11 +233,13 @@ class EventRouter:
         *,
         on_resubscribed: Callable[[], None] | None = None,
         max_backoff: float = 2.0,
+        confirm_timeout: float = 10.0,
     ) -> None:
         self._remote = remote
         self._dispatch = dispatch
         self._on_resubscribed = on_resubscribed
         self._max_backoff = max_backoff
+        self._confirm_timeout = confirm_timeout
         self._filter = subscription_filter(remote.namespace)
         self._connected = False
         self._subscriptions = 0
@@ -247,35 +261,61 @@ class EventRouter:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe, report ready, and keep the subscription alive until cancelled."""
+        """Subscribe, report ready once the subscription is live, and keep it alive."""
         first = True
+        namespace = self._remote.namespace
+        filters = [self._filter, ready_filter(namespace)]
         while True:
             try:
-                async with self._remote.events_subscribe([self._filter]) as stream:
-                    self._subscriptions += 1
-                    self._connected = True
-                    if first:
-                        first = False
-                        task_status.started()
-                    elif self._on_resubscribed is not None:
-                        self._on_resubscribed()
-                    await self._pump(stream)
+                try:
+                    async with (
+                        self._remote.events_subscribe(filters) as stream,
+                        trio.open_nursery() as nursery,
+                    ):
+                        self._subscriptions += 1
+                        marker = secrets.token_hex(16).encode()
+                        seen = trio.Event()
+                        nursery.start_soon(self._pump, stream, marker, seen)
+                        await self._confirm_subscription(marker, seen)
+                        self._connected = True
+                        if first:
+                            first = False
+                            task_status.started()
+                        elif self._on_resubscribed is not None:
+                            self._on_resubscribed()
+                except BaseExceptionGroup as group:
+                    raise collapse(group) from None
             except ClientClosed:
                 return
             except (ContainerdError, trio.EndOfChannel) as exc:
-                log.warning("event stream for %s broke: %s", self._remote.namespace, exc)
+                if first:
+                    raise  # never subscribed: let open_client fail instead of hanging
+                log.warning("event stream for %s broke: %s", namespace, exc)
             finally:
                 self._connected = False
-            if first:
-                # Never subscribed: let the caller see the failure instead of hanging.
-                await self._remote.health_check()
             self._reconnects += 1
             await self._wait_serving()
 
-    async def _pump(self, stream: Any) -> None:
+    async def _confirm_subscription(self, marker: bytes, seen: trio.Event) -> None:
+        delay = 0.01
+        with trio.move_on_after(self._confirm_timeout):
+            while not seen.is_set():
+                await self._remote.events_publish(READY_TOPIC, READY_TYPE_URL, marker)
+                with trio.move_on_after(delay):
+                    await seen.wait()
+                delay = min(delay * 2, 0.5)
+        if not seen.is_set():
+            log.warning("event subscription for %s not confirmed", self._remote.namespace)
+
+    async def _pump(self, stream: Any, marker: bytes, seen: trio.Event) -> None:
         while True:
             envelope = await stream.receive()
             self._events_in += 1
+            if envelope.topic == READY_TOPIC:
+                self._events_ignored += 1
+                if envelope.event.value == marker:
+                    seen.set()
+                continue
             try:
                 event = decode_envelope(envelope)
             except ValueError:
