@@ -16,6 +16,7 @@ from . import _commands as cmd
 from ._container import ActorStatistics, ContainerActor, ProcessState, call_actor
 from ._ids import validate_id
 from .errors import FailedPrecondition, NotFound
+from .metrics import ProcessSummary, TaskStats, decode_metric, decode_process_info
 from .spec import (
     LinuxResources,
     Spec,
@@ -120,10 +121,17 @@ class Task(Process):
         processes = await self._call(cmd.Pids())
         return [int(p.pid) for p in processes]
 
-    async def metrics_raw(self) -> list[Any]:
-        """The raw Metric messages of this task (1 RPC: Tasks.Metrics)."""
-        result: list[Any] = await self._call(cmd.Metrics())
-        return result
+    async def stats(self) -> TaskStats:
+        """cgroup statistics of the task, decoded from v1 or v2 metrics (1 RPC: Tasks.Metrics)."""
+        metrics: list[Any] = await self._call(cmd.Metrics())
+        if not metrics:
+            raise NotFound(f"no metrics received for task {self.container_id}")
+        return decode_metric(metrics[0])
+
+    async def summary(self) -> list[ProcessSummary]:
+        """Every process of the task with its exec id, if any (1 RPC: Tasks.ListPids)."""
+        processes = await self._call(cmd.Pids())
+        return [decode_process_info(p) for p in processes]
 
     async def exec(
         self,
