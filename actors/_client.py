@@ -28,17 +28,20 @@ from ._container import (
     Backend,
     ContainerActor,
     ContainerRecord,
+    reconcile_from_process,
 )
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
 from ._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
-from .errors import AlreadyExists, ClientClosed, InvalidArgument, NotFound
-from .events import EventRouter, RouterStatistics, TaskEvent
+from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
+from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
+from .errors import AlreadyExists, ClientClosed, ContainerdError, InvalidArgument, NotFound
+from .events import EventRouter, EventType, RouterStatistics, TaskEvent
 from .spec import SPEC_TYPE_URL, Spec, decode_spec, encode_spec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
 log = logging.getLogger("containerd_actors.client")
 
@@ -62,10 +65,14 @@ class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str
     rpc: RemoteStatistics
     router: RouterStatistics
-    bridge: BridgeStatistics
+    bridge: BridgeStatistics | None
+    subscribers: SubscriberStatistics
     actors: int
     unrouted_events: int
+    held_events: int
+    resyncs: int
     actor_crashes: int
+    actor_restarts: int
 
 
 class RuncOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,33 +108,133 @@ class Client:
     def __init__(
         self,
         remote: Remote,
-        bridge: AsyncioBridge,
         nursery: trio.Nursery,
         *,
         backend: Backend | None,
         state_dir: str,
+        restart_policy: RestartPolicy,
+        bridge_statistics: Callable[[], BridgeStatistics] | None = None,
     ) -> None:
         self._remote = remote
-        self._bridge = bridge
+        self._bridge_statistics = bridge_statistics
         self._nursery = nursery
         self._backend = backend
         self.namespace = remote.namespace
         self.state_dir = state_dir
         self._io_root = os.path.join(state_dir, remote.namespace)
         self._actors: dict[str, ContainerActor] = {}
+        self._held: dict[str, list[tuple[float, TaskEvent]]] = {}
+        self._held_count = 0
         self._unrouted_events = 0
+        self._crashes = CrashHistory(restart_policy)
         self._actor_crashes = 0
+        self._resyncs = 0
+        self._resync_wanted = trio.Event()
         self._closed = False
-        self.router = EventRouter(remote, self._dispatch_event)
+        self.hub = SubscriberHub()
+        self.router = EventRouter(remote, self._dispatch_event, on_resubscribed=self.request_resync)
 
-    # -- plumbing ------------------------------------------------------------------------
+    # -- events ----------------------------------------------------------------------------
 
     def _dispatch_event(self, event: TaskEvent) -> None:
         actor = self._actors.get(event.info.container_id)
         if actor is None:
+            # Not ours (yet): publish now, and hold it briefly for an actor being created.
             self._unrouted_events += 1
+            self.hub.publish(event)
+            self._hold(event)
             return
-        actor.mailbox.post_event((cmd.DeliverEvent(event=event), None))
+        if not actor.mailbox.post_event((cmd.DeliverEvent(event=event), None)):
+            self.request_resync()
+
+    def _hold(self, event: TaskEvent) -> None:
+        now = trio.current_time()
+        if self._held_count >= HELD_EVENTS_LIMIT:
+            self._expire_held(now + HELD_EVENTS_SECONDS)
+        else:
+            self._expire_held(now)
+        self._held.setdefault(event.info.container_id, []).append((now, event))
+        self._held_count += 1
+
+    def _expire_held(self, now: float) -> None:
+        for container_id in list(self._held):
+            kept = [(t, e) for t, e in self._held[container_id] if now - t < HELD_EVENTS_SECONDS]
+            self._held_count -= len(self._held[container_id]) - len(kept)
+            if kept:
+                self._held[container_id] = kept
+            else:
+                del self._held[container_id]
+
+    def _replay_held(self, actor: ContainerActor) -> None:
+        held = self._held.pop(actor.container_id, [])
+        self._held_count -= len(held)
+        for _, event in held:
+            actor.mailbox.post_event((cmd.DeliverEvent(event=event, replayed=True), None))
+
+    def events(
+        self,
+        *,
+        container_ids: Collection[str] | None = None,
+        types: Collection[EventType] | None = None,
+        buffer: int = 256,
+    ) -> Subscription:
+        """Subscribe to this namespace's task events (exits de-duplicated, as the actors see them).
+
+        Use as ``async with client.events() as events: async for event in events: ...``.
+        A subscriber more than ``buffer`` events behind is dropped with EventStreamLagged.
+        """
+        self._check_open()
+        return self.hub.subscribe(container_ids=container_ids, types=types, buffer=buffer)
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def request_resync(self) -> None:
+        """Reconcile every actor with one Tasks.List soon (after a resubscribe or overflow)."""
+        self._resync_wanted.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self._resync_wanted.wait()
+            self._resync_wanted = trio.Event()
+            try:
+                await self.resync()
+            except ContainerdError as exc:
+                log.warning("resync of %s failed, retrying: %s", self.namespace, exc)
+                await trio.sleep(0.5)
+                self.request_resync()
+
+    async def resync(self) -> None:
+        """One Tasks.List; each actor synthesizes the exits it missed (exactly once)."""
+        epochs = {cid: actor.task_epoch for cid, actor in self._actors.items()}
+        tasks = {_task_container_id(t): t for t in await self._remote.tasks_list()}
+        self._resyncs += 1
+        for container_id, epoch in epochs.items():
+            actor = self._actors.get(container_id)
+            if actor is None:
+                continue
+            item = reconcile_from_process(epoch, tasks.get(container_id))
+            if not actor.mailbox.post_event((item, None)):
+                actor.mailbox.needs_resync = True
+
+    async def restore(self) -> int:
+        """Adopt every container of the namespace (2 RPCs: Containers.List + Tasks.List).
+
+        Stdio FIFOs of live tasks are re-opened; a task that stopped while nobody watched
+        reports its exit once. Returns how many containers were adopted.
+        """
+        containers = await self._remote.containers_list()
+        tasks = {_task_container_id(t): t for t in await self._remote.tasks_list()}
+        adopted = 0
+        for container in containers:
+            if container.id in self._actors:
+                continue
+            record = _record_from_proto(container)
+            task = tasks.get(container.id)
+            await self._spawn_actor(record, adopt=task)
+            adopted += 1
+        return adopted
+
+    # -- supervision -----------------------------------------------------------------------
 
     async def _run_actor(
         self,
@@ -135,19 +242,47 @@ class Client:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        load_state = False
         try:
-            await actor.run(task_status=task_status)
-        except Exception:
-            self._actor_crashes += 1
-            log.exception("actor of container %s crashed", actor.container_id)
+            while True:
+                try:
+                    await actor.run(load_state=load_state, task_status=task_status)
+                    return
+                except Exception:
+                    self._actor_crashes += 1
+                    log.exception("actor of container %s crashed", actor.container_id)
+                    try:
+                        delay = self._crashes.record(actor.container_id, trio.current_time())
+                    except RestartLimitExceeded:
+                        actor.close_mailbox()
+                        raise
+                    task_status = trio.TASK_STATUS_IGNORED
+                    load_state = True
+                    await trio.sleep(delay)
         finally:
             if self._actors.get(actor.container_id) is actor:
                 del self._actors[actor.container_id]
+            self._crashes.forget(actor.container_id)
 
-    async def _spawn_actor(self, record: ContainerRecord) -> ContainerActor:
-        actor = ContainerActor(self._remote, record, io_root=self._io_root, backend=self._backend)
-        self._actors[record.id] = actor
+    async def _spawn_actor(self, record: ContainerRecord, *, adopt: Any = None) -> ContainerActor:
+        actor = ContainerActor(
+            self._remote,
+            record,
+            io_root=self._io_root,
+            backend=self._backend,
+            on_event=self.hub.publish,
+        )
+        if adopt is not None:
+            actor.adopt_task(adopt)
+        self._actors[record.id] = actor  # replaces a deleted predecessor still winding down
+        self._replay_held(actor)
         await self._nursery.start(self._run_actor, actor)
+        return actor
+
+    def _live_actor(self, container_id: str) -> ContainerActor | None:
+        actor = self._actors.get(container_id)
+        if actor is None or actor.deleted:
+            return None  # a deleted container's actor may still be winding down
         return actor
 
     def _check_open(self) -> None:
@@ -159,10 +294,14 @@ class Client:
             namespace=self.namespace,
             rpc=self._remote.statistics(),
             router=self.router.statistics(),
-            bridge=self._bridge.statistics(),
+            bridge=self._bridge_statistics() if self._bridge_statistics is not None else None,
+            subscribers=self.hub.statistics(),
             actors=len(self._actors),
             unrouted_events=self._unrouted_events,
+            held_events=self._held_count,
+            resyncs=self._resyncs,
             actor_crashes=self._actor_crashes,
+            actor_restarts=self._crashes.restarts,
         )
 
     def actor_statistics(self) -> list[ActorStatistics]:
@@ -200,7 +339,7 @@ class Client:
         """
         self._check_open()
         validate_id(container_id)
-        if container_id in self._actors:
+        if self._live_actor(container_id) is not None:
             raise AlreadyExists(f"container {container_id} already exists", local=True)
         spec_bytes, terminal = _spec_payload(spec, self.namespace, container_id)
         label_map = _validate_labels(labels)
@@ -227,7 +366,7 @@ class Client:
         """A handle for an existing container: 0 RPCs when we already own it, else 1."""
         self._check_open()
         validate_id(container_id)
-        actor = self._actors.get(container_id)
+        actor = self._live_actor(container_id)
         if actor is not None:
             known: Container = Container._create(actor, actor.record)
             return known
@@ -311,6 +450,8 @@ async def open_client(
     *,
     state_dir: str | None = None,
     rpc_deadline: float = DEFAULT_TIMEOUT,
+    restore: bool = True,
+    restart_policy: RestartPolicy | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to containerd and supervise this namespace's containers while inside.
 
@@ -321,32 +462,74 @@ async def open_client(
             per-container order.
         state_dir: where stdio FIFOs are created (see :func:`default_state_dir`).
         rpc_deadline: default deadline of each RPC, in seconds (sent to containerd).
+        restore: adopt the namespace's existing containers at start (2 RPCs in total).
+        restart_policy: how crashed actors are restarted (see :class:`RestartPolicy`).
 
     Raises:
         InvalidArgument: invalid namespace.
         Unavailable: containerd does not answer at ``address``.
+        RestartLimitExceeded: an actor kept crashing (raised when leaving the block).
 
     Leaving the block stops supervising: containers and their tasks keep running.
     """
     validate_id(namespace, kind="namespace")
-    state = state_dir or default_state_dir()
     bridge = await AsyncioBridge.start()
-    client: Client | None = None
     try:
         remote = await Remote.connect(bridge, address, namespace, default_deadline=rpc_deadline)
-        async with trio.open_nursery() as nursery:
-            client = Client(remote, bridge, nursery, backend=backend, state_dir=state)
-            await nursery.start(client.router.run)
-            try:
-                yield client
-            finally:
-                client._closed = True
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise collapse(group) from None
+        async with run_client(
+            remote,
+            backend=backend,
+            state_dir=state_dir or default_state_dir(),
+            restore=restore,
+            restart_policy=restart_policy or RestartPolicy(),
+            bridge_statistics=bridge.statistics,
+        ) as client:
+            yield client
     finally:
         with trio.CancelScope(shield=True):
             await bridge.aclose()
 
+
+@contextlib.asynccontextmanager
+async def run_client(
+    remote: Any,
+    *,
+    backend: Backend | None,
+    state_dir: str,
+    restore: bool,
+    restart_policy: RestartPolicy,
+    bridge_statistics: Callable[[], BridgeStatistics] | None = None,
+) -> AsyncIterator[Client]:
+    """Run a client over any ``Remote``-shaped object (the real one, or the testing fake)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            client = Client(
+                remote,
+                nursery,
+                backend=backend,
+                state_dir=state_dir,
+                restart_policy=restart_policy,
+                bridge_statistics=bridge_statistics,
+            )
+            await nursery.start(client.router.run)
+            nursery.start_soon(client._resync_loop)
+            if restore:
+                await client.restore()
+            try:
+                yield client
+            finally:
+                client._closed = True
+                client.hub.close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise collapse(group) from None
+
+
+def _task_container_id(process: Any) -> str:
+    return str(process.container_id or process.id)
+
+
+HELD_EVENTS_LIMIT = 4096
+HELD_EVENTS_SECONDS = 5.0
 
 __all__ = ["Client", "ClientStatistics", "RuncOptions", "default_state_dir", "open_client"]

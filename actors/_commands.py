@@ -112,6 +112,19 @@ class Crash(_Command, tag="crash", frozen=True, kw_only=True):
 
 class DeliverEvent(_Command, tag="event", frozen=True, kw_only=True):
     event: TaskEvent
+    replayed: bool = False
+
+
+class Reconcile(_Command, tag="reconcile", frozen=True, kw_only=True):
+    """What Tasks.List said about this container's task while we may have been blind."""
+
+    epoch: int
+    found: bool
+    pid: int = 0
+    status: int = 0
+    exit_status: int = 0
+    exited_at_seconds: int = 0
+    exited_at_nanos: int = 0
 
 
 Command = (
@@ -134,4 +147,5 @@ Command = (
     | DeleteContainer
     | Crash
     | DeliverEvent
+    | Reconcile
 )

@@ -10,6 +10,7 @@ done. Waiting for an exit parks the reply channel in the actor's state and costs
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import enum
 import inspect
 import logging
@@ -104,6 +105,7 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     commands_handled: int
     events_handled: int
     duplicate_exits: int
+    reconciled_exits: int
     waiters: int
     processes: int
     backend_queue: int
@@ -179,6 +181,10 @@ class ContainerActor:
         self._backend_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._deleted = False
+        # Bumped whenever the task changes identity, so a Tasks.List taken before the
+        # change is never applied to the new task.
+        self.task_epoch = 0
+        self._reconciled_exits = 0
         self._commands_handled = 0
         self._events_handled = 0
         self._duplicate_exits = 0
@@ -193,6 +199,7 @@ class ContainerActor:
             commands_handled=self._commands_handled,
             events_handled=self._events_handled,
             duplicate_exits=self._duplicate_exits,
+            reconciled_exits=self._reconciled_exits,
             waiters=sum(len(p.waiters) for p in procs),
             processes=len(procs),
             backend_queue=len(self._backend_queue),
@@ -203,7 +210,11 @@ class ContainerActor:
         return self._deleted
 
     def adopt_task(self, process: Any, *, attach: bool = True) -> None:
-        """Take over a task found at restore time (from Tasks.List), re-opening its FIFOs."""
+        """Take over a task found at restore time (from Tasks.List), re-opening its FIFOs.
+
+        A task that already stopped keeps ``exit`` unset here; the Reconcile that follows
+        reports its exit once, through the same path as a live exit event.
+        """
         init = _Process(
             process_id=self.container_id,
             exec_id="",
@@ -212,12 +223,7 @@ class ContainerActor:
             status=status_from_wire(int(process.status)),
         )
         if init.status is TaskStatus.STOPPED:
-            init.exit = ExitStatus(
-                code=int(process.exit_status),
-                exited_at=timestamp_to_datetime(
-                    int(process.exited_at.seconds), int(process.exited_at.nanos)
-                ),
-            )
+            init.status = TaskStatus.RUNNING  # until the Reconcile records its exit
         if attach and init.status is not TaskStatus.UNKNOWN and process.stdout:
             fifos = FifoSet(
                 directory=os.path.dirname(process.stdout),
@@ -231,9 +237,25 @@ class ContainerActor:
             except OSError as exc:
                 log.warning("cannot re-open stdio of %s: %s", self.container_id, exc)
         self._init = init
+        self.task_epoch += 1
+        self.mailbox.post_event((reconcile_from_process(self.task_epoch, process), None))
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the mailbox until the container is deleted or the actor is cancelled."""
+    async def run(
+        self,
+        *,
+        load_state: bool = False,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the mailbox until the container is deleted or the actor is cancelled.
+
+        With ``load_state`` (a restart after a crash) the task is re-read first (1 RPC), so
+        the actor reports ready only with containerd's current state loaded.
+        """
+        if load_state and self._init is None:
+            try:
+                self.adopt_task(await self._remote.tasks_get(self.container_id))
+            except NotFound:
+                pass
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -243,17 +265,27 @@ class ContainerActor:
                 task_status.started()
                 await self._serve()
                 nursery.cancel_scope.cancel()
-        finally:
-            self._shutdown()
+        except Exception:
+            self._shutdown(final=False)
+            raise
+        except BaseException:
+            self._shutdown(final=True)
+            raise
+        self._shutdown(final=True)
 
-    def _shutdown(self) -> None:
-        crashed = not self._deleted
+    def _shutdown(self, *, final: bool) -> None:
+        """Tell every pending caller, close our fds; a crashed actor forgets its processes.
+
+        Not ``final`` means the supervisor may run this actor again: the mailbox stays
+        open, and the restarted run re-reads the task from containerd.
+        """
         error: Exception = (
-            ActorCrashed(f"the actor of container {self.container_id} stopped")
-            if crashed
-            else NotFound(f"container {self.container_id} was deleted", local=True)
+            NotFound(f"container {self.container_id} was deleted", local=True)
+            if self._deleted
+            else ActorCrashed(f"the actor of container {self.container_id} stopped")
         )
-        for _command, reply in self.mailbox.close():
+        left = self.mailbox.close() if final else self.mailbox.drain()
+        for _command, reply in left:
             if reply is not None:
                 _send_reply(reply, outcome.Error(error))
         for proc in self._processes():
@@ -263,6 +295,16 @@ class ContainerActor:
             if proc.io is not None:
                 # Stop supervising means closing our fds, never removing live FIFOs.
                 proc.io.close(unlink=self._deleted)
+        if not final:
+            self._init = None
+            self._execs.clear()
+            self.task_epoch += 1
+
+    def close_mailbox(self) -> None:
+        """Refuse further commands (supervision gave up on this actor)."""
+        for _command, reply in self.mailbox.close():
+            if reply is not None:
+                _send_reply(reply, outcome.Error(ActorCrashed("supervision stopped")))
 
     def _processes(self) -> list[_Process]:
         return [p for p in (self._init, *self._execs.values()) if p is not None]
@@ -275,7 +317,10 @@ class ContainerActor:
                 return
             if isinstance(command, cmd.DeliverEvent):
                 self._events_handled += 1
-                self._apply_event(command.event)
+                self._apply_event(command.event, publish=not command.replayed)
+                continue
+            if isinstance(command, cmd.Reconcile):
+                self._reconcile(command)
                 continue
             self._commands_handled += 1
             if isinstance(command, cmd.Crash):
@@ -417,6 +462,7 @@ class ContainerActor:
             raise
         proc.pid = int(response.pid)
         self._init = proc
+        self.task_epoch += 1
         return proc.pid
 
     async def _start_process(self, exec_id: str) -> int:
@@ -457,6 +503,7 @@ class ContainerActor:
             self._execs.pop(proc.exec_id, None)
         else:
             self._init = None
+            self.task_epoch += 1
         for waiter in proc.waiters:
             _send_reply(waiter, outcome.Error(FailedPrecondition("process failed to start")))
         proc.waiters.clear()
@@ -608,12 +655,21 @@ class ContainerActor:
                 f"process {proc.process_id} must be stopped before deletion ({proc.status})",
                 local=True,
             )
+        try:
+            if exec_id:
+                response = await self._remote.tasks_delete_process(self.container_id, exec_id)
+            else:
+                response = await self._remote.tasks_delete(self.container_id)
+        except NotFound:
+            if proc.exit is None:
+                raise
+            # containerd already cleaned up (e.g. after its shim died): it is gone either way.
+            response = tasks_pb2.DeleteResponse(exit_status=proc.exit.code)
         if exec_id:
-            response = await self._remote.tasks_delete_process(self.container_id, exec_id)
             self._execs.pop(exec_id, None)
         else:
-            response = await self._remote.tasks_delete(self.container_id)
             self._init = None
+            self.task_epoch += 1
             for other in self._execs.values():
                 if other.io is not None:
                     other.io.close()
@@ -642,6 +698,38 @@ class ContainerActor:
 
     # -- events ---------------------------------------------------------------------------
 
+    def _reconcile(self, command: cmd.Reconcile) -> None:
+        init = self._init
+        if command.epoch != self.task_epoch or init is None or init.exit is not None:
+            return
+        if command.found and command.pid and init.pid and command.pid != init.pid:
+            return  # a different task under the same id; its own events describe it
+        status = status_from_wire(command.status) if command.found else TaskStatus.UNKNOWN
+        if command.found and status is not TaskStatus.STOPPED:
+            if status in (TaskStatus.RUNNING, TaskStatus.PAUSED):
+                init.status = status
+            return
+        code = command.exit_status if command.found else EXIT_CODE_UNKNOWN
+        exited_at = (
+            timestamp_to_datetime(command.exited_at_seconds, command.exited_at_nanos)
+            if command.found
+            else dt.datetime.now(dt.UTC)
+        )
+        self._reconciled_exits += 1
+        for proc in [*self._execs.values(), init]:
+            if proc.exit is not None:
+                continue
+            info = EventInfo(
+                container_id=self.container_id,
+                process_id=proc.process_id,
+                pid=proc.pid,
+                exit_code=code if proc is init else EXIT_CODE_UNKNOWN,
+                exited_at=exited_at,
+            )
+            self._apply_event(
+                TaskEvent(type=EventType.EXIT, info=info, topic="/tasks/exit", synthetic=True)
+            )
+
     def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
         proc.exit = status
         proc.status = TaskStatus.STOPPED
@@ -649,7 +737,7 @@ class ContainerActor:
             _send_reply(waiter, outcome.Value(status))
         proc.waiters.clear()
 
-    def _apply_event(self, event: TaskEvent) -> None:
+    def _apply_event(self, event: TaskEvent, *, publish: bool = True) -> None:
         info = event.info
         if event.type is EventType.EXIT:
             if not self._apply_exit(info):
@@ -659,7 +747,7 @@ class ContainerActor:
             self._apply_state_event(event.type, info)
         self._backend_queue.append((event.type, info))
         self._backend_lot.unpark()
-        if self._on_event is not None:
+        if publish and self._on_event is not None:
             self._on_event(event)
 
     def _apply_exit(self, info: EventInfo) -> bool:
@@ -734,6 +822,21 @@ async def criu_problem() -> str | None:
             verdict = f"`criu check` failed: {errors[min(1, len(errors) - 1)].strip()}"
     _criu_verdict.append(verdict)
     return verdict
+
+
+def reconcile_from_process(epoch: int, process: Any | None) -> cmd.Reconcile:
+    """A Reconcile item from a containerd Process (None: containerd has no such task)."""
+    if process is None:
+        return cmd.Reconcile(epoch=epoch, found=False)
+    return cmd.Reconcile(
+        epoch=epoch,
+        found=True,
+        pid=int(process.pid),
+        status=int(process.status),
+        exit_status=int(process.exit_status),
+        exited_at_seconds=int(process.exited_at.seconds),
+        exited_at_nanos=int(process.exited_at.nanos),
+    )
 
 
 def _send_reply(reply: Reply, result: outcome.Outcome[Any]) -> None:

@@ -104,6 +104,13 @@ class Mailbox(Generic[_Item]):
             self._events_queued -= 1
         return item
 
+    def drain(self) -> list[_Item]:
+        """Take every queued item but stay open (an actor restarting after a crash)."""
+        left = []
+        while self._items:
+            left.append(self._take())
+        return left
+
     def close(self) -> list[_Item]:
         """Refuse new items and return the ones still queued (so callers can be told)."""
         self._closed = True

@@ -14,7 +14,7 @@ empty) on the other.
 from __future__ import annotations
 
 # msgspec resolves Struct annotations at runtime, so datetime must be importable here.
-import datetime as dt  # noqa: TC003
+import datetime as dt
 from typing import Any, Final
 
 import msgspec

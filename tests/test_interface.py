@@ -203,7 +203,8 @@ async def test_oom_event_from_a_small_memory_limit(
     async with recorded_client(containerd, io_dir) as (client, recorder):
         spec = build_spec(
             rootfs,
-            ["sh", "-c", "x=a; while :; do x=$x$x$x$x; done"],
+            # The shim watches for OOM only once the task started: give it a moment first.
+            ["sh", "-c", "sleep 1; x=a; while :; do x=$x$x$x$x; done"],
             memory_limit=16 * 1024 * 1024,
         )
         container = await client.new_container(unique_id("oom"), spec)
@@ -347,7 +348,9 @@ async def test_load_container_task_and_attach_from_a_second_client(
     spec = build_spec(rootfs, ["sh", "-c", "while :; do echo tick; sleep 0.2; done"])
     container = await client.new_container(unique_id("load"), spec)
     task = await container.start()
-    async with open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as other:
+    async with open_client(
+        containerd.address, NAMESPACE, state_dir=str(io_dir), restore=False
+    ) as other:
         with rpcs(other) as made:
             loaded = await other.load_container(container.id)
         assert made == {"Containers.Get": 1}

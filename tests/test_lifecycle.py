@@ -122,7 +122,9 @@ async def test_duplicate_id_is_already_exists(
     container = await client.new_container(container_id, spec)
     with pytest.raises(AlreadyExists):
         await client.new_container(container_id, spec)  # refused locally
-    async with open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as other:
+    async with open_client(
+        containerd.address, NAMESPACE, state_dir=str(io_dir), restore=False
+    ) as other:
         with pytest.raises(AlreadyExists) as info:
             await other.new_container(container_id, spec)  # refused by containerd
         assert not info.value.local

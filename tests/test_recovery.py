@@ -1,0 +1,332 @@
+"""Nothing lost: exits survive a containerd restart, a shim crash and our own restart.
+
+Each test runs its own private containerd, because it kills or restarts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors import (
+    ActorCrashed,
+    Client,
+    Container,
+    EventInfo,
+    EventType,
+    Task,
+    build_spec,
+    open_client,
+)
+from actors._embedded import PrivateContainerd
+from actors._supervision import RestartLimitExceeded, RestartPolicy
+
+from .conftest import _require_host, unique_id
+
+pytestmark = pytest.mark.integration
+
+NS = "ca-recovery"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, EventType, EventInfo]] = []
+
+    async def process_event(
+        self, container_id: str, event_type: EventType, info: EventInfo
+    ) -> None:
+        self.events.append((container_id, event_type, info))
+
+    def exits(self, container_id: str, process_id: str | None = None) -> list[int]:
+        pid_filter = process_id or container_id
+        return [
+            i.exit_code
+            for c, t, i in self.events
+            if c == container_id and t is EventType.EXIT and i.process_id == pid_filter
+        ]
+
+    async def wait_until(self, predicate: object, timeout: float = 30) -> None:
+        assert callable(predicate)
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.02)
+
+
+@pytest.fixture
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateContainerd]:
+    _require_host()
+    base = Path(tmp_path_factory.mktemp("cd", numbered=True))
+    instance = PrivateContainerd(base / "c")
+    instance.start()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> str:
+    return str(tmp_path / "io")
+
+
+def trap_spec(rootfs: Path, code: int) -> object:
+    # PID 1 has no default signal actions; this one exits with `code` on SIGTERM.
+    script = f'trap "exit {code}" TERM; while :; do sleep 0.05; done'
+    return build_spec(rootfs, ["sh", "-c", script])
+
+
+async def start_many(client: Client, specs: list[tuple[str, object]]) -> dict[str, Task]:
+    tasks: dict[str, Task] = {}
+
+    async def one(container_id: str, spec: object) -> None:
+        container = await client.new_container(container_id, spec)  # type: ignore[arg-type]
+        tasks[container_id] = await container.start()
+
+    async with trio.open_nursery() as nursery:
+        for container_id, spec in specs:
+            nursery.start_soon(one, container_id, spec)
+    return tasks
+
+
+async def wait_gone(pid: int, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+            await trio.sleep(0.02)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+async def finish(client: Client, tasks: dict[str, Task]) -> None:
+    for container_id, task in tasks.items():
+        with trio.fail_after(20):
+            await task.force_delete()
+        container = await client.load_container(container_id)
+        await container.delete()
+
+
+@pytest.mark.parametrize("downtime", [2.0, 35.0], ids=["short", "over-30s"])
+async def test_containerd_sigkill_loses_no_exit(
+    daemon: PrivateContainerd, rootfs: Path, state: str, downtime: float
+) -> None:
+    recorder = Recorder()
+    async with open_client(daemon.address, NS, recorder, state_dir=state) as client:
+        specs = [(unique_id(f"k{i}"), trap_spec(rootfs, 10 + i)) for i in range(20)]
+        tasks = await start_many(client, specs)
+        ids = [cid for cid, _ in specs]
+        exiting, staying = ids[:10], ids[10:]
+        await trio.to_thread.run_sync(daemon.kill)
+        for cid in exiting:
+            os.kill(tasks[cid].pid, signal.SIGTERM)
+        for cid in exiting:
+            await wait_gone(tasks[cid].pid)
+        await trio.sleep(downtime)
+        await trio.to_thread.run_sync(daemon.start)
+        await recorder.wait_until(lambda: all(recorder.exits(c) for c in exiting), timeout=60)
+        # Let containerd's replays and the shims' publish retries arrive, then count.
+        await trio.sleep(8)
+        for i, cid in enumerate(exiting):
+            assert recorder.exits(cid) == [10 + i], cid
+        for cid in staying:
+            assert recorder.exits(cid) == [], cid
+        for cid in exiting:
+            assert (await tasks[cid].delete()).code == 10 + ids.index(cid)
+            await (await client.load_container(cid)).delete()
+        survivors = {cid: tasks[cid] for cid in staying}
+        for task in survivors.values():
+            await task.kill(signal.SIGKILL)
+        for cid, task in survivors.items():
+            with trio.fail_after(20):
+                assert (await task.wait()).code == 137
+            await task.delete()
+            await (await client.load_container(cid)).delete()
+        for cid in staying:
+            assert recorder.exits(cid) == [137]
+        assert client.statistics().router.reconnects >= 1
+        assert client.statistics().resyncs >= 1
+
+
+async def test_shim_sigkill_gives_one_exit(
+    daemon: PrivateContainerd, rootfs: Path, state: str
+) -> None:
+    recorder = Recorder()
+    async with open_client(daemon.address, NS, recorder, state_dir=state) as client:
+        victim_id, bystander_id = unique_id("shim"), unique_id("calm")
+        tasks = await start_many(
+            client,
+            [
+                (victim_id, build_spec(rootfs, ["sleep", "300"])),
+                (bystander_id, build_spec(rootfs, ["sleep", "300"])),
+            ],
+        )
+        init_stat = Path(f"/proc/{tasks[victim_id].pid}/stat").read_text()
+        shim_pid = int(init_stat.rsplit(")", 1)[1].split()[1])
+        os.kill(shim_pid, signal.SIGKILL)
+        await recorder.wait_until(lambda: recorder.exits(victim_id))
+        await trio.sleep(3)
+        assert recorder.exits(victim_id) == [137]
+        assert recorder.exits(bystander_id) == []
+        victim = await client.load_container(victim_id)
+        await tasks[victim_id].delete()
+        await victim.delete()
+        again = await client.new_container(victim_id, build_spec(rootfs, ["sh", "-c", "exit 4"]))
+        task = await again.start()
+        with trio.fail_after(20):
+            assert (await task.wait()).code == 4
+        await task.delete()
+        await again.delete()
+        await finish(client, {bystander_id: tasks[bystander_id]})
+
+
+async def test_our_restart_restores_state_exits_and_stdout(
+    daemon: PrivateContainerd, rootfs: Path, state: str
+) -> None:
+    ticker_id, quitter_id = unique_id("tick"), unique_id("quit")
+    async with open_client(daemon.address, NS, state_dir=state) as first:
+        tasks = await start_many(
+            first,
+            [
+                (
+                    ticker_id,
+                    build_spec(rootfs, ["sh", "-c", "while :; do echo tick; sleep 0.1; done"]),
+                ),
+                (quitter_id, trap_spec(rootfs, 3)),
+            ],
+        )
+    # Our client is gone ("crashed"); the containers are not. One exits meanwhile.
+    os.kill(tasks[quitter_id].pid, signal.SIGTERM)
+    await wait_gone(tasks[quitter_id].pid)
+    recorder = Recorder()
+    async with open_client(daemon.address, NS, recorder, state_dir=state) as second:
+        restore_rpcs = {
+            k: v
+            for k, v in second.statistics().rpc.calls.items()
+            if not k.startswith(("Events.", "Health."))
+        }
+        assert restore_rpcs == {"Containers.List": 1, "Tasks.List": 1}
+        await recorder.wait_until(lambda: recorder.exits(quitter_id))
+        await trio.sleep(1)
+        assert recorder.exits(quitter_id) == [3]
+        assert recorder.exits(ticker_id) == []
+        ticker = await second.load_container(ticker_id)
+        task = await ticker.attach_task()
+        assert task.io is not None
+        assert task.io.stdout is not None
+        with trio.fail_after(10):
+            assert b"tick" in await task.io.stdout.receive_some()
+        quitter = await second.load_container(quitter_id)
+        quit_task = await quitter.task()
+        assert (await quit_task.delete()).code == 3
+        await quitter.delete()
+        await finish(second, {ticker_id: task})
+
+
+async def test_per_container_event_order_under_load(
+    daemon: PrivateContainerd, rootfs: Path, state: str
+) -> None:
+    recorder = Recorder()
+    count, execs = 200, 2
+    async with open_client(daemon.address, NS, recorder, state_dir=state) as client:
+        limiter = trio.CapacityLimiter(64)
+        started: dict[str, tuple[Container, Task]] = {}
+
+        async def one(index: int) -> None:
+            async with limiter:
+                container = await client.new_container(
+                    unique_id(f"o{index}"), build_spec(rootfs, ["sleep", "300"])
+                )
+                task = await container.start()
+                for e in range(execs):
+                    proc = await task.exec(
+                        f"e{e}", container.exec_spec(["sh", "-c", f"exit {e + 1}"])
+                    )
+                    await proc.wait()
+                    await proc.delete()
+                await task.kill(signal.SIGKILL)
+                await task.wait()
+                await task.delete()
+                await container.delete()
+                started[container.id] = (container, task)
+
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(one, i)
+        expected = [(EventType.CREATE, None), (EventType.START, None)]
+        for e in range(execs):
+            expected += [
+                (EventType.EXEC_ADDED, f"e{e}"),
+                (EventType.EXEC_STARTED, f"e{e}"),
+                (EventType.EXIT, f"e{e}"),
+            ]
+        expected.append((EventType.EXIT, None))
+        for container_id in started:
+            got = [
+                (t, None if i.process_id == container_id else i.process_id)
+                for c, t, i in recorder.events
+                if c == container_id
+            ]
+            assert got == expected, container_id
+
+
+async def test_crashed_actor_is_restarted_and_limit_fails_upward(
+    daemon: PrivateContainerd, rootfs: Path, state: str
+) -> None:
+    policy = RestartPolicy(max_restarts=2, within=60, backoff=0.01)
+    with pytest.raises(RestartLimitExceeded, match="crashed 3 times"):  # noqa: PT012
+        async with open_client(
+            daemon.address, NS, state_dir=state, restart_policy=policy
+        ) as client:
+            victim = await client.new_container(
+                unique_id("crash"), build_spec(rootfs, ["sleep", "300"])
+            )
+            sibling = await client.new_container(
+                unique_id("sib"), build_spec(rootfs, ["sleep", "300"])
+            )
+            victim_task = await victim.start()
+            sibling_task = await sibling.start()
+            crashed: list[BaseException] = []
+
+            async def waiter() -> None:
+                try:
+                    await victim_task.wait()
+                except ActorCrashed as exc:
+                    crashed.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await trio.sleep(0.1)
+                await victim._crash_actor_for_tests()
+            assert len(crashed) == 1
+            assert "the call can be retried" in str(crashed[0])
+            # Restarted from containerd's state: the task is known again and works.
+            with trio.fail_after(10):
+                while client.statistics().actor_restarts < 1:
+                    await trio.sleep(0.01)
+            task = await victim.task()
+            assert task.pid == victim_task.pid
+            assert (await sibling_task.status()).pid == sibling_task.pid
+            await sibling_task.kill(signal.SIGKILL)
+            with trio.fail_after(10):
+                assert (await sibling_task.wait()).code == 137
+            await sibling_task.delete()
+            await sibling.delete()
+            await task.kill(signal.SIGKILL)
+            with trio.fail_after(10):
+                assert (await task.wait()).code == 137
+            await task.delete()
+            for _ in range(3):
+                await victim._crash_actor_for_tests()
+                await trio.sleep(0.2)
+            await trio.sleep_forever()
+    # the victim's container record is left; remove it with a fresh client
+    async with open_client(daemon.address, NS, state_dir=state) as cleanup:
+        for container in [await cleanup.load_container(c.id) for c in [victim]]:
+            await container.delete()
