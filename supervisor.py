@@ -22,15 +22,48 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from actors import ContainerdActorsError, DirectIO, build_spec, open_client
+from actors import Backend, Client, ContainerdActorsError, DirectIO, build_spec, open_client
 from actors._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
 from actors._remote import DEFAULT_ADDRESS
+from actors._supervision import RestartLimitExceeded, RestartPolicy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
 DEFAULT_NAMESPACE = "containerd-actors"
+__all__ = ["RestartLimitExceeded", "RestartPolicy", "main", "open_supervisor"]
 EXIT_DAEMON_ERROR = 125
+
+
+@contextlib.asynccontextmanager
+async def open_supervisor(
+    address: str = DEFAULT_ADDRESS,
+    namespace: str = DEFAULT_NAMESPACE,
+    backend: Backend | None = None,
+    *,
+    state_dir: str | None = None,
+    restart_policy: RestartPolicy | None = None,
+    rpc_deadline: float = 30.0,
+) -> AsyncIterator[Client]:
+    """The root of the actor tree: restore every container of ``namespace``, then supervise.
+
+    One nursery owns the event router and one actor per container. At start the namespace
+    is restored with Containers.List + Tasks.List (stdio re-opened, missed exits reported
+    once); a crashing actor is restarted from containerd's state under ``restart_policy``
+    (one-for-one) and past its limit the supervisor fails upward with
+    :class:`RestartLimitExceeded`. Cancelling or leaving the block stops supervising: the
+    containers keep running and the next supervisor picks them up.
+    """
+    async with open_client(
+        address,
+        namespace,
+        backend,
+        state_dir=state_dir,
+        rpc_deadline=rpc_deadline,
+        restore=True,
+        restart_policy=restart_policy or RestartPolicy(),
+    ) as client:
+        yield client
 
 
 def default_state_root() -> Path:

@@ -16,6 +16,10 @@ from ._handles import Container as Container
 from ._handles import Process as Process
 from ._handles import Task as Task
 from ._remote import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from ._subscribers import EventStreamLagged as EventStreamLagged
+from ._subscribers import Subscription as Subscription
+from ._supervision import RestartLimitExceeded as RestartLimitExceeded
+from ._supervision import RestartPolicy as RestartPolicy
 from .errors import ActorCrashed as ActorCrashed
 from .errors import AlreadyExists as AlreadyExists
 from .errors import ClientClosed as ClientClosed
@@ -50,6 +54,7 @@ __all__ = [
     "DeadlineExceeded",
     "DirectIO",
     "EventInfo",
+    "EventStreamLagged",
     "EventType",
     "ExitStatus",
     "FailedPrecondition",
@@ -57,8 +62,11 @@ __all__ = [
     "NotFound",
     "Process",
     "ProcessState",
+    "RestartLimitExceeded",
+    "RestartPolicy",
     "RuncOptions",
     "Spec",
+    "Subscription",
     "Task",
     "TaskEvent",
     "TaskStatus",

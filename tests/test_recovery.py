@@ -330,3 +330,29 @@ async def test_crashed_actor_is_restarted_and_limit_fails_upward(
     async with open_client(daemon.address, NS, state_dir=state) as cleanup:
         for container in [await cleanup.load_container(c.id) for c in [victim]]:
             await container.delete()
+
+
+async def test_supervisor_restores_and_slow_subscriber_is_dropped(
+    daemon: PrivateContainerd, rootfs: Path, state: str
+) -> None:
+    from actors import EventStreamLagged
+    from supervisor import open_supervisor
+
+    async with open_supervisor(daemon.address, NS, state_dir=state) as client:
+        async with client.events(buffer=2) as never_reads, client.events() as reader:
+            specs = [(unique_id(f"s{i}"), build_spec(rootfs, ["true"])) for i in range(3)]
+            tasks = await start_many(client, specs)
+            seen: list[EventType] = []
+            with trio.fail_after(20):
+                async for event in reader:
+                    seen.append(event.type)
+                    if seen.count(EventType.EXIT) == 3:
+                        break
+            assert seen.count(EventType.START) == 3
+            with pytest.raises(EventStreamLagged, match="fell more than 2 events behind"):  # noqa: PT012
+                while True:
+                    await never_reads.receive()
+        assert client.statistics().subscribers.dropped_subscribers == 1
+        for cid, task in tasks.items():
+            await task.delete()
+            await (await client.load_container(cid)).delete()
