@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 APT_PACKAGES := containerd runc busybox-static criu
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps serve run test check lint typecheck proto proto-check bench bench-quick clean
+.PHONY: setup system-deps serve test check lint typecheck proto proto-check bench bench-quick clean
 
 setup: system-deps $(STAMP)
 
@@ -30,10 +30,6 @@ $(STAMP): pyproject.toml constraints.txt
 # The main job: the control plane on an embedded private containerd when none is running.
 serve: setup
 	$(BIN)/containerd-actors serve
-
-# A one-off container on the embedded containerd (prints its output).
-run: setup
-	$(BIN)/containerd-actors run --rm busybox -- sh -c 'echo hello from a container; uname -a'
 
 # The whole suite: static checks, generated-code freshness, unit and integration tests.
 test: setup check

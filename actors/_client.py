@@ -362,6 +362,15 @@ class Client:
         container: Container = Container._create(actor, record)
         return container
 
+    def containers(self) -> list[Container]:
+        """Every container this client supervises (0 RPCs)."""
+        handles: list[Container] = [
+            Container._create(actor, actor.record)
+            for actor in self._actors.values()
+            if not actor.deleted
+        ]
+        return handles
+
     async def load_container(self, container_id: str) -> Container:
         """A handle for an existing container: 0 RPCs when we already own it, else 1."""
         self._check_open()

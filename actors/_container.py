@@ -209,6 +209,15 @@ class ContainerActor:
     def deleted(self) -> bool:
         return self._deleted
 
+    def io_of(self, exec_id: str) -> DirectIO | None:
+        """The open stdio of a known process (a read of actor state; no RPC)."""
+        proc = self._init if not exec_id else self._execs.get(exec_id)
+        return proc.io if proc is not None else None
+
+    def snapshot(self) -> ProcessState | None:
+        """The init process as the actor knows it, or None without a task."""
+        return self._init.snapshot(self.container_id) if self._init is not None else None
+
     def adopt_task(self, process: Any, *, attach: bool = True) -> None:
         """Take over a task found at restore time (from Tasks.List), re-opening its FIFOs.
 

@@ -14,9 +14,22 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-__all__ = ["PrivateContainerd", "build_busybox_rootfs", "missing_host_tools"]
+import trio
+
+from ._remote import DEFAULT_ADDRESS
+from .errors import Unavailable
+
+__all__ = [
+    "PrivateContainerd",
+    "build_busybox_rootfs",
+    "containerd_address",
+    "default_state_root",
+    "missing_host_tools",
+]
+
 
 REQUIRED_TOOLS = ("containerd", "runc", "containerd-shim-runc-v2")
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
@@ -61,6 +74,54 @@ def build_busybox_rootfs(target: str | os.PathLike[str]) -> Path:
     (root / "etc" / "group").write_text("root:x:0:\n")
     marker.write_text("busybox rootfs\n")
     return root
+
+
+def default_state_root() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/containerd-actors")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "containerd-actors"
+
+
+def _answers(address: str) -> bool:
+    if not address.startswith("/"):
+        return True  # host:port: let the client report what happens
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(address)
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def containerd_address(
+    address: str | None, state_root: Path, *, progress: Callable[[str], None] | None = None
+) -> AsyncIterator[str]:
+    """Yield a containerd address: the given/standard one if it answers, else an embedded one."""
+    wanted = address or DEFAULT_ADDRESS
+    if _answers(wanted):
+        yield wanted
+        return
+    if address is not None:
+        raise Unavailable(f"no containerd answers at {address}", local=True)
+    missing = missing_host_tools()
+    if missing:
+        raise Unavailable(
+            "no containerd is running and an embedded one needs "
+            + ", ".join(missing)
+            + " (apt-get install containerd runc busybox-static)",
+            local=True,
+        )
+    daemon = PrivateContainerd(state_root / "embedded")
+    if progress is not None:
+        progress(f"no containerd at {wanted}; starting an embedded one at {daemon.address}")
+    await trio.to_thread.run_sync(daemon.start)
+    try:
+        yield daemon.address
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(daemon.stop)
 
 
 class PrivateContainerd:

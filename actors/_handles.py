@@ -165,6 +165,15 @@ class Task(Process):
         await process.start()
         return process
 
+    async def process(self, exec_id: str) -> Process:
+        """A handle for a process this client exec'd earlier (0 RPCs)."""
+        validate_id(exec_id, kind="exec id")
+        state: ProcessState = await self._call(cmd.Status(exec_id=exec_id))
+        process: Process = Process._create(
+            self._actor, exec_id, state.pid, self._actor.io_of(exec_id)
+        )
+        return process
+
     async def update_resources(self, resources: LinuxResources) -> None:
         """Change the task's cgroup limits (1 RPC: Tasks.Update)."""
         await self._call(cmd.Update(resources=encode_resources(resources)))
@@ -209,6 +218,10 @@ class Container(metaclass=_NoPublicConstructor):
 
     def statistics(self) -> ActorStatistics:
         return self._actor.statistics()
+
+    def task_state(self) -> ProcessState | None:
+        """The task as this container's actor knows it (0 RPCs), or None without one."""
+        return self._actor.snapshot()
 
     def spec(self) -> Spec:
         """The OCI spec containerd holds for this container (0 RPCs: kept from create)."""

@@ -37,6 +37,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "from_error_class",
     "from_grpc_exception",
 ]
 
@@ -212,3 +213,13 @@ def from_grpc_exception(exc: BaseException, *, method: str = "") -> ContainerdEr
     if isinstance(exc, OSError):
         return Unavailable(f"{where}cannot reach containerd: {exc}")
     return None
+
+
+_CLASS_BY_NAME: dict[ErrorClass, type[ContainerdError]] = {
+    cls.error_class: cls for cls in _CLASS_BY_STATUS.values()
+}
+
+
+def from_error_class(error_class: ErrorClass, message: str) -> ContainerdError:
+    """The exception for a class name received over the wire (the gateway's error data)."""
+    return _CLASS_BY_NAME.get(error_class, Unknown)(message)

@@ -74,8 +74,16 @@ def state(tmp_path: Path) -> str:
 
 def trap_spec(rootfs: Path, code: int) -> object:
     # PID 1 has no default signal actions; this one exits with `code` on SIGTERM.
-    script = f'trap "exit {code}" TERM; while :; do sleep 0.05; done'
+    script = f'trap "exit {code}" TERM; echo ready; while :; do sleep 0.05; done'
     return build_spec(rootfs, ["sh", "-c", script])
+
+
+async def wait_ready(task: Task) -> None:
+    """Until the trap is installed: before that, PID 1 ignores SIGTERM."""
+    assert task.io is not None
+    assert task.io.stdout is not None
+    with trio.fail_after(20):
+        assert b"ready" in await task.io.stdout.receive_some()
 
 
 async def start_many(client: Client, specs: list[tuple[str, object]]) -> dict[str, Task]:
@@ -120,6 +128,8 @@ async def test_containerd_sigkill_loses_no_exit(
     async with open_client(daemon.address, NS, recorder, state_dir=state) as client:
         specs = [(unique_id(f"k{i}"), trap_spec(rootfs, 10 + i)) for i in range(20)]
         tasks = await start_many(client, specs)
+        for task in tasks.values():
+            await wait_ready(task)
         ids = [cid for cid, _ in specs]
         exiting, staying = ids[:10], ids[10:]
         await trio.to_thread.run_sync(daemon.kill)
@@ -200,6 +210,7 @@ async def test_our_restart_restores_state_exits_and_stdout(
                 (quitter_id, trap_spec(rootfs, 3)),
             ],
         )
+        await wait_ready(tasks[quitter_id])
     # Our client is gone ("crashed"); the containers are not. One exits meanwhile.
     os.kill(tasks[quitter_id].pid, signal.SIGTERM)
     await wait_gone(tasks[quitter_id].pid)
@@ -280,7 +291,7 @@ async def test_crashed_actor_is_restarted_and_limit_fails_upward(
     daemon: PrivateContainerd, rootfs: Path, state: str
 ) -> None:
     policy = RestartPolicy(max_restarts=2, within=60, backoff=0.01)
-    with pytest.raises(RestartLimitExceeded, match="crashed 3 times"):  # noqa: PT012
+    with pytest.raises(RestartLimitExceeded, match="crashed 3 times"):
         async with open_client(
             daemon.address, NS, state_dir=state, restart_policy=policy
         ) as client:
@@ -349,7 +360,7 @@ async def test_supervisor_restores_and_slow_subscriber_is_dropped(
                     if seen.count(EventType.EXIT) == 3:
                         break
             assert seen.count(EventType.START) == 3
-            with pytest.raises(EventStreamLagged, match="fell more than 2 events behind"):  # noqa: PT012
+            with pytest.raises(EventStreamLagged, match="fell more than 2 events behind"):
                 while True:
                     await never_reads.receive()
         assert client.statistics().subscribers.dropped_subscribers == 1
