@@ -25,6 +25,7 @@ class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
 
 class CreateTask(_Command, tag="create_task", frozen=True, kw_only=True):
     with_stdin: bool = False
+    start: bool = False
     attach_stdio: StdioCallback | None = None
     checkpoint_dir: str | None = None
 

@@ -38,6 +38,7 @@ from .errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unknown,
 )
 from .events import EventInfo, EventType, ExitStatus, TaskEvent, timestamp_to_datetime
 from .stdio import DirectIO, FifoSet
@@ -472,6 +473,9 @@ class ContainerActor:
         proc.pid = int(response.pid)
         self._init = proc
         self.task_epoch += 1
+        if command.start:
+            # In the same command, so a caller that gives up cannot leave it half done.
+            return await self._start_process("")
         return proc.pid
 
     async def _start_process(self, exec_id: str) -> int:
@@ -546,6 +550,14 @@ class ContainerActor:
         self._start_pumps(proc)
         try:
             await self._remote.tasks_exec(request)
+        except Unknown as exc:
+            io.close()
+            if "stopped state" in exc.message:
+                # The task died before its exit event reached us; say so in our terms.
+                raise FailedPrecondition(
+                    f"task {self.container_id} is not running: {exc.message}"
+                ) from exc
+            raise
         except BaseException:
             io.close()
             raise

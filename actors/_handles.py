@@ -249,6 +249,30 @@ class Container(metaclass=_NoPublicConstructor):
 
         The FIFOs exist and ``attach_stdio`` has run before the RPC, so no output is lost.
         """
+        return await self._create_task(with_stdin, attach_stdio, checkpoint_dir, start=False)
+
+    async def start(
+        self,
+        *,
+        with_stdin: bool = False,
+        attach_stdio: cmd.StdioCallback | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> Task:
+        """Create and start the task (2 RPCs: Tasks.Create, Tasks.Start).
+
+        Both happen in one actor command: a caller that is cancelled meanwhile leaves either
+        no task or a started one, never a created-but-not-started task.
+        """
+        return await self._create_task(with_stdin, attach_stdio, checkpoint_dir, start=True)
+
+    async def _create_task(
+        self,
+        with_stdin: bool,
+        attach_stdio: cmd.StdioCallback | None,
+        checkpoint_dir: str | None,
+        *,
+        start: bool,
+    ) -> Task:
         dio: list[DirectIO] = []
 
         def remember(io: DirectIO) -> Any:
@@ -258,24 +282,13 @@ class Container(metaclass=_NoPublicConstructor):
         pid = await call_actor(
             self._actor,
             cmd.CreateTask(
-                with_stdin=with_stdin, attach_stdio=remember, checkpoint_dir=checkpoint_dir
+                with_stdin=with_stdin,
+                attach_stdio=remember,
+                checkpoint_dir=checkpoint_dir,
+                start=start,
             ),
         )
         task: Task = Task._create(self._actor, "", int(pid), dio[0] if dio else None)
-        return task
-
-    async def start(
-        self,
-        *,
-        with_stdin: bool = False,
-        attach_stdio: cmd.StdioCallback | None = None,
-        checkpoint_dir: str | None = None,
-    ) -> Task:
-        """Create and start the task (2 RPCs: Tasks.Create, Tasks.Start)."""
-        task = await self.new_task(
-            with_stdin=with_stdin, attach_stdio=attach_stdio, checkpoint_dir=checkpoint_dir
-        )
-        await task.start()
         return task
 
     async def task(self) -> Task:

@@ -41,7 +41,7 @@ from . import _protocol as proto
 from ._client import Client
 from ._handles import Container, Process
 from ._policy import SpecPolicy, build_container_spec, build_exec_process
-from .errors import InvalidArgument, NotFound, ResourceExhausted
+from .errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
 from .spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
 from .stdio import DirectIO
 
@@ -106,6 +106,7 @@ class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
     slow_disconnects: int
     stdio_sessions: int
+    internal_errors: int
 
 
 def is_loopback(host: str) -> bool:
@@ -196,6 +197,7 @@ class Gateway:
         self._errors = 0
         self._slow = 0
         self._stdio_sessions = 0
+        self._internal_errors = 0
         self.port: int | None = None
 
     def statistics(self) -> GatewayStatistics:
@@ -207,6 +209,7 @@ class Gateway:
             errors=self._errors,
             slow_disconnects=self._slow,
             stdio_sessions=self._stdio_sessions,
+            internal_errors=self._internal_errors,
         )
 
     # -- listening -----------------------------------------------------------------------
@@ -225,7 +228,7 @@ class Gateway:
         wrapped: list[Any] = listeners
         if self._ssl_context is not None:
             wrapped = [trio.SSLListener(listener, self._ssl_context) for listener in listeners]
-        server = WebSocketServer(
+        server = _Server(
             self._handle,
             wrapped,
             max_message_size=config.max_message_size,
@@ -302,6 +305,12 @@ class Gateway:
                 await self._stdio_connection(ws, path[len("/stdio/") :], chosen)
         except ConnectionClosed:
             pass
+        except Exception:
+            # One connection's bug must never take the server (and every other client) down.
+            self._internal_errors += 1
+            log.exception("connection handler failed")
+            with trio.move_on_after(2), contextlib.suppress(ConnectionClosed):
+                await ws.aclose(1011, "internal error")
         finally:
             self._connections -= 1
 
@@ -608,7 +617,8 @@ async def _bridge_stdio(
             if frame is None:
                 continue
             channel, payload = frame
-            with contextlib.suppress(InvalidArgument):
+            # A bad resize or close frame is ignored, as the k8s server does; the stream goes on.
+            with contextlib.suppress(ContainerdError):
                 if channel is frames.Channel.STDIN and io.stdin is not None and not io.stdin_closed:
                     await io.stdin.send_all(payload)
                 elif channel is frames.Channel.RESIZE:
@@ -662,6 +672,18 @@ def _resources(params: Any) -> LinuxResources:
         pids=LinuxPids(limit=params.pids_limit) if params.pids_limit else None,
         cpu=LinuxCPU(shares=params.cpu_shares) if params.cpu_shares else None,
     )
+
+
+class _Server(WebSocketServer):
+    """trio-websocket's server, whose ``listeners`` assumes IP sockets (it logs them at
+    start); a unix socket would make that raise."""
+
+    @property
+    def listeners(self) -> list[Any]:
+        try:
+            return list(super().listeners)
+        except ValueError:
+            return [repr(listener) for listener in self._listeners]
 
 
 async def _unix_listener(path: str) -> trio.SocketListener:

@@ -19,6 +19,7 @@ import msgspec
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     WebSocketConnection,
     wrap_client_stream,
 )
@@ -26,7 +27,14 @@ from trio_websocket import (
 from . import _frames as frames
 from ._groups import collapse
 from ._protocol import JSONRPC_SUBPROTOCOL
-from .errors import ContainerdActorsError, ContainerdError, ErrorClass, from_error_class
+from .errors import (
+    ContainerdActorsError,
+    ContainerdError,
+    ErrorClass,
+    PermissionDenied,
+    Unauthenticated,
+    from_error_class,
+)
 
 __all__ = ["GatewayClient", "GatewayError", "StdioSession", "connect_gateway"]
 
@@ -92,7 +100,21 @@ async def _open(
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise collapse(group) from None
+        raise _handshake_error(collapse(group)) from None
+    except ConnectionRejected as exc:
+        raise _handshake_error(exc) from None
+
+
+def _handshake_error(exc: BaseException) -> BaseException:
+    if not isinstance(exc, ConnectionRejected):
+        return exc
+    reason = (exc.body or b"").decode(errors="replace")[:200]
+    message = f"the control plane refused the connection ({exc.status_code}): {reason}"
+    if exc.status_code == 401:
+        return Unauthenticated(message)
+    if exc.status_code == 403:
+        return PermissionDenied(message)
+    return GatewayError(-32000, message)
 
 
 class GatewayClient:

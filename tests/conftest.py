@@ -102,3 +102,18 @@ def io_dir(session_dir: Path) -> Path:
 async def client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
     async with open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as c:
         yield c
+
+
+@pytest.fixture
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateContainerd]:
+    """A containerd of the test's own, for tests that kill, freeze or restart it."""
+    _require_host()
+    instance = PrivateContainerd(Path(tmp_path_factory.mktemp("cd", numbered=True)) / "c")
+    instance.start()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> str:
+    return str(tmp_path / "io")

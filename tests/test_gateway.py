@@ -25,6 +25,7 @@ from actors import AlreadyExists, Client, FailedPrecondition, NotFound, open_cli
 from actors._embedded import PrivateContainerd
 from actors._groups import collapse
 from actors._policy import SpecPolicy
+from actors.errors import Unauthenticated
 from actors.gateway import Gateway, GatewayConfig
 from actors.gateway_client import GatewayClient, connect_gateway
 
@@ -490,3 +491,26 @@ async def test_cli_without_server_says_how_to_start_it(served: Served) -> None:
     )
     assert done.returncode == 125
     assert b"containerd-actors serve" in done.stderr
+
+
+def test_token_file_is_created_0600_and_reused(tmp_path: Path) -> None:
+    from actors._cli import load_or_create_token
+
+    path = tmp_path / "state" / "token"
+    token = load_or_create_token(path)
+    assert len(token) >= 43  # 256 bits, url-safe base64
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert load_or_create_token(path) == token
+
+
+async def test_unix_socket_listener_is_private_and_serves(
+    containerd: PrivateContainerd, io_dir: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    sock = str(tmp_path / "ca.sock")
+    async with serve(containerd, io_dir, rootfs, tmp_path, unix_socket=sock) as s:
+        assert (os.stat(sock).st_mode & 0o777) == 0o600
+        async with connect_gateway(f"unix://{sock}", s.token) as gw:
+            assert (await gw.call("version"))["protocol"] == "containerd-actors.v1"
+        with pytest.raises(Unauthenticated, match="401"):
+            async with connect_gateway(f"unix://{sock}", "wrong-token-wrong-token"):
+                pass

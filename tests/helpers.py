@@ -1,0 +1,76 @@
+"""Helpers shared by the integration and fault tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from actors import Client, EventInfo, EventType, Task, build_spec
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, EventType, EventInfo]] = []
+
+    async def process_event(
+        self, container_id: str, event_type: EventType, info: EventInfo
+    ) -> None:
+        self.events.append((container_id, event_type, info))
+
+    def exits(self, container_id: str, process_id: str | None = None) -> list[int]:
+        pid_filter = process_id or container_id
+        return [
+            i.exit_code
+            for c, t, i in self.events
+            if c == container_id and t is EventType.EXIT and i.process_id == pid_filter
+        ]
+
+    async def wait_until(self, predicate: object, timeout: float = 30) -> None:
+        assert callable(predicate)
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.02)
+
+
+def trap_spec(rootfs: Path, code: int) -> object:
+    # PID 1 has no default signal actions; this one exits with `code` on SIGTERM.
+    script = f'trap "exit {code}" TERM; echo ready; while :; do sleep 0.05; done'
+    return build_spec(rootfs, ["sh", "-c", script])
+
+
+async def wait_ready(task: Task) -> None:
+    """Until the trap is installed: before that, PID 1 ignores SIGTERM."""
+    assert task.io is not None
+    assert task.io.stdout is not None
+    with trio.fail_after(20):
+        assert b"ready" in await task.io.stdout.receive_some()
+
+
+async def start_many(client: Client, specs: list[tuple[str, object]]) -> dict[str, Task]:
+    tasks: dict[str, Task] = {}
+
+    async def one(container_id: str, spec: object) -> None:
+        container = await client.new_container(container_id, spec)  # type: ignore[arg-type]
+        tasks[container_id] = await container.start()
+
+    async with trio.open_nursery() as nursery:
+        for container_id, spec in specs:
+            nursery.start_soon(one, container_id, spec)
+    return tasks
+
+
+async def wait_gone(pid: int, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+            await trio.sleep(0.02)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
