@@ -20,16 +20,27 @@ from ._subscribers import EventStreamLagged as EventStreamLagged
 from ._subscribers import Subscription as Subscription
 from ._supervision import RestartLimitExceeded as RestartLimitExceeded
 from ._supervision import RestartPolicy as RestartPolicy
+from .errors import Aborted as Aborted
 from .errors import ActorCrashed as ActorCrashed
 from .errors import AlreadyExists as AlreadyExists
 from .errors import ClientClosed as ClientClosed
 from .errors import ContainerdActorsError as ContainerdActorsError
 from .errors import ContainerdError as ContainerdError
+from .errors import DataLoss as DataLoss
 from .errors import DeadlineExceeded as DeadlineExceeded
+from .errors import ErrorClass as ErrorClass
 from .errors import FailedPrecondition as FailedPrecondition
+from .errors import Internal as Internal
 from .errors import InvalidArgument as InvalidArgument
 from .errors import NotFound as NotFound
+from .errors import OutOfRange as OutOfRange
+from .errors import PermissionDenied as PermissionDenied
+from .errors import RemoteCancelled as RemoteCancelled
+from .errors import ResourceExhausted as ResourceExhausted
+from .errors import Unauthenticated as Unauthenticated
 from .errors import Unavailable as Unavailable
+from .errors import Unimplemented as Unimplemented
+from .errors import Unknown as Unknown
 from .events import EventInfo as EventInfo
 from .events import EventType as EventType
 from .events import ExitStatus as ExitStatus
@@ -41,6 +52,7 @@ from .stdio import DirectIO as DirectIO
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "Aborted",
     "ActorCrashed",
     "ActorStatistics",
     "AlreadyExists",
@@ -51,17 +63,24 @@ __all__ = [
     "Container",
     "ContainerdActorsError",
     "ContainerdError",
+    "DataLoss",
     "DeadlineExceeded",
     "DirectIO",
+    "ErrorClass",
     "EventInfo",
     "EventStreamLagged",
     "EventType",
     "ExitStatus",
     "FailedPrecondition",
+    "Internal",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
     "Process",
     "ProcessState",
+    "RemoteCancelled",
+    "ResourceExhausted",
     "RestartLimitExceeded",
     "RestartPolicy",
     "RuncOptions",
@@ -70,7 +89,10 @@ __all__ = [
     "Task",
     "TaskEvent",
     "TaskStatus",
+    "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
+    "Unknown",
     "build_process",
     "build_spec",
     "default_state_dir",

@@ -253,7 +253,23 @@ class PrivateContainerd:
         return pids
 
     def kill_shims(self) -> None:
-        for pid in self.shim_pids():
+        """SIGKILL our shims and the container inits they parent.
+
+        Killing only a shim would orphan its container (the init keeps running, reparented
+        to PID 1); killing the init ends its whole PID namespace.
+        """
+        shims = set(self.shim_pids())
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) in shims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry), signal.SIGKILL)
+        for pid in shims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -95,7 +95,10 @@ async def test_soak_leaks_nothing(
         fault_report.count(
             "soak fd/thread/task delta", sum(a - b for a, b in zip(after, baseline, strict=True))
         )
-        assert after == baseline, f"fds/threads/trio tasks {baseline} -> {after}"
+        # fds and Trio tasks exactly as before; threads may only shrink (Trio's worker-thread
+        # cache retires idle threads).
+        assert (after[0], after[2]) == (baseline[0], baseline[2]), f"{baseline} -> {after}"
+        assert after[1] <= baseline[1], f"threads {baseline[1]} -> {after[1]}"
         assert growth < RSS_GROWTH_BOUND, f"RSS grew by {growth / 2**20:.1f} MiB"
         assert client.statistics().actors == 0
     assert leftovers(daemon, NS, Path(state)) == []
