@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,8 @@ import pytest
 
 from actors import Client, open_client
 from actors._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
+
+from .helpers import leftovers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -57,34 +58,10 @@ def containerd(session_dir: Path) -> Iterator[PrivateContainerd]:
     daemon = PrivateContainerd(session_dir / "containerd")
     daemon.start()
     yield daemon
-    leftovers = _leftovers(daemon, session_dir / "io")
+    left = leftovers(daemon, NAMESPACE, session_dir / "io")
     daemon.close()
-    if leftovers:
-        pytest.fail("the suite leaked: " + "; ".join(leftovers), pytrace=False)
-
-
-def _ctr(daemon: PrivateContainerd, *args: str) -> list[str]:
-    result = subprocess.run(
-        ["ctr", "-a", daemon.address, "-n", NAMESPACE, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.split()
-
-
-def _leftovers(daemon: PrivateContainerd, io_dir: Path) -> list[str]:
-    found = []
-    containers = _ctr(daemon, "containers", "list", "-q")
-    if containers:
-        found.append(f"containers {containers}")
-    tasks = _ctr(daemon, "tasks", "list", "-q")
-    if tasks:
-        found.append(f"tasks {tasks}")
-    fifos = [str(p) for p in io_dir.rglob("*") if p.is_fifo()] if io_dir.exists() else []
-    if fifos:
-        found.append(f"FIFO files {fifos}")
-    return found
+    if left:
+        pytest.fail("the suite leaked: " + "; ".join(left), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -17,25 +17,22 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
-    WebSocketConnection,
-    wrap_client_stream,
 )
 
 from actors import AlreadyExists, Client, FailedPrecondition, NotFound, open_client
 from actors._embedded import PrivateContainerd
-from actors._groups import collapse
 from actors._policy import SpecPolicy
 from actors.errors import Unauthenticated
 from actors.gateway import Gateway, GatewayConfig
 from actors.gateway_client import GatewayClient, connect_gateway
 
 from .conftest import NAMESPACE, unique_id
+from .helpers import raw_websocket
 
 pytestmark = pytest.mark.integration
 
 
-@asynccontextmanager
-async def open_websocket(
+def open_websocket(
     host: str,
     port: int,
     resource: str,
@@ -44,30 +41,17 @@ async def open_websocket(
     subprotocols: list[str],
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     message_queue_size: int = 1,
-) -> AsyncIterator[WebSocketConnection]:
-    """A raw client whose TCP stream we close ourselves (trio-websocket's client leaves it
-    open when the server rejects the handshake or closes first)."""
+) -> Any:
+    assert host == "127.0.0.1"
     assert not use_ssl
-    stream = await trio.open_tcp_stream(host, port)
-    try:
-        async with stream, trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery,
-                stream,
-                host,
-                resource,
-                subprotocols=subprotocols,
-                extra_headers=extra_headers or [],
-                message_queue_size=message_queue_size,
-            )
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(2, shield=True):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise collapse(group) from None
+    return raw_websocket(
+        port,
+        resource,
+        token=None,
+        subprotocols=subprotocols,
+        extra_headers=extra_headers,
+        message_queue_size=message_queue_size,
+    )
 
 
 @dataclass

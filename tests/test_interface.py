@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -13,7 +13,6 @@ import trio
 from actors import (
     Client,
     Container,
-    EventInfo,
     EventType,
     FailedPrecondition,
     InvalidArgument,
@@ -27,28 +26,9 @@ from actors._container import criu_problem
 from actors._embedded import PrivateContainerd
 
 from .conftest import NAMESPACE, unique_id
+from .helpers import Recorder
 
 pytestmark = pytest.mark.integration
-
-
-class Recorder:
-    """A Backend that keeps every event it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, EventType, EventInfo]] = []
-
-    async def process_event(
-        self, container_id: str, event_type: EventType, info: EventInfo
-    ) -> None:
-        self.events.append((container_id, event_type, info))
-
-    def of(self, container_id: str) -> list[tuple[EventType, EventInfo]]:
-        return [(t, i) for c, t, i in self.events if c == container_id]
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.01)
 
 
 @asynccontextmanager

@@ -9,13 +9,12 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 
-from actors._embedded import PrivateContainerd
+from ..helpers import leftovers as leftovers
 
 
 class FaultReport:
@@ -59,24 +58,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             sort_keys=True,
         )
     )
-
-
-def leftovers(daemon: PrivateContainerd, namespace: str, io_dir: Path) -> list[str]:
-    """What a case left behind: containers, tasks, FIFO files, shims."""
-    found = []
-    for kind in ("containers", "tasks"):
-        out = subprocess.run(
-            ["ctr", "-a", daemon.address, "-n", namespace, kind, "list", "-q"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if out:
-            found.append(f"{kind}: {out}")
-    fifos = [str(p) for p in io_dir.rglob("*") if p.is_fifo()] if io_dir.exists() else []
-    if fifos:
-        found.append(f"fifos: {fifos}")
-    return found
 
 
 def trio_task_count() -> int:

@@ -11,22 +11,20 @@ from __future__ import annotations
 import json
 import random
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed
 
 from actors import open_client
 from actors._embedded import PrivateContainerd
-from actors._groups import collapse
 from actors._policy import SpecPolicy
 from actors.gateway import Gateway, GatewayConfig
 from actors.gateway_client import connect_gateway
 
+from ..helpers import raw_websocket
 from .conftest import FaultReport, leftovers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -113,29 +111,8 @@ def mutate(rng: random.Random, template: dict[str, Any], serial: int) -> str | b
     return text
 
 
-@asynccontextmanager
-async def raw_socket(
-    port: int, resource: str, token: str, protocols: list[str]
-) -> AsyncIterator[WebSocketConnection]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    try:
-        async with stream, trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery,
-                stream,
-                "127.0.0.1",
-                resource,
-                subprotocols=protocols,
-                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
-            )
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(2, shield=True):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise collapse(group) from None
+def raw_socket(port: int, resource: str, token: str, protocols: list[str]) -> Any:
+    return raw_websocket(port, resource, token=token, subprotocols=protocols)
 
 
 async def test_mutated_messages_and_random_frames(
