@@ -29,6 +29,7 @@ is preserved.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import importlib
 import os
@@ -108,8 +109,12 @@ class AsyncioBridge:
         "_closed",
         "_entries",
         "_finalizing",
+        "_inbox",
+        "_inbox_scheduled",
         "_loop",
         "_loop_failure",
+        "_outbox",
+        "_outbox_scheduled",
         "_running",
         "_shutdown_callbacks",
         "_shutdown_timeout",
@@ -150,6 +155,13 @@ class AsyncioBridge:
         # Written by the loop thread only.
         self._callbacks_taken = False
         self._finalizing = False
+        # Hand-offs between the threads, batched: under load one wakeup carries many calls
+        # (deque append/popleft are atomic; the flag is cleared before draining, so a hand-off
+        # that sees it set is always drained).
+        self._outbox: collections.deque[Callable[[], object]] = collections.deque()
+        self._outbox_scheduled = False
+        self._inbox: collections.deque[Callable[[], object]] = collections.deque()
+        self._inbox_scheduled = False
 
     @classmethod
     async def start(
@@ -198,7 +210,7 @@ class AsyncioBridge:
         await trio.lowlevel.checkpoint_if_cancelled()
         call = _Call(self, trio.lowlevel.current_task(), fn, args)
         try:
-            self._loop.call_soon_threadsafe(call._submit)
+            self._post(call._submit)
         except RuntimeError:
             # The loop died on its own; its thread-finished notice marks us closed.
             raise self._closed_error() from None
@@ -282,6 +294,23 @@ class AsyncioBridge:
     def _on_loop_running(self) -> None:
         self._running.set()
 
+    def _post(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` soon in the loop thread (Trio thread; batched wakeups)."""
+        self._outbox.append(fn)
+        if not self._outbox_scheduled:
+            self._outbox_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_outbox)
+            except RuntimeError:
+                self._outbox_scheduled = False
+                raise
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            inbox.popleft()()
+
     def _on_thread_finished(self) -> None:
         self._closed = True
         entries = list(self._entries)
@@ -297,6 +326,22 @@ class AsyncioBridge:
         # If the Trio run is gone, nobody is left to wake.
         with suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn)
+
+    def _notify_batched(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` soon in the Trio thread (loop thread; batched wakeups, in order)."""
+        self._inbox.append(fn)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            try:
+                self._token.run_sync_soon(self._drain_inbox)
+            except trio.RunFinishedError:
+                pass  # the Trio run is gone; nobody is left to wake
+
+    def _drain_outbox(self) -> None:
+        self._outbox_scheduled = False
+        outbox = self._outbox
+        while outbox:
+            outbox.popleft()()
 
     def _thread_main(self) -> None:
         loop = self._loop
@@ -406,11 +451,7 @@ class _Call(_Entry):
         if not atask.cancelled():
             self._result = atask.result()
         self._atask = None
-        # Plain try rather than suppress(): this runs once per call.
-        try:
-            self._bridge._token.run_sync_soon(self._deliver)
-        except trio.RunFinishedError:
-            pass  # the Trio run is gone; nobody is left to wake
+        self._bridge._notify_batched(self._deliver)
 
     # Trio thread.
 

@@ -82,11 +82,14 @@ class Mailbox(Generic[_Item]):
 
     async def receive(self) -> _Item:
         """Next item in arrival order; EndOfChannel after close once the queue is empty."""
+        parked = False
         while not self._items:
             if self._closed:
                 raise trio.EndOfChannel
             await self._readers.park()
-        await trio.lowlevel.checkpoint()
+            parked = True
+        if not parked:
+            await trio.lowlevel.checkpoint()  # still a checkpoint when items were waiting
         return self._take()
 
     def receive_nowait(self) -> _Item:

@@ -57,7 +57,7 @@ def _make_fifo(path: str) -> None:
         # Re-attaching after a restart finds our own FIFO; anything else is refused.
         if not stat.S_ISFIFO(os.lstat(path).st_mode):
             raise
-    os.chmod(path, 0o600)
+        os.chmod(path, 0o600)
 
 
 class OutputPipe(trio.abc.ReceiveStream):
