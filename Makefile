@@ -49,10 +49,13 @@ proto:
 proto-check:
 	$(BIN)/python -m proto.generate --check
 
+# Load benchmarks side by side with ctr and a stateless client (see benchmarks/README.md).
 bench: setup
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks
 
 bench-quick: setup
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks --quick
 
 clean:
