@@ -52,6 +52,7 @@ RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 # Exits decided by us rather than reported by a process (moby's convention).
 EXIT_CODE_UNKNOWN = 255
 SERVE_BATCH = 64
+UNCLAIMED_EXITS_KEPT = 16
 
 Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
 
@@ -187,6 +188,7 @@ class ContainerActor:
         # change is never applied to the new task.
         self.task_epoch = 0
         self._reconciled_exits = 0
+        self._unclaimed_exits: dict[str, EventInfo] = {}
         self._commands_handled = 0
         self._events_handled = 0
         self._duplicate_exits = 0
@@ -233,7 +235,11 @@ class ContainerActor:
             pid=int(process.pid),
             status=status_from_wire(int(process.status)),
         )
-        if init.status is TaskStatus.STOPPED:
+        seen = self._unclaimed_exits.pop(self.container_id, None)
+        if seen is not None and seen.pid == init.pid:
+            init.exit = ExitStatus(code=seen.exit_code, exited_at=seen.exited_at)
+            init.status = TaskStatus.STOPPED
+        elif init.status is TaskStatus.STOPPED:
             init.status = TaskStatus.RUNNING  # until the Reconcile records its exit
         if attach and init.status is not TaskStatus.UNKNOWN and process.stdout:
             fifos = FifoSet(
@@ -795,7 +801,12 @@ class ContainerActor:
         else:
             proc = self._execs.get(info.process_id)
         if proc is None:
-            return True  # not ours to track, but the backend still hears it
+            # Not a process we know (yet): the backend hears it now, and a task adopted later
+            # with this pid takes the exit as already delivered instead of reporting it again.
+            self._unclaimed_exits[info.process_id] = info
+            while len(self._unclaimed_exits) > UNCLAIMED_EXITS_KEPT:
+                del self._unclaimed_exits[next(iter(self._unclaimed_exits))]
+            return True
         if proc.exit is not None:
             return False
         if proc.pid and info.pid and proc.pid != info.pid:

@@ -504,3 +504,36 @@ def test_fake_remote_has_remote_signatures() -> None:
         ]
         assert found == expected, name
         assert inspect.iscoroutinefunction(fake_method) == inspect.iscoroutinefunction(method)
+
+
+async def test_an_exit_before_the_actor_exists_is_held_replayed_and_reported_once(
+    tmp_path: Path,
+) -> None:
+    fake = FakeContainerd()
+    state = str(tmp_path / "io")
+    async with open_fake_client(fake, NS, state_dir=state, restore=False) as first:
+        container = await first.new_container("held", build_spec(tmp_path, ["sleep", "300"]))
+        pid = (await container.start()).pid
+    recorder = Recorder()
+    async with (
+        open_fake_client(fake, NS, recorder, state_dir=state, restore=False) as second,
+        second.events() as events,
+    ):
+        fake.exit_process(NS, "held", code=5)
+        with trio.fail_after(5):
+            first_seen = await events.receive()  # subscribers hear it at once
+        assert (first_seen.type, first_seen.info.exit_code) == (EventType.EXIT, 5)
+        assert second.statistics().held_events == 1
+        loaded = await second.load_container("held")  # the actor appears; the exit is replayed
+        task = await loaded.task()
+        with trio.fail_after(5):
+            assert (await task.wait()).code == 5
+        assert task.pid == pid
+        await trio.testing.wait_all_tasks_blocked()
+        exits = [i.exit_code for c, t, i in recorder.events if c == "held" and t is EventType.EXIT]
+        assert exits == [5]  # once, although it was both replayed and reconciled
+        with trio.move_on_after(0.2) as idle:
+            await events.receive()
+        assert idle.cancelled_caught, "subscribers got nothing twice"
+        await task.delete()
+        await loaded.delete()
