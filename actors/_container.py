@@ -333,10 +333,13 @@ class ContainerActor:
             except trio.EndOfChannel:
                 return
             # Items already queued are taken without a scheduler round trip each, up to a
-            # bound so a busy container cannot starve its neighbours.
-            for _ in range(SERVE_BATCH):
+            # bound so a busy container cannot starve its neighbours. Only take an item
+            # that will be served in this batch.
+            for served in range(1, SERVE_BATCH + 1):
                 if await self._serve_one(*item):
                     return
+                if served == SERVE_BATCH:
+                    break
                 try:
                     item = self.mailbox.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
@@ -710,8 +713,7 @@ class ContainerActor:
             self._init = None
             self.task_epoch += 1
             for other in self._execs.values():
-                if other.io is not None:
-                    other.io.close()
+                self._forget(other, "ended with its task")
             self._execs.clear()
         if proc.io is not None:
             proc.io.close()
@@ -773,6 +775,24 @@ class ContainerActor:
             self._apply_event(
                 TaskEvent(type=EventType.EXIT, info=info, topic="/tasks/exit", synthetic=True)
             )
+
+    def _forget(self, proc: _Process, why: str) -> None:
+        """Drop a process we stop tracking: close its stdio and answer its waiters."""
+        if proc.io is not None:
+            proc.io.close()
+        for waiter in proc.waiters:
+            result: outcome.Outcome[Any] = (
+                outcome.Value(proc.exit)
+                if proc.exit is not None
+                else outcome.Error(
+                    NotFound(
+                        f"process {proc.process_id} {why}; its exit status is unknown",
+                        local=True,
+                    )
+                )
+            )
+            _send_reply(waiter, result)
+        proc.waiters.clear()
 
     def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
         proc.exit = status

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import trio
 
+from .errors import ContainerdActorsError
+
 
 def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The single meaningful exception inside ``group`` (ignoring Cancelled), else the group."""
@@ -16,7 +18,7 @@ def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while stack:
         exc = stack.pop()
         if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
+            stack.extend(reversed(exc.exceptions))  # keep the raising order
         else:
             leaves.append(exc)
     interesting = [e for e in leaves if not isinstance(e, trio.Cancelled)]
@@ -24,4 +26,11 @@ def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
         return interesting[0]
     if not interesting:
         return leaves[0]
+    # Several tasks hit the same outage (e.g. every RPC in flight sees Unavailable): the
+    # first of our errors tells the story. An unexpected exception (a bug) wins over ours.
+    others = [e for e in interesting if not isinstance(e, ContainerdActorsError)]
+    if not others:
+        return interesting[0]
+    if len(others) == 1:
+        return others[0]
     return group

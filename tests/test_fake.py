@@ -537,3 +537,27 @@ async def test_an_exit_before_the_actor_exists_is_held_replayed_and_reported_onc
         assert idle.cancelled_caught, "subscribers got nothing twice"
         await task.delete()
         await loaded.delete()
+
+
+async def test_every_queued_command_is_answered_past_the_serve_batch(tmp_path: Path) -> None:
+    """More commands than one serve batch (64) queued at once: none may be dropped."""
+    fake = FakeContainerd()
+    async with open_fake_client(fake, NS, state_dir=str(tmp_path / "io")) as client:
+        container = await client.new_container("batch", build_spec(tmp_path, ["sleep", "300"]))
+        task = await container.start()
+        answered = 0
+
+        async def ask() -> None:
+            nonlocal answered
+            await task.pids()  # an RPC: the actor yields mid-batch and the queue refills
+            answered += 1
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(500):
+                    nursery.start_soon(ask)
+        assert answered == 500
+        await task.kill(signal.SIGKILL)
+        await task.wait()
+        await task.delete()
+        await container.delete()

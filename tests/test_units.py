@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 import trio
@@ -188,3 +189,22 @@ async def test_mailbox_close_wakes_everyone() -> None:
     with pytest.raises(trio.EndOfChannel):
         await box.receive()
     assert not box.post_event("after close")
+
+
+def test_collapse_unwraps_to_the_meaningful_exception() -> None:
+    from actors._groups import collapse
+
+    first, second = errors.Unavailable("a"), errors.Unavailable("b")
+    assert collapse(ExceptionGroup("g", [first, ExceptionGroup("h", [second])])) is first
+    bug = KeyError("bug")
+    assert collapse(ExceptionGroup("g", [first, bug])) is bug
+    two_bugs = ExceptionGroup("g", [KeyError(1), ValueError(2)])
+    assert collapse(two_bugs) is two_bugs
+
+
+async def test_open_client_without_containerd_raises_unavailable_alone(tmp_path: Path) -> None:
+    from actors import open_client
+
+    with pytest.raises(errors.Unavailable, match="socket not found"):
+        async with open_client(str(tmp_path / "none.sock"), "x", state_dir=str(tmp_path)):
+            pass  # pragma: no cover
