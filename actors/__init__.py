@@ -12,6 +12,8 @@ from ._container import ActorStatistics as ActorStatistics
 from ._container import Backend as Backend
 from ._container import ProcessState as ProcessState
 from ._container import TaskStatus as TaskStatus
+from ._embedded import PrivateContainerd as PrivateContainerd
+from ._embedded import build_busybox_rootfs as build_busybox_rootfs
 from ._handles import Container as Container
 from ._handles import Process as Process
 from ._handles import Task as Task
@@ -77,6 +79,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "PrivateContainerd",
     "Process",
     "ProcessState",
     "RemoteCancelled",
@@ -93,6 +96,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "build_busybox_rootfs",
     "build_process",
     "build_spec",
     "default_state_dir",
