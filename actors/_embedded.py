@@ -239,18 +239,12 @@ class PrivateContainerd:
 
     def shim_pids(self) -> list[int]:
         """Shims started by this containerd (their command line names our socket)."""
-        pids = []
         needle = self.address.encode()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmdline = Path("/proc", entry, "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"containerd-shim" in cmdline and needle in cmdline:
-                pids.append(int(entry))
-        return pids
+        return [
+            pid
+            for pid, _, cmdline in _processes()
+            if b"containerd-shim" in cmdline and needle in cmdline
+        ]
 
     def kill_shims(self) -> None:
         """SIGKILL our shims and the container inits they parent.
@@ -259,17 +253,8 @@ class PrivateContainerd:
         to PID 1); killing the init ends its whole PID namespace.
         """
         shims = set(self.shim_pids())
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path("/proc", entry, "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) in shims:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), signal.SIGKILL)
-        for pid in shims:
+        inits = [pid for pid, parent, _ in _processes() if parent in shims]
+        for pid in [*inits, *shims]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -280,6 +265,21 @@ class PrivateContainerd:
         if remove:
             _unmount_below(self.base_dir)
             shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def _processes() -> list[tuple[int, int, bytes]]:
+    """(pid, parent pid, command line) of every process we can read in /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+        except OSError:
+            continue
+        found.append((int(entry), int(stat.rsplit(")", 1)[1].split()[1]), cmdline))
+    return found
 
 
 def _unmount_below(path: Path) -> None:

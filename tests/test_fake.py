@@ -12,7 +12,6 @@ from google.protobuf.any_pb2 import Any as AnyPb
 
 from actors import (
     AlreadyExists,
-    EventInfo,
     EventType,
     FailedPrecondition,
     InvalidArgument,
@@ -35,6 +34,8 @@ from proto.containerd.events import task_pb2 as task_events
 from proto.containerd.services.containers.v1 import containers_pb2
 from proto.containerd.services.tasks.v1 import tasks_pb2
 
+from . import helpers
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
@@ -51,24 +52,9 @@ LIFECYCLE_RPCS = {
 }
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, EventType, EventInfo]] = []
-
-    async def process_event(
-        self, container_id: str, event_type: EventType, info: EventInfo
-    ) -> None:
-        self.events.append((container_id, event_type, info))
-
+class Recorder(helpers.Recorder):
     def types(self, container_id: str) -> list[EventType]:
         return [t for c, t, _ in self.events if c == container_id]
-
-    def exits(self, container_id: str) -> list[int]:
-        return [
-            i.exit_code
-            for c, t, i in self.events
-            if c == container_id and t is EventType.EXIT and i.process_id == container_id
-        ]
 
 
 @pytest.fixture
