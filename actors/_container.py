@@ -276,7 +276,8 @@ class ContainerActor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._deliver_to_backend)
+                if self._backend is not None:
+                    nursery.start_soon(self._deliver_to_backend)
                 for proc in self._processes():
                     self._start_pumps(proc)
                 task_status.started()
@@ -809,8 +810,9 @@ class ContainerActor:
                 return
         else:
             self._apply_state_event(event.type, info)
-        self._backend_queue.append((event.type, info))
-        self._backend_lot.unpark()
+        if self._backend is not None:
+            self._backend_queue.append((event.type, info))
+            self._backend_lot.unpark()
         if publish and self._on_event is not None:
             self._on_event(event)
 
@@ -857,14 +859,15 @@ class ContainerActor:
     async def _deliver_to_backend(self) -> None:
         # Separate from the mailbox loop: a backend that calls back into this container
         # (e.g. deletes the task on exit, as moby does) must not deadlock the actor.
+        backend = self._backend
+        if backend is None:
+            return
         while True:
             while not self._backend_queue:
                 await self._backend_lot.park()
             event_type, info = self._backend_queue.popleft()
-            if self._backend is None:
-                continue
             try:
-                await self._backend.process_event(self.container_id, event_type, info)
+                await backend.process_event(self.container_id, event_type, info)
             except Exception:
                 log.exception("backend failed on %s event of %s", event_type, self.container_id)
 
