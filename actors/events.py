@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import math
 import secrets
 from typing import TYPE_CHECKING, Any, Final
 
@@ -339,4 +338,4 @@ class EventRouter:
             except ContainerdError:
                 pass
             await trio.sleep(delay)
-            delay = min(self._max_backoff, delay * 2 if math.isfinite(delay) else 0.05)
+            delay = min(self._max_backoff, delay * 2)
