@@ -8,6 +8,7 @@ containerd told them, so operations cost the minimum number of RPCs (see ARCHITE
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -123,7 +124,8 @@ class Client:
         self.state_dir = state_dir
         self._io_root = os.path.join(state_dir, remote.namespace)
         self._actors: dict[str, ContainerActor] = {}
-        self._held: dict[str, list[tuple[float, TaskEvent]]] = {}
+        self._held: dict[str, collections.deque[tuple[float, TaskEvent]]] = {}
+        self._held_order: collections.deque[tuple[float, str]] = collections.deque()
         self._held_count = 0
         self._unrouted_events = 0
         self._crashes = CrashHistory(restart_policy)
@@ -149,24 +151,26 @@ class Client:
 
     def _hold(self, event: TaskEvent) -> None:
         now = trio.current_time()
-        if self._held_count >= HELD_EVENTS_LIMIT:
-            self._expire_held(now + HELD_EVENTS_SECONDS)
-        else:
-            self._expire_held(now)
-        self._held.setdefault(event.info.container_id, []).append((now, event))
+        container_id = event.info.container_id
+        self._held.setdefault(container_id, collections.deque()).append((now, event))
+        self._held_order.append((now, container_id))
         self._held_count += 1
-
-    def _expire_held(self, now: float) -> None:
-        for container_id in list(self._held):
-            kept = [(t, e) for t, e in self._held[container_id] if now - t < HELD_EVENTS_SECONDS]
-            self._held_count -= len(self._held[container_id]) - len(kept)
-            if kept:
-                self._held[container_id] = kept
-            else:
-                del self._held[container_id]
+        # Oldest first, so this costs O(1) per event however many are held.
+        while self._held_order and (
+            self._held_count > HELD_EVENTS_LIMIT
+            or now - self._held_order[0][0] >= HELD_EVENTS_SECONDS
+        ):
+            when, oldest_id = self._held_order.popleft()
+            queue = self._held.get(oldest_id)
+            if not queue or queue[0][0] != when:
+                continue  # already replayed to its actor
+            queue.popleft()
+            self._held_count -= 1
+            if not queue:
+                del self._held[oldest_id]
 
     def _replay_held(self, actor: ContainerActor) -> None:
-        held = self._held.pop(actor.container_id, [])
+        held = self._held.pop(actor.container_id, ())
         self._held_count -= len(held)
         for _, event in held:
             actor.mailbox.post_event((cmd.DeliverEvent(event=event, replayed=True), None))

@@ -40,6 +40,7 @@ class CreateExec(_Command, tag="create_exec", frozen=True, kw_only=True):
     terminal: bool
     with_stdin: bool = False
     attach_stdio: StdioCallback | None = None
+    start: bool = True
 
 
 class Kill(_Command, tag="kill", frozen=True, kw_only=True):

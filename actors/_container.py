@@ -241,21 +241,28 @@ class ContainerActor:
             init.status = TaskStatus.STOPPED
         elif init.status is TaskStatus.STOPPED:
             init.status = TaskStatus.RUNNING  # until the Reconcile records its exit
-        if attach and init.status is not TaskStatus.UNKNOWN and process.stdout:
-            fifos = FifoSet(
-                directory=os.path.dirname(process.stdout),
-                stdin=process.stdin,
-                stdout=process.stdout,
-                stderr=process.stderr,
-                terminal=bool(process.terminal),
-            )
-            try:
-                init.io = DirectIO.open(fifos)
-            except OSError as exc:
-                log.warning("cannot re-open stdio of %s: %s", self.container_id, exc)
+        if attach:
+            init.io = self._reopen_io(process)
         self._init = init
         self.task_epoch += 1
         self.mailbox.post_event((reconcile_from_process(self.task_epoch, process), None))
+
+    def _reopen_io(self, process: Any) -> DirectIO | None:
+        """Open our ends of the FIFOs containerd reports for a task (None if it has none)."""
+        if status_from_wire(int(process.status)) is TaskStatus.UNKNOWN or not process.stdout:
+            return None  # the shim is unreachable: no paths to re-open
+        fifos = FifoSet(
+            directory=os.path.dirname(process.stdout),
+            stdin=process.stdin,
+            stdout=process.stdout,
+            stderr=process.stderr,
+            terminal=bool(process.terminal),
+        )
+        try:
+            return DirectIO.open(fifos)
+        except OSError as exc:
+            log.warning("cannot re-open stdio of %s: %s", self.container_id, exc)
+            return None
 
     async def run(
         self,
@@ -543,7 +550,7 @@ class ContainerActor:
             _send_reply(waiter, outcome.Error(FailedPrecondition("process failed to start")))
         proc.waiters.clear()
 
-    async def _create_exec(self, command: cmd.CreateExec) -> None:
+    async def _create_exec(self, command: cmd.CreateExec) -> int:
         init = self._require_live_init()
         if command.exec_id in self._execs or command.exec_id == self.container_id:
             raise AlreadyExists(
@@ -584,6 +591,10 @@ class ContainerActor:
             io.close()
             raise
         self._execs[command.exec_id] = proc
+        if command.start:
+            # In the same command, so a caller that gives up cannot leave it half done.
+            return await self._start_process(command.exec_id)
+        return 0
 
     async def _kill(self, exec_id: str, sig: int, all_: bool) -> None:
         proc = self._process(exec_id)
@@ -675,15 +686,22 @@ class ContainerActor:
         return proc.snapshot(self.container_id)
 
     async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> ProcessState:
-        if self._init is not None:
-            if attach and callback is not None and self._init.io is not None:
-                result = callback(self._init.io)
+        init = self._init
+        if init is not None and (init.io is not None or not attach):
+            if attach and callback is not None and init.io is not None:
+                result = callback(init.io)
                 if inspect.isawaitable(result):
                     await result
-            return self._init.snapshot(self.container_id)
+            return init.snapshot(self.container_id)
+        # Unknown task, or one loaded earlier without stdio: Tasks.Get names its FIFOs.
         process = await self._remote.tasks_get(self.container_id)
-        self.adopt_task(process, attach=attach)
-        init = self._require_init()
+        if init is not None and init.pid == int(process.pid):
+            init.io = self._reopen_io(process)  # the same task: keep its state, add stdio
+        else:
+            if init is not None:
+                self._forget(init, "was replaced by another task")
+            self.adopt_task(process, attach=attach)
+            init = self._require_init()
         self._start_pumps(init)
         if attach and callback is not None and init.io is not None:
             result = callback(init.io)

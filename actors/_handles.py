@@ -152,7 +152,9 @@ class Task(Process):
             dio.append(io)
             return attach_stdio(io) if attach_stdio is not None else None
 
-        await self._call(
+        # Add and start in one actor command: a caller cancelled meanwhile leaves either
+        # no process or a started one.
+        pid = await self._call(
             cmd.CreateExec(
                 exec_id=exec_id,
                 process_spec=encode_process(process_spec),
@@ -161,8 +163,7 @@ class Task(Process):
                 attach_stdio=remember,
             )
         )
-        process: Process = Process._create(self._actor, exec_id, 0, dio[0] if dio else None)
-        await process.start()
+        process: Process = Process._create(self._actor, exec_id, int(pid), dio[0] if dio else None)
         return process
 
     async def process(self, exec_id: str) -> Process:

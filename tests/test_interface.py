@@ -335,8 +335,12 @@ async def test_load_container_task_and_attach_from_a_second_client(
             loaded = await other.load_container(container.id)
         assert made == {"Containers.Get": 1}
         with rpcs(other) as made:
-            attached = await loaded.attach_task()
+            bare = await loaded.task()
         assert made == {"Tasks.Get": 1}
+        assert bare.io is None  # task() attaches no stdio
+        with rpcs(other) as made:
+            attached = await loaded.attach_task()
+        assert made == {"Tasks.Get": 1}  # the FIFO paths come from containerd
         assert attached.pid == task.pid
         assert attached.io is not None and attached.io.stdout is not None
         with trio.fail_after(10):
