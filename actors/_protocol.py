@@ -720,14 +720,16 @@ def event_message(
 
     Args:
         event: the decoded containerd event.
-        attributes: the container's labels (plus e.g. ``name``/``image`` if known). Our own
-            keys (``exitCode``, ``execID``, ``pid``) are written after them, so a label
-            cannot spoof them.
+        attributes: the container's labels (plus e.g. ``image`` if known). Our own keys
+            (``name``, which is the container id, ``exitCode``, ``execID``, ``pid``) are
+            written after them, so a label cannot spoof them: a label ``name=web`` does not
+            make another container's events match a ``container=web`` filter.
         now_ns: the time to report when neither the envelope nor the exit carries one;
             defaults to the current time.
     """
     info = event.info
     attrs = dict(attributes or {})
+    attrs["name"] = info.container_id
     is_exec = info.process_id not in ("", info.container_id)
     if event.type is EventType.EXIT:
         action = EventAction.EXEC_DIE if is_exec else EventAction.DIE
@@ -760,10 +762,11 @@ def event_notification(subscription: str, message: EventMessage) -> bytes:
 class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
     """Docker's event filter semantics.
 
-    Different keys must all match. Several ``container`` values (id, or a ``name``
-    attribute) or ``event`` values (action) match if any one does; several ``label`` values
-    must *all* match, as in Docker (``key`` means the attribute exists, ``key=value`` means
-    it has that value). An empty filter matches everything.
+    Different keys must all match. Several ``container`` values (id, or the ``name``
+    attribute, which :func:`event_message` sets to the id) or ``event`` values (action)
+    match if any one does; several ``label`` values must *all* match, as in Docker
+    (``key`` means the attribute exists, ``key=value`` means it has that value). An empty
+    filter matches everything.
     """
 
     containers: frozenset[str] = frozenset()

@@ -8,6 +8,11 @@ Two kinds of connection, both authenticated during the handshake:
 * ``/stdio/<ticket>`` with ``v5.channel.k8s.io`` (or v4): one process's stdio in binary
   frames with a channel byte, after ``stdio.attach`` returned the ticket.
 
+Labels a client sets are stored under :data:`~actors._labels.USER_LABEL_PREFIX` and shown
+without it; keys in namespaces that containerd, shims or other clients interpret are
+refused (``actors._labels``). Requests carry no annotations, runtime name or runtime
+options: containers get the default runc shim with no options.
+
 Safe by default: loopback or a unix socket, a bearer token compared in constant time, an
 Origin allow-list, a Host check against DNS rebinding, and per-connection limits on message
 size, requests in flight, request rate and subscriptions. A client that cannot keep up with
@@ -40,6 +45,7 @@ from . import _frames as frames
 from . import _protocol as proto
 from ._client import Client
 from ._handles import Container, Process
+from ._labels import store_user_labels, user_labels
 from ._policy import SpecPolicy, build_container_spec, build_exec_process
 from .errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
 from .spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
@@ -419,8 +425,10 @@ class Gateway:
                     "protocol": proto.JSONRPC_SUBPROTOCOL,
                 }
             case "container.create":
+                labels = store_user_labels(params.labels)
                 spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
-                container = await client.new_container(params.id, spec, labels=params.labels)
+                # The default runtime and no runtime options: a request can name neither.
+                container = await client.new_container(params.id, spec, labels=labels)
                 return _describe(container)
             case "container.list":
                 return [_describe(c) for c in client.containers()]
@@ -515,11 +523,11 @@ class Gateway:
 
         async def pump() -> None:
             with scope, contextlib.closing(subscription):
-                labels_of = {c.id: c.labels for c in self.client.containers()}
+                labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
                 async for event in subscription:
                     cid = event.info.container_id
                     if cid not in labels_of:
-                        labels_of = {c.id: c.labels for c in self.client.containers()}
+                        labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
                     message = proto.event_message(event, labels_of.get(cid, {}))
                     if event_filter.matches(message):
                         session.send(proto.event_notification(name, message))
@@ -656,7 +664,7 @@ def _describe(container: Container) -> dict[str, Any]:
     state = container.task_state()
     return {
         "id": container.id,
-        "labels": container.labels,
+        "labels": user_labels(container.labels),
         "runtime": container.runtime,
         "task": msgspec.to_builtins(state) if state is not None else None,
     }

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from actors import errors
+from actors._labels import USER_LABEL_PREFIX, store_user_labels, user_labels
 from actors._policy import SpecPolicy, build_container_spec, build_exec_process
 from actors._protocol import ContainerCreateParams, MountParams, ProcessExecParams
 from actors.spec import DEFAULT_CAPABILITIES, DEFAULT_NAMESPACES
@@ -412,3 +413,72 @@ def test_policy_validates_itself(tmp_path: Path) -> None:
         type=SpecPolicy,
     )
     assert decoded.allow_extra_capabilities == frozenset({"CAP_NET_ADMIN"})
+
+
+def test_a_request_never_yields_annotations(policy: SpecPolicy, data: Path) -> None:
+    # Annotations steer the shim (io.containerd.runc.v2.group) and runc (org.systemd.*,
+    # org.criu.config); the request type has no field that could become one.
+    assert not {"annotations", "runtime", "runtime_options", "spec"} & set(
+        ContainerCreateParams.__struct_fields__
+    )
+    spec = build_container_spec(
+        create(
+            labels={"io.containerd.runc.v2.group": "g"},
+            env=["org.criu.config=/x"],
+            hostname="h",
+            mounts=[mount(data)],
+        ),
+        policy,
+        namespace=NS,
+    )
+    assert spec.annotations == {}
+
+
+# --- labels --------------------------------------------------------------------------------
+
+
+def test_user_labels_are_stored_under_our_prefix_and_shown_without_it() -> None:
+    stored = store_user_labels({"team": "a", "app.example/tier": "web"})
+    assert stored == {
+        USER_LABEL_PREFIX + "team": "a",
+        USER_LABEL_PREFIX + "app.example/tier": "web",
+    }
+    # Labels we did not store for a client (ours, ctr's, containerd's) are never shown.
+    raw = {**stored, "containerd.io/restart.status": "running", "name": "web"}
+    assert user_labels(raw) == {"team": "a", "app.example/tier": "web"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "containerd.io/restart.loguri",
+        "CONTAINERD.IO/restart.logpath",
+        "io.containerd.runc.v2.group",
+        "io.cri-containerd.image",
+        "io.kubernetes.cri.container-type",
+        "k8s.io/x",
+        "nerdctl/log-uri",
+        "com.docker.compose.project",
+        "org.opencontainers.image.source",
+        "org.systemd.property.MemoryMax",
+        "org.criu.config",
+        USER_LABEL_PREFIX + "team",
+    ],
+)
+def test_reserved_label_keys_are_refused(key: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match="reserved namespace") as info:
+        store_user_labels({"ok": "1", key: "x"})
+    assert repr(key) in info.value.message
+
+
+def test_labels_containerd_would_drop_or_refuse() -> None:
+    with pytest.raises(errors.InvalidArgument, match="empty value"):
+        store_user_labels({"flag": ""})
+    with pytest.raises(errors.InvalidArgument, match="must not be empty"):
+        store_user_labels({"": "x"})
+    room = 4096 - len(USER_LABEL_PREFIX)
+    assert store_user_labels({"k": "v" * (room - 1)})
+    with pytest.raises(errors.InvalidArgument, match="at most"):
+        store_user_labels({"k": "v" * room})
+    with pytest.raises(errors.InvalidArgument, match="at most"):
+        store_user_labels({"k": "é" * (room // 2)})  # counted in bytes, as containerd does

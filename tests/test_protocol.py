@@ -532,7 +532,7 @@ def test_event_messages(event: TaskEvent, action: str, extra: dict[str, str]) ->
     assert wire == {
         "Type": "container",
         "Action": action,
-        "Actor": {"ID": "c1", "Attributes": {"app": "web", **extra}},
+        "Actor": {"ID": "c1", "Attributes": {"app": "web", "name": "c1", **extra}},
         "scope": "local",
         "time": STAMP_NS // 10**9,
         "timeNano": STAMP_NS,
@@ -548,8 +548,10 @@ def test_every_event_type_has_an_action() -> None:
 
 def test_event_labels_cannot_spoof_our_attributes() -> None:
     event = task_event(EventType.EXIT, process_id="c1", exit_code=1)
-    attributes = event_message(event, {"exitCode": "0", "execID": "x"}).actor.attributes
-    assert attributes == {"exitCode": "1", "execID": "x"}
+    attributes = event_message(
+        event, {"exitCode": "0", "execID": "x", "name": "web"}
+    ).actor.attributes
+    assert attributes == {"exitCode": "1", "execID": "x", "name": "c1"}
 
 
 def test_event_time_falls_back_to_exit_then_now() -> None:
@@ -590,9 +592,10 @@ def test_filter_semantics() -> None:
     assert not both.matches(_msg("die", "c1"))
     assert not both.matches(_msg("oom", "c2"))
 
-    # Containers match by id or by a name attribute.
+    # Containers match by id (their name); a label "name" cannot claim another's events.
     named = build(container=["web"])
-    assert named.matches(_msg("die", "c9", name="web"))
+    assert named.matches(_msg("die", "web"))
+    assert not named.matches(_msg("die", "c9", name="web"))
 
     # Labels: "key" means present, "key=value" exact; several labels must all match.
     assert build(label=["app"]).matches(_msg("die", app="web"))
