@@ -13,6 +13,10 @@ without it; keys in namespaces that containerd, shims or other clients interpret
 refused (``actors._labels``). Requests carry no annotations, runtime name or runtime
 options: containers get the default runc shim with no options.
 
+Each accepted socket is served inside a guard (``actors._wsserver``): whatever fails while
+one connection is handled, before or after authentication, closes that connection only and
+is counted, never the listener.
+
 Safe by default: loopback or a unix socket, a bearer token compared in constant time, an
 Origin allow-list, a Host check against DNS rebinding, and per-connection limits on message
 size, requests in flight, request rate and subscriptions. A client that cannot keep up with
@@ -34,12 +38,7 @@ from typing import Any, Final
 
 import msgspec
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from . import _frames as frames
 from . import _protocol as proto
@@ -47,6 +46,7 @@ from ._client import Client
 from ._handles import Container, Process
 from ._labels import store_user_labels, user_labels
 from ._policy import SpecPolicy, build_container_spec, build_exec_process
+from ._wsserver import WebsocketListener
 from .errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
 from .spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
 from .stdio import DirectIO
@@ -60,6 +60,8 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_POLICY_VIOLATION: Final = 1008
 STDIO_TICKET_SECONDS: Final = 30.0
 WRITER_GRACE_SECONDS: Final = 10.0
+HANDSHAKE_SECONDS: Final = 10.0
+DISCONNECT_SECONDS: Final = 5.0
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,16 +236,23 @@ class Gateway:
         wrapped: list[Any] = listeners
         if self._ssl_context is not None:
             wrapped = [trio.SSLListener(listener, self._ssl_context) for listener in listeners]
-        server = _Server(
+        server = WebsocketListener(
             self._handle,
             wrapped,
             max_message_size=config.max_message_size,
-            connect_timeout=10,
-            disconnect_timeout=5,
+            handshake_timeout=HANDSHAKE_SECONDS,
+            on_failed_handshake=self._count_rejected,
+            on_error=self._count_internal_error,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             task_status.started(self)
+
+    def _count_rejected(self) -> None:
+        self._rejected += 1
+
+    def _count_internal_error(self) -> None:
+        self._internal_errors += 1
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -319,6 +328,9 @@ class Gateway:
                 await ws.aclose(1011, "internal error")
         finally:
             self._connections -= 1
+            # A no-op when already closed; else the closing handshake, within a bound.
+            with trio.move_on_after(DISCONNECT_SECONDS), contextlib.suppress(ConnectionClosed):
+                await ws.aclose()
 
     # -- JSON-RPC ------------------------------------------------------------------------
 
@@ -680,18 +692,6 @@ def _resources(params: Any) -> LinuxResources:
         pids=LinuxPids(limit=params.pids_limit) if params.pids_limit else None,
         cpu=LinuxCPU(shares=params.cpu_shares) if params.cpu_shares else None,
     )
-
-
-class _Server(WebSocketServer):
-    """trio-websocket's server, whose ``listeners`` assumes IP sockets (it logs them at
-    start); a unix socket would make that raise."""
-
-    @property
-    def listeners(self) -> list[Any]:
-        try:
-            return list(super().listeners)
-        except ValueError:
-            return [repr(listener) for listener in self._listeners]
 
 
 async def _unix_listener(path: str) -> trio.SocketListener:

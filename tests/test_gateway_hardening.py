@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from actors import InvalidArgument, NotFound
 from actors._embedded import PrivateContainerd
@@ -247,3 +249,220 @@ async def test_label_name_cannot_claim_another_containers_events(gw: GatewayClie
     for container_id in (spoofer, victim):
         await gw.call("task.delete", {"id": container_id})
         await gw.call("container.delete", {"id": container_id})
+
+
+# --- handshakes that must close only their own connection ---------------------------------
+
+WS_HEADERS = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: containerd-actors.v1\r\n"
+)
+
+
+def _upgrade(host: bytes = b"127.0.0.1", token: str = "", extra: bytes = b"") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    return b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n" + WS_HEADERS + auth + extra + b"\r\n"
+
+
+async def _exchange(port: int, payload: bytes, *, timeout: float = 10) -> bytes:
+    """Send raw bytes, half-close, and read until the server closes; what it answered."""
+    received = b""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(payload)
+                await stream.send_eof()
+            with contextlib.suppress(trio.BrokenResourceError):
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+    return received
+
+
+async def _still_serving(served: Served) -> None:
+    with trio.fail_after(20):
+        async with connect_gateway(served.url, served.token) as client:
+            assert (await client.call("version"))["protocol"] == "containerd-actors.v1"
+
+
+def _handshake_counts(served: Served) -> tuple[int, int]:
+    stats = served.gateway.statistics()
+    return stats.rejected_handshakes, stats.connections_total
+
+
+async def _counted(served: Served, rejected: int) -> tuple[int, int]:
+    """The counts once ``rejected`` refusals are in: the peer can see the stream close
+    just before the server's task notes why."""
+    with trio.fail_after(10):
+        while _handshake_counts(served)[0] < rejected:
+            await trio.sleep(0.01)
+    return _handshake_counts(served)
+
+
+BAD_HANDSHAKES = [
+    ("host fails idna", _upgrade(b"xn--zz")),
+    ("host fails idna, with a valid token", b"TOKEN"),
+    ("host not ascii", _upgrade(b"b\xc3\xbccher.example")),
+    ("host invalid utf-8", _upgrade(b"\xff\xfe")),
+    ("origin invalid utf-8", _upgrade(extra=b"Origin: \xff\xfe\r\n")),
+    ("subprotocol invalid utf-8", _upgrade(extra=b"Sec-WebSocket-Protocol: \xff\r\n")),
+    (
+        "bad extension params",
+        _upgrade(
+            extra=b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=zz\r\n"
+        ),
+    ),
+    (
+        "extension params not ascii",
+        _upgrade(extra=b"Sec-WebSocket-Extensions: permessage-deflate; \xff=\xfe\r\n"),
+    ),
+    ("garbage request line", b"\x00\x01\x02 \xff garbage\r\n\r\n"),
+    ("absurd http version", _upgrade().replace(b"HTTP/1.1", b"HTTP/9.9", 1)),
+    ("http/1.0", _upgrade().replace(b"HTTP/1.1", b"HTTP/1.0", 1)),
+    ("header with nul", _upgrade(extra=b"X-A: a\x00b\r\n")),
+    ("header with bare cr", _upgrade(extra=b"X-A: a\rb\r\n")),
+    ("header name with space", _upgrade(extra=b"X A: b\r\n")),
+    ("truncated request", _upgrade()[:40]),
+    ("nothing at all", b""),
+    ("huge header", _upgrade(extra=b"X-Big: " + b"a" * 70_000 + b"\r\n")),
+    ("many headers", _upgrade(extra=b"".join(b"X-%d: v\r\n" % i for i in range(3000)))),
+    ("no websocket headers", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    ("websocket version 12", _upgrade().replace(b"Version: 13", b"Version: 12")),
+    ("post with a body", b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello"),
+    ("chunked body", _upgrade(extra=b"Transfer-Encoding: chunked\r\n") + b"zz\r\n"),
+    ("tls client hello", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(64))),
+    ("two hosts", _upgrade(extra=b"Host: xn--zz\r\n")),
+    ("absolute-form target", _upgrade().replace(b"GET / ", b"GET http://xn--zz/ ", 1)),
+]
+
+
+async def test_bad_handshakes_close_only_their_connection(served: Served) -> None:
+    port = served.gateway.port or 0
+    rejected, accepted = _handshake_counts(served)
+    async with connect_gateway(served.url, served.token) as bystander:
+        for what, payload in BAD_HANDSHAKES:
+            if payload == b"TOKEN":
+                payload = _upgrade(b"xn--zz", served.token)
+            answer = await _exchange(port, payload)
+            assert not answer.startswith(b"HTTP/1.1 101"), what
+            # The listener is still there after each one, and a connected client too.
+            await _still_serving(served)
+            assert (await bystander.call("version"))["protocol"] == "containerd-actors.v1", what
+    now_rejected, now_accepted = await _counted(served, rejected + len(BAD_HANDSHAKES))
+    assert now_rejected - rejected == len(BAD_HANDSHAKES)
+    assert now_accepted - accepted == len(BAD_HANDSHAKES) + 1  # the _still_serving clients
+    assert served.gateway.statistics().internal_errors == 0
+
+
+def _frame(opcode: int, payload: bytes, *, masked: bool = True, fin: bool = True) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        head += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = b"\x01\x02\x03\x04"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+BAD_FRAMES = [
+    ("unmasked text", _frame(1, b"{}", masked=False)),
+    ("invalid utf-8 text", _frame(1, b"\xff\xfe")),
+    ("reserved opcode", _frame(3, b"x")),
+    ("control frame too long", _frame(9, b"x" * 200)),
+    ("fragmented control frame", _frame(8, b"\x03\xe8", fin=False)),
+    ("close with bad code", _frame(8, b"\x00\x01")),
+    ("close reason invalid utf-8", _frame(8, b"\x03\xe8\xff")),
+    ("continuation without a start", _frame(0, b"x")),
+    ("rsv bits set", bytes([0xF1]) + _frame(1, b"{}")[1:]),
+    ("declared 2**63 bytes", bytes([0x81, 0xFF]) + b"\x7f" + b"\xff" * 7 + b"\x01\x02\x03\x04"),
+    ("truncated frame", _frame(1, b"x" * 100)[:20]),
+]
+
+
+async def test_bad_frames_after_authentication_close_only_their_connection(
+    served: Served,
+) -> None:
+    port = served.gateway.port or 0
+    async with connect_gateway(served.url, served.token) as bystander:
+        for what, frame in BAD_FRAMES:
+            answer = await _exchange(port, _upgrade(token=served.token) + frame)
+            assert answer.startswith(b"HTTP/1.1 101"), what
+            assert (await bystander.call("version"))["protocol"] == "containerd-actors.v1", what
+    await _still_serving(served)
+    assert served.gateway.statistics().internal_errors == 0
+
+
+HEADER_NAMES = [
+    b"Host", b"Upgrade", b"Connection", b"Sec-WebSocket-Key", b"Sec-WebSocket-Version",
+    b"Sec-WebSocket-Protocol", b"Sec-WebSocket-Extensions", b"Origin", b"Authorization",
+    b"Content-Length", b"Transfer-Encoding", b"host", b"HOST",
+]  # fmt: skip
+HEADER_VALUES = [
+    b"xn--zz", b"xn--", b"\xff\xfe", b"b\xc3\xbccher", b"127.0.0.1", b"[::1]", b"localhost:1",
+    b"websocket", b"Upgrade", b"13", b"dGhlIHNhbXBsZSBub25jZQ==", b"containerd-actors.v1",
+    b"permessage-deflate; client_max_window_bits=0", b"permessage-deflate; server_max_window_bits",
+    b"a, , ,b", b"", b"-1", b"99999999999999999999", b"chunked", b"\x00", b"Bearer ",
+]  # fmt: skip
+
+
+@st.composite
+def handshakes(draw: st.DrawFn) -> bytes:
+    method = draw(
+        st.sampled_from([b"GET", b"get", b"POST", b"CONNECT", b"G\x00T"]) | st.binary(max_size=8)
+    )
+    target = draw(
+        st.sampled_from([b"/", b"/stdio/x", b"*", b"http://xn--zz/", b"/%00"])
+        | st.binary(max_size=16)
+    )
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9.9", b"HTTP/\xff", b""]))
+    eol = draw(st.sampled_from([b"\r\n", b"\n", b"\r"]))
+    name = st.sampled_from(HEADER_NAMES) | st.binary(min_size=1, max_size=12)
+    value = st.sampled_from(HEADER_VALUES) | st.binary(max_size=48)
+    headers = draw(st.lists(st.tuples(name, value), max_size=12))
+    base = WS_HEADERS.replace(b"\r\n", eol) if draw(st.booleans()) else b""
+    head = method + b" " + target + b" " + version + eol + base
+    head += b"".join(n + b": " + v + eol for n, v in headers) + eol
+    cut = draw(st.none() | st.integers(min_value=0, max_value=len(head)))
+    return head if cut is None else head[:cut]
+
+
+@pytest.mark.slow
+async def test_fuzzed_handshakes_never_stop_the_listener(served: Served) -> None:
+    port = served.gateway.port or 0
+    outcomes: list[bytes] = []
+
+    async def one(payload: bytes) -> None:
+        rejected, accepted = _handshake_counts(served)
+        answer = await _exchange(port, payload)
+        outcomes.append(answer[:12])
+        now_rejected, now_accepted = await _counted(served, rejected + 1)
+        # Each connection is counted once: refused, or (never here) accepted.
+        assert (now_rejected - rejected, now_accepted - accepted) == (1, 0), payload
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        # Once the listener is gone every case fails: report the first one, do not shrink.
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(handshakes())
+    def check(payload: bytes) -> None:
+        trio.from_thread.run(one, payload)
+
+    async with connect_gateway(served.url, served.token) as bystander:
+        with trio.fail_after(240):
+            await trio.to_thread.run_sync(check)
+        assert (await bystander.call("version"))["protocol"] == "containerd-actors.v1"
+    await _still_serving(served)
+    assert len(outcomes) >= 200
+    assert served.gateway.statistics().internal_errors == 0
