@@ -74,6 +74,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
         unix_socket: listen on this socket path (mode 0600) instead of TCP.
         allowed_origins: exact Origin values allowed; a request with any other Origin is
             refused (a request without one, e.g. a CLI, still needs the token).
+        allowed_hosts: Host names accepted besides loopback names and ``host`` (e.g. the
+            DNS name of a TLS endpoint); any other Host is refused (DNS rebinding).
         tls: whether an SSL context is given; a non-loopback TCP address requires it.
         max_message_size: larger frames close the connection (1009).
         max_in_flight: concurrent requests per connection.
@@ -88,6 +90,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 7878
     unix_socket: str | None = None
     allowed_origins: frozenset[str] = frozenset()
+    allowed_hosts: frozenset[str] = frozenset()
     tls: bool = False
     max_message_size: int = 1 << 20
     max_in_flight: int = 32
@@ -124,6 +127,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host: str) -> str:
+    """A Host header without its port and brackets, lowercased ("" if malformed)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :]
+        if end == -1 or not (rest == "" or rest.startswith(":")):
+            return ""
+        return host[1:end]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host  # a name, or an IPv6 literal without brackets
 
 
 def _digest(value: str) -> bytes:
@@ -262,15 +279,27 @@ class Gateway:
                 return value.decode("latin-1")
         return None
 
+    def _host_allowed(self, request: WebSocketRequest) -> bool:
+        # wsproto takes Host out of the headers trio-websocket shows us and keeps it (IDNA
+        # decoded) on the request event; without it we refuse rather than guess.
+        host = getattr(getattr(request, "_event", None), "host", None)
+        if not isinstance(host, str):
+            return False
+        name = _host_name(host)
+        config = self.config
+        return bool(name) and (
+            is_loopback(name)
+            or name == config.host.lower()
+            or name in {h.lower() for h in config.allowed_hosts}
+        )
+
     def _check_handshake(self, request: WebSocketRequest) -> tuple[int, str] | None:
         """None when the request may proceed, else the HTTP status and reason to refuse."""
         origin = self._header(request, b"origin")
         if origin is not None and origin not in self.config.allowed_origins:
             return 403, "origin not allowed"
-        if self.config.unix_socket is None:
-            host = (self._header(request, b"host") or "").rsplit(":", 1)[0].strip("[]")
-            if host and not (is_loopback(host) or host == self.config.host):
-                return 403, "host not allowed"
+        if self.config.unix_socket is None and not self._host_allowed(request):
+            return 403, "host not allowed"
         presented = None
         authorization = self._header(request, b"authorization")
         if authorization is not None and authorization[:7].lower() == "bearer ":

@@ -466,3 +466,88 @@ async def test_fuzzed_handshakes_never_stop_the_listener(served: Served) -> None
     await _still_serving(served)
     assert len(outcomes) >= 200
     assert served.gateway.statistics().internal_errors == 0
+
+
+# --- DNS rebinding: the Host check ----------------------------------------------------------
+
+
+def _status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:40]
+    return int(answer[9:12])
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:{port}",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example:{port}",
+        "[::2]:{port}",
+        "0.0.0.0:{port}",
+        "[::1",
+        "[::1]x",
+        "",
+    ],
+)
+async def test_foreign_host_is_refused_even_with_the_token(served: Served, host: str) -> None:
+    port = served.gateway.port or 0
+    rejected, _ = _handshake_counts(served)
+    header = host.format(port=port).encode()
+    answer = await _exchange(port, _upgrade(header, served.token))
+    assert _status(answer) == 403, answer
+    assert answer.endswith(b"host not allowed")
+    await _counted(served, rejected + 1)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:{port}", "127.0.0.1", "localhost", "LOCALHOST:{port}", "[::1]:{port}", "[::1]"],
+)
+async def test_loopback_hosts_are_accepted(served: Served, host: str) -> None:
+    port = served.gateway.port or 0
+    answer = await _exchange(port, _upgrade(host.format(port=port).encode(), served.token))
+    assert _status(answer) == 101, answer
+
+
+async def test_configured_host_names_are_accepted(
+    containerd: PrivateContainerd, io_dir: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    names = frozenset({"Ctl.Example"})
+    async with serve(containerd, io_dir, rootfs, tmp_path, allowed_hosts=names) as s:
+        port = s.gateway.port or 0
+        assert _status(await _exchange(port, _upgrade(b"ctl.example:443", s.token))) == 101
+        assert _status(await _exchange(port, _upgrade(b"other.example", s.token))) == 403
+
+
+# --- near-miss tokens -----------------------------------------------------------------------
+
+NEAR_MISSES = {
+    "last character changed": lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
+    "first character changed": lambda t: ("A" if t[0] != "A" else "B") + t[1:],
+    "16-character prefix": lambda t: t[:16],
+    "all but the last character": lambda t: t[:-1],
+    "token plus one character": lambda t: t + "x",
+    "token twice": lambda t: t + t,
+    "empty": lambda t: "",
+    "different case": lambda t: t.swapcase(),
+    "surrounded by quotes": lambda t: f'"{t}"',
+}
+
+
+@pytest.mark.parametrize("how", list(NEAR_MISSES))
+async def test_near_miss_tokens_are_refused(served: Served, how: str) -> None:
+    import base64
+
+    port = served.gateway.port or 0
+    wrong = NEAR_MISSES[how](served.token)
+    assert wrong != served.token
+    rejected, accepted = _handshake_counts(served)
+    by_header = await _exchange(port, _upgrade(extra=f"Authorization: Bearer {wrong}\r\n".encode()))
+    encoded = base64.urlsafe_b64encode(wrong.encode()).decode().rstrip("=")
+    protocol = f"Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{encoded}\r\n"
+    by_subprotocol = await _exchange(port, _upgrade(extra=protocol.encode()))
+    assert _status(by_header) == 401, by_header
+    assert _status(by_subprotocol) == 401, by_subprotocol
+    assert served.token.encode() not in by_header + by_subprotocol
+    assert (await _counted(served, rejected + 2))[1] == accepted
