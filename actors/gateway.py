@@ -110,6 +110,19 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters since the gateway was created.
+
+    Attributes:
+        connections: accepted websockets open now; ``connections_total`` since start.
+        rejected_handshakes: connections that never became a websocket: refused (token,
+            Origin, Host, path, subprotocol) or failed (malformed or undecodable request,
+            handshake timeout, peer gone before the request was complete).
+        requests, errors: JSON-RPC messages received, and error replies.
+        slow_disconnects: connections closed (1013) for not reading fast enough.
+        stdio_sessions: stdio websockets attached since start.
+        internal_errors: unexpected failures while serving an accepted connection (bugs).
+    """
+
     connections: int
     connections_total: int
     rejected_handshakes: int
