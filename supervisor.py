@@ -15,8 +15,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from actors import Backend, Client, open_client
-from actors._remote import DEFAULT_ADDRESS
-from actors._supervision import RestartLimitExceeded, RestartPolicy
+from actors.containerd._remote import DEFAULT_ADDRESS
+from actors.core._supervision import RestartLimitExceeded, RestartPolicy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -58,7 +58,7 @@ async def open_supervisor(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``containerd-actors`` console script."""
-    from actors._cli import run_cli
+    from actors.control._cli import run_cli
 
     return run_cli(argv)
 

@@ -12,8 +12,8 @@ import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from actors import Client, EventInfo, EventType, Task, build_spec
-from actors._embedded import PrivateContainerd
-from actors._groups import collapse
+from actors.containerd._embedded import PrivateContainerd
+from actors.core._groups import collapse
 
 
 class Recorder:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from actors._bridge import AsyncioBridge
+from actors.containerd._bridge import AsyncioBridge
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

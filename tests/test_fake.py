@@ -21,8 +21,8 @@ from actors import (
     Unavailable,
     build_spec,
 )
-from actors.events import READY_TOPIC, ready_filter, subscription_filter
-from actors.spec import build_process, encode_process, encode_spec
+from actors.core.events import READY_TOPIC, ready_filter, subscription_filter
+from actors.core.spec import build_process, encode_process, encode_spec
 from actors.testing import (
     IGNORE_SIGNALS,
     EventFilter,
@@ -476,7 +476,7 @@ def test_fake_remote_has_remote_signatures() -> None:
     # A client must run over either without knowing which one it has.
     import inspect
 
-    from actors._remote import Remote
+    from actors.containerd._remote import Remote
 
     for name, method in inspect.getmembers(Remote, predicate=inspect.isfunction):
         if name.startswith("_") or name == "connect":

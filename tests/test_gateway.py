@@ -20,11 +20,11 @@ from trio_websocket import (
 )
 
 from actors import AlreadyExists, Client, FailedPrecondition, NotFound, open_client
-from actors._embedded import PrivateContainerd
-from actors._policy import SpecPolicy
+from actors.containerd._embedded import PrivateContainerd
+from actors.control._policy import SpecPolicy
+from actors.control.gateway import Gateway, GatewayConfig
+from actors.control.gateway_client import GatewayClient, connect_gateway
 from actors.errors import Unauthenticated
-from actors.gateway import Gateway, GatewayConfig
-from actors.gateway_client import GatewayClient, connect_gateway
 
 from .conftest import NAMESPACE, unique_id
 from .helpers import raw_websocket
@@ -478,7 +478,7 @@ async def test_cli_without_server_says_how_to_start_it(served: Served) -> None:
 
 
 def test_token_file_is_created_0600_and_reused(tmp_path: Path) -> None:
-    from actors._cli import load_or_create_token
+    from actors.control._cli import load_or_create_token
 
     path = tmp_path / "state" / "token"
     token = load_or_create_token(path)

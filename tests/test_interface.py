@@ -22,8 +22,8 @@ from actors import (
     build_spec,
     open_client,
 )
-from actors._container import criu_problem
-from actors._embedded import PrivateContainerd
+from actors.containerd._embedded import PrivateContainerd
+from actors.core._container import criu_problem
 
 from .conftest import NAMESPACE, unique_id
 from .helpers import Recorder
@@ -226,7 +226,7 @@ async def test_single_rpc_operations(client: Client, rootfs: Path) -> None:
     with rpcs(client) as made:
         await task.kill(signal.SIGUSR1)  # sleep has no handler for USR1... but PID 1 ignores it
     assert made == {"Tasks.Kill": 1}
-    from actors.spec import LinuxPids, LinuxResources
+    from actors.core.spec import LinuxPids, LinuxResources
 
     with rpcs(client) as made:
         await task.update_resources(LinuxResources(pids=LinuxPids(limit=64)))

@@ -24,7 +24,7 @@ from .conftest import NAMESPACE, unique_id
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from actors._embedded import PrivateContainerd
+    from actors.containerd._embedded import PrivateContainerd
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actors.metrics import (
+from actors.core.metrics import (
     CGROUP_V1_TYPE_URL,
     CGROUP_V2_TYPE_URL,
     PROCESS_DETAILS_TYPE_URL,

@@ -10,14 +10,14 @@ import msgspec
 import pytest
 
 from actors import errors
-from actors._policy import SpecPolicy, build_container_spec, build_exec_process
-from actors._protocol import ContainerCreateParams, MountParams, ProcessExecParams
-from actors.spec import DEFAULT_CAPABILITIES, DEFAULT_NAMESPACES
+from actors.control._policy import SpecPolicy, build_container_spec, build_exec_process
+from actors.control._protocol import ContainerCreateParams, MountParams, ProcessExecParams
+from actors.core.spec import DEFAULT_CAPABILITIES, DEFAULT_NAMESPACES
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from actors.spec import Spec
+    from actors.core.spec import Spec
 
 NS = "ns1"
 

@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import errors
-from actors._ids import is_valid_id
-from actors._protocol import (
+from actors.control._protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -49,7 +48,8 @@ from actors._protocol import (
     parse_signal,
     resize_frame,
 )
-from actors.events import EventInfo, EventType, TaskEvent
+from actors.core._ids import is_valid_id
+from actors.core.events import EventInfo, EventType, TaskEvent
 
 # One valid params object per method; the test below insists every method is covered.
 VALID_PARAMS: dict[str, dict[str, Any]] = {

@@ -21,8 +21,8 @@ from actors import (
     build_spec,
     open_client,
 )
-from actors._embedded import PrivateContainerd
-from actors._supervision import RestartLimitExceeded, RestartPolicy
+from actors.containerd._embedded import PrivateContainerd
+from actors.core._supervision import RestartLimitExceeded, RestartPolicy
 
 from .conftest import unique_id
 from .helpers import Recorder, start_many, trap_spec, wait_gone, wait_ready

@@ -12,9 +12,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from actors import errors
-from actors._ids import is_valid_id, validate_id
-from actors._mailbox import Mailbox
-from actors.events import EventType, decode_event, subscription_filter
+from actors.core._ids import is_valid_id, validate_id
+from actors.core._mailbox import Mailbox
+from actors.core.events import EventType, decode_event, subscription_filter
 from proto.containerd.events import task_pb2
 
 
@@ -192,7 +192,7 @@ async def test_mailbox_close_wakes_everyone() -> None:
 
 
 def test_collapse_unwraps_to_the_meaningful_exception() -> None:
-    from actors._groups import collapse
+    from actors.core._groups import collapse
 
     first, second = errors.Unavailable("a"), errors.Unavailable("b")
     assert collapse(ExceptionGroup("g", [first, ExceptionGroup("h", [second])])) is first

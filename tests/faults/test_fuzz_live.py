@@ -19,10 +19,10 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from actors import open_client
-from actors._embedded import PrivateContainerd
-from actors._policy import SpecPolicy
-from actors.gateway import Gateway, GatewayConfig
-from actors.gateway_client import connect_gateway
+from actors.containerd._embedded import PrivateContainerd
+from actors.control._policy import SpecPolicy
+from actors.control.gateway import Gateway, GatewayConfig
+from actors.control.gateway_client import connect_gateway
 
 from ..helpers import raw_websocket
 from .conftest import FaultReport, leftovers

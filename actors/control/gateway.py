@@ -36,14 +36,14 @@ from trio_websocket import (
     WebSocketServer,
 )
 
+from ..core._client import Client
+from ..core._handles import Container, Process
+from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
+from ..core.stdio import DirectIO
+from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
 from . import _frames as frames
 from . import _protocol as proto
-from ._client import Client
-from ._handles import Container, Process
 from ._policy import SpecPolicy, build_container_spec, build_exec_process
-from .errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
-from .spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
-from .stdio import DirectIO
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayStatistics", "is_loopback"]
 

@@ -24,10 +24,8 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from . import _frames as frames
-from ._groups import collapse
-from ._protocol import JSONRPC_SUBPROTOCOL
-from .errors import (
+from ..core._groups import collapse
+from ..errors import (
     ContainerdActorsError,
     ContainerdError,
     ErrorClass,
@@ -35,6 +33,8 @@ from .errors import (
     Unauthenticated,
     from_error_class,
 )
+from . import _frames as frames
+from ._protocol import JSONRPC_SUBPROTOCOL
 
 __all__ = ["GatewayClient", "GatewayError", "StdioSession", "connect_gateway"]
 

@@ -12,7 +12,7 @@ from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 STDIO_SUBPROTOCOLS: Final = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 CellCount: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=65_535)]

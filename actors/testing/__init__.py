@@ -57,11 +57,11 @@ from proto.containerd.services.version.v1 import version_pb2
 from proto.containerd.types import metrics_pb2
 from proto.containerd.types.task import task_pb2
 
-from ._client import Client, run_client
-from ._ids import is_valid_id, validate_id
-from ._remote import DEFAULT_TIMEOUT, RemoteStatistics
-from ._supervision import RestartPolicy
-from .errors import (
+from ..containerd._remote import DEFAULT_TIMEOUT, RemoteStatistics
+from ..core._client import Client, run_client
+from ..core._ids import is_valid_id, validate_id
+from ..core._supervision import RestartPolicy
+from ..errors import (
     AlreadyExists,
     ClientClosed,
     ContainerdError,
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 
     from google.protobuf.message import Message
 
-    from ._container import Backend
+    from ..core._container import Backend
 
 __all__ = [
     "FAKE_VERSION",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import trio
 
+from ..errors import Unavailable
 from ._remote import DEFAULT_ADDRESS
-from .errors import Unavailable
 
 __all__ = [
     "PrivateContainerd",

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from ..errors import FailedPrecondition, NotFound
 from . import _commands as cmd
 from ._container import ActorStatistics, ContainerActor, ProcessState, call_actor
 from ._ids import validate_id
-from .errors import FailedPrecondition, NotFound
 from .metrics import ProcessSummary, TaskStats, decode_metric, decode_process_info
 from .spec import (
     LinuxResources,

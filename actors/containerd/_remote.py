@@ -22,7 +22,7 @@ from proto.containerd.services.tasks.v1 import tasks_grpc, tasks_pb2
 from proto.containerd.services.version.v1 import version_grpc, version_pb2
 from proto.grpc.health.v1 import health_grpc, health_pb2
 
-from .errors import ClientClosed, from_grpc_exception
+from ..errors import ClientClosed, from_grpc_exception
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from ._ids import validate_id
-from .errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from .spec import (
+from ..core._ids import validate_id
+from ..core.spec import (
     DEFAULT_CAPABILITIES,
     DEFAULT_NAMESPACES,
     KNOWN_CAPABILITIES,
@@ -34,6 +33,7 @@ from .spec import (
     build_spec,
     exec_process_from,
 )
+from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

@@ -13,7 +13,7 @@ from types import TracebackType
 import msgspec
 import trio
 
-from .errors import ContainerdActorsError
+from ..errors import ContainerdActorsError
 from .events import EventType, TaskEvent
 
 

@@ -28,9 +28,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 from proto.containerd.runc.options import oci_pb2
 from proto.containerd.services.tasks.v1 import tasks_pb2
 
-from . import _commands as cmd
-from ._mailbox import Mailbox, MailboxStatistics
-from .errors import (
+from ..errors import (
     ActorCrashed,
     AlreadyExists,
     ClientClosed,
@@ -40,11 +38,13 @@ from .errors import (
     NotFound,
     Unknown,
 )
+from . import _commands as cmd
+from ._mailbox import Mailbox, MailboxStatistics
 from .events import EventInfo, EventType, ExitStatus, TaskEvent, timestamp_to_datetime
 from .stdio import DirectIO, FifoSet
 
 if TYPE_CHECKING:
-    from ._remote import Remote
+    from ..containerd._remote import Remote
 
 log = logging.getLogger("containerd_actors.container")
 

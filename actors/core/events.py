@@ -20,13 +20,13 @@ import trio
 
 from proto.containerd.events import task_pb2 as events_pb2
 
+from ..errors import ClientClosed, ContainerdError
 from ._groups import collapse
-from .errors import ClientClosed, ContainerdError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._remote import Remote
+    from ..containerd._remote import Remote
 
 __all__ = [
     "EventInfo",

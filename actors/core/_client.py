@@ -21,8 +21,10 @@ from google.protobuf.any_pb2 import Any as AnyPb
 from proto.containerd.runc.options import oci_pb2
 from proto.containerd.services.containers.v1 import containers_pb2
 
+from ..containerd._bridge import AsyncioBridge, BridgeStatistics
+from ..containerd._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
+from ..errors import AlreadyExists, ClientClosed, ContainerdError, InvalidArgument, NotFound
 from . import _commands as cmd
-from ._bridge import AsyncioBridge, BridgeStatistics
 from ._container import (
     RUNC_OPTIONS_TYPE_URL,
     ActorStatistics,
@@ -34,10 +36,8 @@ from ._container import (
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
-from ._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
 from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
 from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
-from .errors import AlreadyExists, ClientClosed, ContainerdError, InvalidArgument, NotFound
 from .events import EventRouter, EventType, RouterStatistics, TaskEvent
 from .spec import SPEC_TYPE_URL, Spec, decode_spec, encode_spec
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import trio
 
-from .errors import ContainerdActorsError
+from ..errors import ContainerdActorsError
 
 
 def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -23,6 +23,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from ..core._ids import _ID_PATTERN, MAX_ID_LENGTH
+from ..core.events import EventType, TaskEvent
+from ..errors import ActorCrashed, ClientClosed, ContainerdError, InvalidArgument
+
 # The stdio framing is the other half of the protocol; re-exported for one import site.
 from ._frames import (  # noqa: F401
     STDIO_SUBPROTOCOLS,
@@ -38,9 +42,6 @@ from ._frames import (  # noqa: F401
     parse_resize,
     resize_frame,
 )
-from ._ids import _ID_PATTERN, MAX_ID_LENGTH
-from .errors import ActorCrashed, ClientClosed, ContainerdError, InvalidArgument
-from .events import EventType, TaskEvent
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -11,7 +11,7 @@ import collections
 
 import msgspec
 
-from .errors import ContainerdActorsError
+from ..errors import ContainerdActorsError
 
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,10 +21,10 @@ from typing import Any
 import msgspec
 import trio
 
-from ._embedded import build_busybox_rootfs, containerd_address, default_state_root
-from ._groups import collapse
+from ..containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
+from ..core._groups import collapse
+from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
 from ._policy import SpecPolicy
-from .errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
 from .gateway import Gateway, GatewayConfig
 from .gateway_client import DEFAULT_URL, GatewayClient, GatewayError, connect_gateway
 
