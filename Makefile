@@ -44,10 +44,10 @@ typecheck:
 	$(BIN)/mypy
 
 proto:
-	$(BIN)/python -m proto.generate
+	$(BIN)/python proto/generate.py
 
 proto-check:
-	$(BIN)/python -m proto.generate --check
+	$(BIN)/python proto/generate.py --check
 
 # Load benchmarks side by side with ctr and a stateless client (see benchmarks/README.md).
 bench: setup

@@ -16,8 +16,8 @@ import trio
 from actors.containerd._bridge import AsyncioBridge
 from actors.containerd._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
 from actors.containerd._remote import Remote
+from actors.containerd.pb.containerd.types.task import task_pb2
 from actors.errors import ContainerdError
-from proto.containerd.types.task import task_pb2
 
 
 def host_problem() -> str | None:

@@ -633,8 +633,11 @@ async def test_grpclib_health_over_unix_socket(tmp_path: Path) -> None:
     from grpclib.client import Channel
     from grpclib.server import Server, Stream
 
-    from proto.grpc.health.v1.health_grpc import HealthBase, HealthStub
-    from proto.grpc.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+    from actors.containerd.pb.grpc.health.v1.health_grpc import HealthBase, HealthStub
+    from actors.containerd.pb.grpc.health.v1.health_pb2 import (
+        HealthCheckRequest,
+        HealthCheckResponse,
+    )
 
     serving = HealthCheckResponse(status=HealthCheckResponse.SERVING)
 

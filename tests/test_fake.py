@@ -21,6 +21,9 @@ from actors import (
     Unavailable,
     build_spec,
 )
+from actors.containerd.pb.containerd.events import task_pb2 as task_events
+from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 from actors.core.events import READY_TOPIC, ready_filter, subscription_filter
 from actors.core.spec import build_process, encode_process, encode_spec
 from actors.testing import (
@@ -30,9 +33,6 @@ from actors.testing import (
     FakeRemote,
     open_fake_client,
 )
-from proto.containerd.events import task_pb2 as task_events
-from proto.containerd.services.containers.v1 import containers_pb2
-from proto.containerd.services.tasks.v1 import tasks_pb2
 
 from . import helpers
 

@@ -10,6 +10,11 @@ import pytest
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from actors.containerd.pb.containerd.cgroups.v1 import metrics_pb2 as v1_pb2
+from actors.containerd.pb.containerd.cgroups.v2 import metrics_pb2 as v2_pb2
+from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.types import metrics_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 from actors.core.metrics import (
     CGROUP_V1_TYPE_URL,
     CGROUP_V2_TYPE_URL,
@@ -23,11 +28,6 @@ from actors.core.metrics import (
     decode_metric,
     decode_process_info,
 )
-from proto.containerd.cgroups.v1 import metrics_pb2 as v1_pb2
-from proto.containerd.cgroups.v2 import metrics_pb2 as v2_pb2
-from proto.containerd.runc.options import oci_pb2
-from proto.containerd.types import metrics_pb2
-from proto.containerd.types.task import task_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message

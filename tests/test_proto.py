@@ -13,18 +13,18 @@ import grpclib.client
 import pytest
 from google.protobuf import any_pb2, empty_pb2
 
+from actors.containerd.pb.containerd.cgroups.v1 import metrics_pb2 as cgroups_v1
+from actors.containerd.pb.containerd.cgroups.v2 import metrics_pb2 as cgroups_v2
+from actors.containerd.pb.containerd.events import task_pb2 as events
+from actors.containerd.pb.containerd.runc.options import oci_pb2 as runc
+from actors.containerd.pb.containerd.services.containers.v1 import containers_grpc, containers_pb2
+from actors.containerd.pb.containerd.services.events.v1 import events_grpc, events_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_grpc, tasks_pb2
+from actors.containerd.pb.containerd.services.version.v1 import version_grpc, version_pb2
+from actors.containerd.pb.containerd.types import descriptor_pb2, metrics_pb2, mount_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
+from actors.containerd.pb.grpc.health.v1 import health_grpc, health_pb2
 from proto import generate
-from proto.containerd.cgroups.v1 import metrics_pb2 as cgroups_v1
-from proto.containerd.cgroups.v2 import metrics_pb2 as cgroups_v2
-from proto.containerd.events import task_pb2 as events
-from proto.containerd.runc.options import oci_pb2 as runc
-from proto.containerd.services.containers.v1 import containers_grpc, containers_pb2
-from proto.containerd.services.events.v1 import events_grpc, events_pb2
-from proto.containerd.services.tasks.v1 import tasks_grpc, tasks_pb2
-from proto.containerd.services.version.v1 import version_grpc, version_pb2
-from proto.containerd.types import descriptor_pb2, metrics_pb2, mount_pb2
-from proto.containerd.types.task import task_pb2
-from proto.grpc.health.v1 import health_grpc, health_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.descriptor import ServiceDescriptor

@@ -12,10 +12,10 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from actors import errors
+from actors.containerd.pb.containerd.events import task_pb2
 from actors.core._ids import is_valid_id, validate_id
 from actors.core._mailbox import Mailbox
 from actors.core.events import EventType, decode_event, subscription_filter
-from proto.containerd.events import task_pb2
 
 
 @pytest.mark.parametrize("good", ["a", "A1", "web-1", "a.b_c-d", "x" * 76, "9"])

@@ -16,11 +16,11 @@ import msgspec
 import trio
 from grpclib.client import Channel
 
-from proto.containerd.services.containers.v1 import containers_grpc, containers_pb2
-from proto.containerd.services.events.v1 import events_grpc, events_pb2
-from proto.containerd.services.tasks.v1 import tasks_grpc, tasks_pb2
-from proto.containerd.services.version.v1 import version_grpc, version_pb2
-from proto.grpc.health.v1 import health_grpc, health_pb2
+from actors.containerd.pb.containerd.services.containers.v1 import containers_grpc, containers_pb2
+from actors.containerd.pb.containerd.services.events.v1 import events_grpc, events_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_grpc, tasks_pb2
+from actors.containerd.pb.containerd.services.version.v1 import version_grpc, version_pb2
+from actors.containerd.pb.grpc.health.v1 import health_grpc, health_pb2
 
 from ..errors import ClientClosed, from_grpc_exception
 

@@ -18,8 +18,8 @@ import msgspec
 import trio
 from google.protobuf.any_pb2 import Any as AnyPb
 
-from proto.containerd.runc.options import oci_pb2
-from proto.containerd.services.containers.v1 import containers_pb2
+from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
 
 from ..containerd._bridge import AsyncioBridge, BridgeStatistics
 from ..containerd._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics

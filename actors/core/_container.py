@@ -25,8 +25,8 @@ import outcome
 import trio
 from google.protobuf.any_pb2 import Any as AnyPb
 
-from proto.containerd.runc.options import oci_pb2
-from proto.containerd.services.tasks.v1 import tasks_pb2
+from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 
 from ..errors import (
     ActorCrashed,

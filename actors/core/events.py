@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import trio
 
-from proto.containerd.events import task_pb2 as events_pb2
+from actors.containerd.pb.containerd.events import task_pb2 as events_pb2
 
 from ..errors import ClientClosed, ContainerdError
 from ._groups import collapse

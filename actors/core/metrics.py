@@ -20,9 +20,9 @@ from typing import Any, Final
 import msgspec
 from google.protobuf.message import DecodeError
 
-from proto.containerd.cgroups.v1 import metrics_pb2 as v1_pb2
-from proto.containerd.cgroups.v2 import metrics_pb2 as v2_pb2
-from proto.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.cgroups.v1 import metrics_pb2 as v1_pb2
+from actors.containerd.pb.containerd.cgroups.v2 import metrics_pb2 as v2_pb2
+from actors.containerd.pb.containerd.runc.options import oci_pb2
 
 from .events import timestamp_to_datetime
 

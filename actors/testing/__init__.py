@@ -47,15 +47,15 @@ import msgspec
 import trio
 from google.protobuf.any_pb2 import Any as AnyPb
 
-from proto.containerd.cgroups.v2 import metrics_pb2 as cgroups_v2_pb2
-from proto.containerd.events import task_pb2 as task_events_pb2
-from proto.containerd.runc.options import oci_pb2
-from proto.containerd.services.containers.v1 import containers_pb2
-from proto.containerd.services.events.v1 import events_pb2
-from proto.containerd.services.tasks.v1 import tasks_pb2
-from proto.containerd.services.version.v1 import version_pb2
-from proto.containerd.types import metrics_pb2
-from proto.containerd.types.task import task_pb2
+from actors.containerd.pb.containerd.cgroups.v2 import metrics_pb2 as cgroups_v2_pb2
+from actors.containerd.pb.containerd.events import task_pb2 as task_events_pb2
+from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
+from actors.containerd.pb.containerd.services.events.v1 import events_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
+from actors.containerd.pb.containerd.services.version.v1 import version_pb2
+from actors.containerd.pb.containerd.types import metrics_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 
 from ..containerd._remote import DEFAULT_TIMEOUT, RemoteStatistics
 from ..core._client import Client, run_client

@@ -3,12 +3,12 @@
 isort:skip_file
 Task lifecycle event payloads carried in events.v1.Envelope.event."""
 
+from actors.containerd.pb.containerd.types import mount_pb2 as _mount_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from proto.containerd.types import mount_pb2 as _mount_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

@@ -3,16 +3,16 @@
 isort:skip_file
 Running tasks and their processes (containerd 1.6 tasks service)."""
 
+from actors.containerd.pb.containerd.types import descriptor_pb2 as _descriptor_pb2
+from actors.containerd.pb.containerd.types import metrics_pb2 as _metrics_pb2
+from actors.containerd.pb.containerd.types import mount_pb2 as _mount_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2 as _task_pb2
 from collections import abc as _abc
 from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from proto.containerd.types import descriptor_pb2 as _descriptor_pb2
-from proto.containerd.types import metrics_pb2 as _metrics_pb2
-from proto.containerd.types import mount_pb2 as _mount_pb2
-from proto.containerd.types.task import task_pb2 as _task_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
