@@ -13,20 +13,20 @@ import os
 import secrets
 import signal
 import sys
-import textwrap
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from ..containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
+from ..containerd._embedded import default_state_root
 from ..core._groups import collapse
 from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
-from ._policy import SpecPolicy
-from .gateway import Gateway, GatewayConfig
 from .gateway_client import DEFAULT_URL, GatewayClient, GatewayError, connect_gateway
+
+# A verb: parsed arguments in, exit code out (run under trio.run).
+Verb = Callable[[argparse.Namespace], Awaitable[int]]
 
 EXIT_DAEMON_ERROR = 125
 EXIT_CANNOT_INVOKE = 126
@@ -38,7 +38,7 @@ def _say(message: str) -> None:
     print(f"containerd-actors: {message}", file=sys.stderr, flush=True)
 
 
-# -- serve ---------------------------------------------------------------------------------
+# -- serve (the composition itself is actors/_serve.py, outside this layer) ---------------
 
 
 def load_or_create_token(path: Path) -> str:
@@ -56,60 +56,6 @@ def load_or_create_token(path: Path) -> str:
         handle.write(token + "\n")
     os.chmod(path, 0o600)
     return token
-
-
-async def cmd_serve(args: argparse.Namespace) -> int:
-    from supervisor import open_supervisor
-
-    state_root = Path(args.state_dir) if args.state_dir else default_state_root()
-    token_file = Path(args.token_file) if args.token_file else state_root / "token"
-    token = os.environ.get("CONTAINERD_ACTORS_TOKEN") or load_or_create_token(token_file)
-    _say("preparing the busybox rootfs")
-    rootfs = await trio.to_thread.run_sync(build_busybox_rootfs, state_root / "rootfs" / "busybox")
-    policy = SpecPolicy(
-        default_rootfs=str(rootfs),
-        allowed_rootfs_roots=(str(state_root / "rootfs"), *args.rootfs_root),
-        allowed_bind_roots=tuple(args.bind_root),
-    )
-    host, _, port = args.listen.rpartition(":")
-    config = GatewayConfig(
-        token=token,
-        policy=policy,
-        host=host.strip("[]") or "127.0.0.1",
-        port=int(port),
-        unix_socket=args.unix,
-        allowed_origins=frozenset(args.allow_origin),
-    )
-    async with (
-        containerd_address(args.address, state_root, progress=_say) as address,
-        open_supervisor(address, args.namespace, state_dir=str(state_root / "io")) as client,
-        trio.open_nursery() as nursery,
-    ):
-        gateway = await nursery.start(Gateway(client, config).serve)
-        where = (
-            f"unix://{config.unix_socket}"
-            if config.unix_socket
-            else f"ws://{config.host}:{gateway.port}"
-        )
-        version, _ = await client.version()
-        print(
-            textwrap.dedent(
-                f"""\
-                containerd-actors is serving namespace {args.namespace!r} (containerd {version})
-                  control plane: {where}  (subprotocol containerd-actors.v1)
-                  token file:    {token_file}
-                  supervising:   {len(client.containers())} existing container(s)
-                try:  containerd-actors --url {where} run --rm busybox -- echo hello
-                stop with Ctrl-C (containers keep running)"""
-            ),
-            flush=True,
-        )
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                _say(f"{signal.Signals(signum).name}: stopping (containers keep running)")
-                break
-        nursery.cancel_scope.cancel()
-    return 0
 
 
 # -- client verbs --------------------------------------------------------------------------
@@ -446,7 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="host directory clients may bind-mount from (default: none)",
     )
-    serve.set_defaults(handler=cmd_serve)
 
     def container_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -531,8 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_cli(argv: Sequence[str] | None = None) -> int:
+def run_cli(argv: Sequence[str] | None, serve: Verb) -> int:
+    """Parse ``argv`` and run its verb; ``serve`` is the program's composition.
+
+    The control plane does not import the program (the serve composition sits above every
+    layer, in actors/_serve.py), so the program hands its ``serve`` in here.
+    """
     args = build_parser().parse_args(argv)
+    if args.verb == "serve":
+        args.handler = serve
     command = getattr(args, "command", None)
     if command and command[0] == "--":
         args.command = command[1:]
