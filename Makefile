@@ -40,7 +40,7 @@ test: setup check
 
 # The fast loop: tests/unit only (the in-memory fake; no daemon, no root).
 unit: venv
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q tests/unit
 
 # Static checks: lint, format, types, layering (import contracts), generated-code freshness.
 check: lint format-check typecheck imports proto-check

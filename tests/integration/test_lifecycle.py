@@ -19,7 +19,7 @@ from actors import (
     open_client,
 )
 
-from .conftest import NAMESPACE, unique_id
+from ..conftest import NAMESPACE, unique_id
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -24,8 +24,8 @@ from actors import (
 from actors.containerd._embedded import PrivateContainerd
 from actors.core._supervision import RestartLimitExceeded, RestartPolicy
 
-from .conftest import unique_id
-from .helpers import Recorder, start_many, trap_spec, wait_gone, wait_ready
+from ..conftest import unique_id
+from ..helpers import Recorder, start_many, trap_spec, wait_gone, wait_ready
 
 pytestmark = pytest.mark.integration
 

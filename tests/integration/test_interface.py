@@ -25,8 +25,8 @@ from actors import (
 from actors.containerd._embedded import PrivateContainerd
 from actors.core._container import criu_problem
 
-from .conftest import NAMESPACE, unique_id
-from .helpers import Recorder
+from ..conftest import NAMESPACE, unique_id
+from ..helpers import Recorder
 
 pytestmark = pytest.mark.integration
 

@@ -34,7 +34,7 @@ from actors.testing import (
     open_fake_client,
 )
 
-from . import helpers
+from .. import helpers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

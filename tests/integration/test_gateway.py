@@ -26,8 +26,8 @@ from actors.control.gateway import Gateway, GatewayConfig
 from actors.control.gateway_client import GatewayClient, connect_gateway
 from actors.errors import Unauthenticated
 
-from .conftest import NAMESPACE, unique_id
-from .helpers import raw_websocket
+from ..conftest import NAMESPACE, unique_id
+from ..helpers import raw_websocket
 
 pytestmark = pytest.mark.integration
 

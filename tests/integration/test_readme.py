@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import _require_host
+from ..conftest import _require_host
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.integration
