@@ -161,6 +161,7 @@ async def test_mutated_messages_and_random_frames(
                                 errors += "error" in reply
                 except ConnectionClosed as exc:
                     # Only a frame over the size limit may end the connection (1009).
+                    assert exc.reason is not None
                     assert exc.reason.code == 1009, exc.reason
                     reconnects += 1
         # Random binary frames on a live stdio stream: ignored or applied, never a crash.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -317,6 +318,7 @@ async def test_oversized_frame_closes_the_connection(served: Served) -> None:
         with pytest.raises(ConnectionClosed) as info, trio.fail_after(10):
             await ws.send_message("x" * (2 << 20))
             await ws.get_message()
+    assert info.value.reason is not None
     assert info.value.reason.code == 1009
 
 
@@ -418,6 +420,7 @@ async def test_slow_subscriber_is_dropped_while_another_keeps_receiving(
                 with pytest.raises(ConnectionClosed) as info, trio.fail_after(30):
                     while True:
                         await slow.get_message()
+                assert info.value.reason is not None
                 assert info.value.reason.code == 1013
             await admin.call("task.kill", {"id": cid, "signal": "KILL"})
             await admin.call("task.wait", {"id": cid})
@@ -425,7 +428,9 @@ async def test_slow_subscriber_is_dropped_while_another_keeps_receiving(
             await admin.call("container.delete", {"id": cid})
 
 
-async def _cli(served: Served, *args: str, stdin: bytes = b"") -> trio.CompletedProcess[bytes]:
+async def _cli(
+    served: Served, *args: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
     env = {
         **os.environ,
         "CONTAINERD_ACTORS_TOKEN": served.token,

@@ -190,7 +190,10 @@ async def test_per_container_event_order_under_load(
             async with trio.open_nursery() as nursery:
                 for i in range(count):
                     nursery.start_soon(one, i)
-        expected = [(EventType.CREATE, None), (EventType.START, None)]
+        expected: list[tuple[EventType, str | None]] = [
+            (EventType.CREATE, None),
+            (EventType.START, None),
+        ]
         for e in range(execs):
             expected += [
                 (EventType.EXEC_ADDED, f"e{e}"),

@@ -12,6 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import errors
+from actors.control._frames import (
+    STDIO_SUBPROTOCOLS,
+    Channel,
+    TerminalSize,
+    close_frame,
+    decode_frame,
+    encode_frame,
+    exit_status_message,
+    failure_status_message,
+    parse_close,
+    parse_resize,
+    resize_frame,
+)
 from actors.control._protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -19,8 +32,6 @@ from actors.control._protocol import (
     METHOD_NOT_FOUND,
     METHODS,
     PARSE_ERROR,
-    STDIO_SUBPROTOCOLS,
-    Channel,
     ContainerCreateParams,
     DecodeLimits,
     ErrorResponse,
@@ -31,22 +42,13 @@ from actors.control._protocol import (
     ProcessKillParams,
     Request,
     TaskKillParams,
-    TerminalSize,
-    close_frame,
-    decode_frame,
     decode_request,
     encode_error,
-    encode_frame,
     encode_notification,
     encode_result,
     error_response,
     event_message,
-    exit_status_message,
-    failure_status_message,
-    parse_close,
-    parse_resize,
     parse_signal,
-    resize_frame,
 )
 from actors.core._ids import is_valid_id
 from actors.core.events import EventInfo, EventType, TaskEvent
