@@ -19,7 +19,7 @@ CellCount: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=65_535)]
 _encoder: Final = msgspec.json.Encoder()
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -93,7 +93,7 @@ def parse_resize(payload: bytes) -> TerminalSize:
         return _resize_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise InvalidArgument(
-            f"invalid resize message: {_clip(str(exc), 200)}", local=True
+            f"invalid resize message: {clip(str(exc), 200)}", local=True
         ) from None
 
 

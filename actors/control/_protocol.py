@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias
 import msgspec
 
 from ..core._ids import _ID_PATTERN, MAX_ID_LENGTH
-from ..core.events import EventType, TaskEvent
+from ..core.events import EPOCH, EventType, TaskEvent
 from ..errors import ActorCrashed, ClientClosed, ContainerdError, InvalidArgument
 
 # The stdio framing is the other half of the protocol; re-exported for one import site.
@@ -33,6 +33,7 @@ from ._frames import (  # noqa: F401
     CellCount,
     Channel,
     TerminalSize,
+    clip,
     close_frame,
     decode_frame,
     encode_frame,
@@ -450,11 +451,7 @@ def _explain(exc: msgspec.DecodeError, root: str) -> tuple[str, str]:
         path = root + match[3]
     for pattern, hint in _PATTERN_HINTS.items():
         text = text.replace(f"`str` matching regex {pattern!r}", hint)
-    return path, _clip(text, 300)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return path, clip(text, 300)
 
 
 def _as_utf8(text: str | bytes | bytearray | memoryview, limit: int) -> bytes | ErrorResponse:
@@ -576,7 +573,7 @@ def parse_signal(value: int | str) -> int:
         else:
             number = _signal_by_name(name.removeprefix("SIG"))
     if number is None or not 1 <= number <= _SIGNAL_MAX:
-        shown = _clip(repr(value), 40)
+        shown = clip(repr(value), 40)
         raise InvalidArgument(
             f"invalid signal {shown}: expected 1..{_SIGNAL_MAX}, or a name such as "
             "'SIGTERM' or 'KILL'",
@@ -703,13 +700,12 @@ _ACTIONS: Final = {
     EventType.PAUSED: EventAction.PAUSE,
     EventType.RESUMED: EventAction.UNPAUSE,
 }
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _unix_nanos(when: dt.datetime) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    delta = when - _EPOCH
+    delta = when - EPOCH
     # Integer arithmetic: a float would lose the nanosecond digits.
     return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1_000
 

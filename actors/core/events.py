@@ -96,14 +96,14 @@ def ready_filter(namespace: str) -> str:
     return f'namespace=={namespace},topic=="{READY_TOPIC}"'
 
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def timestamp_to_datetime(seconds: int, nanos: int) -> dt.datetime | None:
     """A protobuf Timestamp as an aware datetime; the zero timestamp means 'not set'."""
     if seconds <= 0 and nanos <= 0:
         return None
-    return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def _when(ts: Any) -> dt.datetime | None:

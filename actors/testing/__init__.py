@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FAKE_VERSION",
     "IGNORE_SIGNALS",
-    "EventFilter",
+    "ContainerdFilter",
     "FakeContainerd",
     "FakeEventStream",
     "FakeRemote",
@@ -117,7 +117,7 @@ _YIELD_EVERY: Final = 64
 _TERM = re.compile(r"\s*([A-Za-z0-9_.]+)\s*(==|!=|~=)\s*(.*?)\s*")
 
 
-class EventFilter:
+class ContainerdFilter:
     """containerd's filter syntax, the subset clients use for events and listings.
 
     Each string is one AND of ``field==value``, ``field!=value`` or ``field~=regex`` terms
@@ -381,7 +381,7 @@ class FakeStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class FakeEventStream:
     """One subscription: envelopes in publish order, as :class:`actors._remote.EventStream`."""
 
-    def __init__(self, remote: FakeRemote, event_filter: EventFilter) -> None:
+    def __init__(self, remote: FakeRemote, event_filter: ContainerdFilter) -> None:
         self._remote = remote
         self.filter = event_filter
         self._queue: collections.deque[events_pb2.Envelope] = collections.deque()
@@ -784,7 +784,7 @@ class FakeRemote:
         return await self._unary("Containers.List", self._containers_list, filters or [])
 
     def _containers_list(self, filters: list[str]) -> list[containers_pb2.Container]:
-        selector = EventFilter(filters)
+        selector = ContainerdFilter(filters)
         found = []
         for container_id in sorted(self._ns.containers):
             stored = self._ns.containers[container_id]
@@ -1144,7 +1144,7 @@ class FakeRemote:
         return await self._unary("Tasks.Metrics", self._tasks_metrics, filters)
 
     def _tasks_metrics(self, filters: list[str]) -> list[metrics_pb2.Metric]:
-        selector = EventFilter(filters)
+        selector = ContainerdFilter(filters)
         now_ns = time.time_ns()
         now = trio.current_time()
         metrics = []
@@ -1204,7 +1204,7 @@ class FakeRemote:
             self._failures[name] += 1
             raise scripted
         try:
-            event_filter = EventFilter(filters)
+            event_filter = ContainerdFilter(filters)
         except InvalidArgument:
             self._failures[name] += 1
             raise

@@ -28,7 +28,7 @@ from actors.core.events import READY_TOPIC, ready_filter, subscription_filter
 from actors.core.spec import build_process, encode_process, encode_spec
 from actors.testing import (
     IGNORE_SIGNALS,
-    EventFilter,
+    ContainerdFilter,
     FakeContainerd,
     FakeRemote,
     open_fake_client,
@@ -396,13 +396,13 @@ async def test_subscription_filter_namespace_topic_and_marker(fake: FakeContaine
     ],
 )
 def test_filter_parser(filters: list[str], namespace: str, topic: str, expected: bool) -> None:
-    assert EventFilter(filters).match_event(namespace, topic) is expected
+    assert ContainerdFilter(filters).match_event(namespace, topic) is expected
 
 
 def test_filter_parser_rejects_garbage() -> None:
     for bad in ["namespace", "topic~=|unterminated", "topic~=|(|"]:
         with pytest.raises(InvalidArgument):
-            EventFilter([bad])
+            ContainerdFilter([bad])
 
 
 async def test_containerd_errors(fake: FakeContainerd) -> None:
