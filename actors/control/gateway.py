@@ -4,7 +4,7 @@ Two kinds of connection, both authenticated during the handshake:
 
 * ``/`` with subprotocol ``containerd-actors.v1``: JSON-RPC 2.0 in text frames (requests,
   replies, ``event`` notifications). Decoding, errors and event shapes live in
-  ``actors._protocol``; specs are built from an allow-list in ``actors._policy``.
+  ``actors.control._protocol``; specs are built from an allow-list in ``actors.control._policy``.
 * ``/stdio/<ticket>`` with ``v5.channel.k8s.io`` (or v4): one process's stdio in binary
   frames with a channel byte, after ``stdio.attach`` returned the ticket.
 

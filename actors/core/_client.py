@@ -3,7 +3,7 @@
 ``open_client`` is the entry point. It owns a single nursery in which the event router and
 every container actor run; leaving the context stops supervising (containers keep running)
 and closes the gRPC channel and its asyncio thread. Handles returned by the client keep what
-containerd told them, so operations cost the minimum number of RPCs (see ARCHITECTURE.md).
+containerd told them, so operations cost the minimum number of RPCs (see docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ class Client:
 
         Args:
             container_id: containerd identifier (validated locally, no RPC when invalid).
-            spec: an OCI spec (see :func:`actors.spec.build_spec`) or its JSON bytes.
+            spec: an OCI spec (see :func:`actors.build_spec`) or its JSON bytes.
             shim: runtime name, ``io.containerd.runc.v2`` by default.
             runtime_options: runc options kept with the container and reused at restore.
             labels: containerd labels.
@@ -425,7 +425,7 @@ def _spec_payload(spec: Spec | bytes, namespace: str, container_id: str) -> tupl
         decoded = spec
     else:
         raise InvalidArgument(
-            f"spec must be an actors.spec.Spec or JSON bytes, not {type(spec).__name__}",
+            f"spec must be an actors.Spec or JSON bytes, not {type(spec).__name__}",
             local=True,
         )
     if decoded.process is None or not decoded.process.args:

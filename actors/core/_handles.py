@@ -144,7 +144,7 @@ class Task(Process):
         """Add and start a process in the task (2 RPCs: Tasks.Exec, Tasks.Start)."""
         validate_id(exec_id, kind="exec id")
         if not isinstance(process_spec, ProcessSpec):
-            raise TypeError("process_spec must be an actors.spec.Process")
+            raise TypeError("process_spec must be an actors.core.spec.Process")
         terminal = bool(process_spec.terminal)
         dio: list[DirectIO] = []
 

@@ -1,12 +1,12 @@
 """An in-memory fake containerd, for unit tests of logic and synthetic-scale benchmarks.
 
 :class:`FakeContainerd` keeps containers and tasks for any number of namespaces and hands out
-:class:`FakeRemote` objects shaped exactly like :class:`actors._remote.Remote`: same async
-methods and signatures, the same protobuf messages in and out, our own error classes raised
-where containerd 1.6 raises them, and the same ``Service.Method`` counters. A client runs over
-it unchanged (see :func:`open_fake_client`), so routing, supervision and RPC budgets can be
-tested without a daemon, and the router can be driven far harder than a real containerd
-could drive it.
+:class:`FakeRemote` objects shaped exactly like :class:`actors.containerd._remote.Remote`:
+same async methods and signatures, the same protobuf messages in and out, our own error
+classes raised where containerd 1.6 raises them, and the same ``Service.Method`` counters.
+A client runs over it unchanged (see :func:`open_fake_client`), so routing, supervision and
+RPC budgets can be tested without a daemon, and the router can be driven far harder than a
+real containerd could drive it.
 
 Processes are simulated from their argv, in Trio time (a ``MockClock`` works):
 
@@ -379,7 +379,7 @@ class FakeStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FakeEventStream:
-    """One subscription: envelopes in publish order, as :class:`actors._remote.EventStream`."""
+    """One subscription: envelopes in publish order, as the real remote's ``EventStream``."""
 
     def __init__(self, remote: FakeRemote, event_filter: ContainerdFilter) -> None:
         self._remote = remote
@@ -680,7 +680,7 @@ def make_envelope(namespace: str, topic: str, type_url: str, value: bytes) -> ev
 
 
 class FakeRemote:
-    """What :class:`actors._remote.Remote` is, over a :class:`FakeContainerd`."""
+    """What :class:`actors.containerd._remote.Remote` is, over a :class:`FakeContainerd`."""
 
     def __init__(
         self, fake: FakeContainerd, namespace: str, *, default_deadline: float = DEFAULT_TIMEOUT
