@@ -1,13 +1,16 @@
 # Everything a fresh Debian machine needs, as root: `make serve` or `make test`.
+# `make unit` and `make check` need neither root, containerd nor apt: only python3 -m venv.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := containerd runc busybox-static criu
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps serve test check lint typecheck proto proto-check bench bench-quick clean
+.PHONY: setup venv system-deps serve test unit check lint format-check typecheck imports proto proto-check bench bench-quick clean
 
-setup: system-deps $(STAMP)
+setup: system-deps venv
+
+venv: $(STAMP)
 
 # Install the host packages only when something is missing (apt-get update once).
 system-deps:
@@ -31,23 +34,34 @@ $(STAMP): pyproject.toml constraints.txt
 serve: setup
 	$(BIN)/containerd-actors serve
 
-# The whole suite: static checks, generated-code freshness, unit and integration tests.
+# The whole suite: static checks, generated-code freshness, unit, integration and fault tests.
 test: setup check
 	$(BIN)/python -m pytest
 
-check: lint typecheck proto-check
+# The fast loop: tests/unit only (the in-memory fake; no daemon, no root).
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit
 
-lint:
+# Static checks: lint, format, types, layering (import contracts), generated-code freshness.
+check: lint format-check typecheck imports proto-check
+
+lint: venv
 	$(BIN)/ruff check .
 
-typecheck:
+format-check: venv
+	$(BIN)/ruff format --check .
+
+typecheck: venv
 	$(BIN)/mypy
 
-proto:
-	$(BIN)/python -m proto.generate
+imports: venv
+	$(BIN)/lint-imports
 
-proto-check:
-	$(BIN)/python -m proto.generate --check
+proto: venv
+	$(BIN)/python proto/generate.py
+
+proto-check: venv
+	$(BIN)/python proto/generate.py --check
 
 # Load benchmarks side by side with ctr and a stateless client (see benchmarks/README.md).
 bench: setup

@@ -1,67 +1,34 @@
-"""The root of the actor tree and the `containerd-actors` command line.
+"""The root of the actor tree and the `containerd-actors` program, at the top of the repository.
 
 ``containerd-actors serve`` supervises a containerd namespace and serves the websocket
 control plane; when no containerd answers at ``--address`` (default
 /run/containerd/containerd.sock) it starts a private one under the state directory and stops
 it on exit, so a fresh machine with the Debian packages containerd, runc and busybox-static
 just works. The other verbs (run, ps, exec, kill, rm, logs, attach, events, stats, version)
-are clients of ``serve``; the CLI itself lives in ``actors/_cli.py``.
+are clients of ``serve``.
+
+The composition itself (embedded daemon, client with router and actors, control plane,
+signals, shutdown) is ``actors/_serve.py``: it must ship in the wheel for the installed
+console script, and this file must not (a top-level ``supervisor`` module could shadow or be
+shadowed by another distribution's). From a checkout, ``python supervisor.py serve`` and
+``from supervisor import open_supervisor`` work as before. The library never imports this file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from typing import TYPE_CHECKING
 
-from actors import Backend, Client, open_client
-from actors._remote import DEFAULT_ADDRESS
-from actors._supervision import RestartLimitExceeded, RestartPolicy
+from actors._serve import DEFAULT_NAMESPACE, main, open_supervisor, serve
+from actors.core._supervision import RestartLimitExceeded, RestartPolicy
 
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
-
-DEFAULT_NAMESPACE = "containerd-actors"
-__all__ = ["RestartLimitExceeded", "RestartPolicy", "main", "open_supervisor"]
-
-
-@contextlib.asynccontextmanager
-async def open_supervisor(
-    address: str = DEFAULT_ADDRESS,
-    namespace: str = DEFAULT_NAMESPACE,
-    backend: Backend | None = None,
-    *,
-    state_dir: str | None = None,
-    restart_policy: RestartPolicy | None = None,
-    rpc_deadline: float = 30.0,
-) -> AsyncIterator[Client]:
-    """The root of the actor tree: restore every container of ``namespace``, then supervise.
-
-    One nursery owns the event router and one actor per container. At start the namespace
-    is restored with Containers.List + Tasks.List (stdio re-opened, missed exits reported
-    once); a crashing actor is restarted from containerd's state under ``restart_policy``
-    (one-for-one) and past its limit the supervisor fails upward with
-    :class:`RestartLimitExceeded`. Cancelling or leaving the block stops supervising: the
-    containers keep running and the next supervisor picks them up.
-    """
-    async with open_client(
-        address,
-        namespace,
-        backend,
-        state_dir=state_dir,
-        rpc_deadline=rpc_deadline,
-        restore=True,
-        restart_policy=restart_policy or RestartPolicy(),
-    ) as client:
-        yield client
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``containerd-actors`` console script."""
-    from actors._cli import run_cli
-
-    return run_cli(argv)
-
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "RestartLimitExceeded",
+    "RestartPolicy",
+    "main",
+    "open_supervisor",
+    "serve",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,25 +3,33 @@
 Start with :func:`open_client`; see README.md for a walk-through.
 """
 
-from ._client import Client as Client
-from ._client import ClientStatistics as ClientStatistics
-from ._client import RuncOptions as RuncOptions
-from ._client import default_state_dir as default_state_dir
-from ._client import open_client as open_client
-from ._container import ActorStatistics as ActorStatistics
-from ._container import Backend as Backend
-from ._container import ProcessState as ProcessState
-from ._container import TaskStatus as TaskStatus
-from ._embedded import PrivateContainerd as PrivateContainerd
-from ._embedded import build_busybox_rootfs as build_busybox_rootfs
-from ._handles import Container as Container
-from ._handles import Process as Process
-from ._handles import Task as Task
-from ._remote import DEFAULT_ADDRESS as DEFAULT_ADDRESS
-from ._subscribers import EventStreamLagged as EventStreamLagged
-from ._subscribers import Subscription as Subscription
-from ._supervision import RestartLimitExceeded as RestartLimitExceeded
-from ._supervision import RestartPolicy as RestartPolicy
+from .containerd._embedded import PrivateContainerd as PrivateContainerd
+from .containerd._embedded import build_busybox_rootfs as build_busybox_rootfs
+from .containerd._remote import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from .core._client import Client as Client
+from .core._client import ClientStatistics as ClientStatistics
+from .core._client import RuncOptions as RuncOptions
+from .core._client import default_state_dir as default_state_dir
+from .core._client import open_client as open_client
+from .core._container import ActorStatistics as ActorStatistics
+from .core._container import Backend as Backend
+from .core._container import ProcessState as ProcessState
+from .core._container import TaskStatus as TaskStatus
+from .core._handles import Container as Container
+from .core._handles import Process as Process
+from .core._handles import Task as Task
+from .core._subscribers import EventStreamLagged as EventStreamLagged
+from .core._subscribers import Subscription as Subscription
+from .core._supervision import RestartLimitExceeded as RestartLimitExceeded
+from .core._supervision import RestartPolicy as RestartPolicy
+from .core.events import EventInfo as EventInfo
+from .core.events import EventType as EventType
+from .core.events import ExitStatus as ExitStatus
+from .core.events import TaskEvent as TaskEvent
+from .core.spec import Spec as Spec
+from .core.spec import build_process as build_process
+from .core.spec import build_spec as build_spec
+from .core.stdio import DirectIO as DirectIO
 from .errors import Aborted as Aborted
 from .errors import ActorCrashed as ActorCrashed
 from .errors import AlreadyExists as AlreadyExists
@@ -43,14 +51,6 @@ from .errors import Unauthenticated as Unauthenticated
 from .errors import Unavailable as Unavailable
 from .errors import Unimplemented as Unimplemented
 from .errors import Unknown as Unknown
-from .events import EventInfo as EventInfo
-from .events import EventType as EventType
-from .events import ExitStatus as ExitStatus
-from .events import TaskEvent as TaskEvent
-from .spec import Spec as Spec
-from .spec import build_process as build_process
-from .spec import build_spec as build_spec
-from .stdio import DirectIO as DirectIO
 
 __all__ = [
     "DEFAULT_ADDRESS",

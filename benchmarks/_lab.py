@@ -13,11 +13,11 @@ from pathlib import Path
 
 import trio
 
-from actors._bridge import AsyncioBridge
-from actors._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
-from actors._remote import Remote
+from actors.containerd._bridge import AsyncioBridge
+from actors.containerd._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
+from actors.containerd._remote import Remote
+from actors.containerd.pb.containerd.types.task import task_pb2
 from actors.errors import ContainerdError
-from proto.containerd.types.task import task_pb2
 
 
 def host_problem() -> str | None:
@@ -143,6 +143,6 @@ def _kill_cgroup_leftovers(namespace: str) -> None:
 
 
 def _unmount_below(path: Path) -> None:
-    from actors._embedded import _unmount_below as unmount
+    from actors.containerd._embedded import _unmount_below as unmount
 
     unmount(path)

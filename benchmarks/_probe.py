@@ -11,7 +11,7 @@ import time
 import trio
 
 from actors import EventInfo, EventType
-from actors._subscribers import Subscription
+from actors.core._subscribers import Subscription
 
 _Key = tuple[str, str, str]
 

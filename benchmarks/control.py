@@ -18,7 +18,7 @@ import msgspec
 import trio
 
 from actors import Client, Task, build_spec, open_client
-from actors.spec import encode_process
+from actors.core.spec import encode_process
 
 from ._lab import Lab
 from ._progress import Progress

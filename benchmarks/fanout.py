@@ -14,8 +14,8 @@ import msgspec
 import trio
 
 from actors import EventInfo, EventType, build_spec, open_client
+from actors.containerd.pb.containerd.events import task_pb2 as task_events
 from actors.testing import FakeContainerd, envelopes_for, open_fake_client
-from proto.containerd.events import task_pb2 as task_events
 
 from ._lab import Lab
 from ._probe import LatencyProbe

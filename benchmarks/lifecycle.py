@@ -21,7 +21,7 @@ import msgspec
 import trio
 
 from actors import Client, EventType, build_spec, open_client
-from actors.spec import Spec
+from actors.core.spec import Spec
 
 from . import _env
 from ._lab import Lab

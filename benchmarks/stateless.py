@@ -39,14 +39,14 @@ import msgspec
 import trio
 from google.protobuf.any_pb2 import Any as AnyPb
 
-from actors._bridge import AsyncioBridge
-from actors._remote import Remote
+from actors.containerd._bridge import AsyncioBridge
+from actors.containerd._remote import Remote
+from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
+from actors.core.events import EventRouter, EventType, TaskEvent
+from actors.core.spec import PROCESS_TYPE_URL, SPEC_TYPE_URL, Spec, encode_spec
+from actors.core.stdio import DirectIO, FifoSet, OutputPipe
 from actors.errors import NotFound
-from actors.events import EventRouter, EventType, TaskEvent
-from actors.spec import PROCESS_TYPE_URL, SPEC_TYPE_URL, Spec, encode_spec
-from actors.stdio import DirectIO, FifoSet, OutputPipe
-from proto.containerd.services.containers.v1 import containers_pb2
-from proto.containerd.services.tasks.v1 import tasks_pb2
 
 RPCS_PER_LIFECYCLE = 16
 RPCS_PER_EXEC = 12

@@ -1,13 +1,17 @@
 """Regenerate the Python modules for every .proto under proto/, or check they are fresh.
 
-    python -m proto.generate          # from the repo root: (re)write the generated files
+    python proto/generate.py          # from the repo root: (re)write the generated files
     python proto/generate.py --check  # exit 1 if any generated file is stale/missing/extra
 
-protoc runs from the repository root with ``-I .`` so the generated modules import each
-other as ``proto.containerd....``. The grpclib and mypy plugins are taken from the
-directory of ``sys.executable`` (the active venv's bin dir). Every *_pb2.py, *_pb2.pyi and
-*_grpc.py under proto/ is treated as generated (an unexpected one is reported as extra
-and deleted on regeneration); grpclib's empty *_grpc.py for service-less files is dropped.
+The sources stay in proto/ (not an installed package); the modules are generated inside the
+library, under actors/containerd/pb/, so the wheel installs no generic top-level ``proto``
+name. protoc maps the virtual path ``actors/containerd/pb`` onto proto/
+(``-I actors/containerd/pb=proto``), which is why the .proto files import each other as
+``actors/containerd/pb/...`` and the generated modules as ``actors.containerd.pb....``.
+The grpclib and mypy plugins are taken from the directory of ``sys.executable`` (the active
+venv's bin dir). Every *_pb2.py, *_pb2.pyi and *_grpc.py under actors/containerd/pb/ is
+treated as generated (an unexpected one is reported as extra and deleted on regeneration);
+grpclib's empty *_grpc.py for service-less files is dropped.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
+# Where the generated modules live, relative to the root; also protoc's virtual path.
+OUT_PREFIX = "actors/containerd/pb"
+OUT_DIR = ROOT / OUT_PREFIX
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_grpc.py")
 PLUGINS = {"grpclib_python": "protoc-gen-grpclib_python", "mypy": "protoc-gen-mypy"}
 
@@ -69,7 +76,7 @@ def _run_protoc(out_dir: Path) -> None:
         "-m",
         "grpc_tools.protoc",
         "-I",
-        ".",
+        f"{OUT_PREFIX}={PROTO_DIR.relative_to(ROOT).as_posix()}",
         "-I",
         str(_protobuf_include()),
         *(f"--plugin=protoc-gen-{kind}={_plugin(exe)}" for kind, exe in PLUGINS.items()),
@@ -87,11 +94,11 @@ def _run_protoc(out_dir: Path) -> None:
 
 
 def _expected_inits(generated: list[str]) -> list[str]:
-    """__init__.py for proto/ and every directory that holds generated modules."""
-    dirs = {"proto"}
+    """__init__.py for the output root and every directory that holds generated modules."""
+    dirs = {OUT_PREFIX}
     for rel in generated:
         parent = Path(rel).parent
-        while parent.as_posix() not in ("proto", "."):
+        while parent.as_posix() not in (OUT_PREFIX, "."):
             dirs.add(parent.as_posix())
             parent = parent.parent
     return sorted(f"{d}/__init__.py" for d in dirs)
@@ -100,7 +107,7 @@ def _expected_inits(generated: list[str]) -> list[str]:
 def _committed() -> list[str]:
     return sorted(
         p.relative_to(ROOT).as_posix()
-        for p in PROTO_DIR.rglob("*")
+        for p in OUT_DIR.rglob("*")
         if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
     )
 
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         diff = check()
         lines = _report(diff, ("stale", "missing", "extra"))
         lines.append(
-            "generated files are up to date" if diff.clean else "run: python -m proto.generate"
+            "generated files are up to date" if diff.clean else "run: python proto/generate.py"
         )
         sys.stdout.write("\n".join(lines) + "\n")
         return 0 if diff.clean else 1

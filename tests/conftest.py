@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from actors import Client, open_client
-from actors._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
+from actors.containerd._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
 
 from .helpers import leftovers
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
-from actors import Client, EventInfo, EventType, Task, build_spec
-from actors._embedded import PrivateContainerd
-from actors._groups import collapse
+from actors import Client, EventInfo, EventType, Spec, Task, build_spec
+from actors.containerd._embedded import PrivateContainerd
+from actors.core._groups import collapse
 
 
 class Recorder:
@@ -48,7 +48,7 @@ class Recorder:
                 await trio.sleep(0.02)
 
 
-def trap_spec(rootfs: Path, code: int) -> object:
+def trap_spec(rootfs: Path, code: int) -> Spec:
     # PID 1 has no default signal actions; this one exits with `code` on SIGTERM.
     script = f'trap "exit {code}" TERM; echo ready; while :; do sleep 0.05; done'
     return build_spec(rootfs, ["sh", "-c", script])
@@ -62,11 +62,11 @@ async def wait_ready(task: Task) -> None:
         assert b"ready" in await task.io.stdout.receive_some()
 
 
-async def start_many(client: Client, specs: list[tuple[str, object]]) -> dict[str, Task]:
+async def start_many(client: Client, specs: Sequence[tuple[str, Spec]]) -> dict[str, Task]:
     tasks: dict[str, Task] = {}
 
-    async def one(container_id: str, spec: object) -> None:
-        container = await client.new_container(container_id, spec)  # type: ignore[arg-type]
+    async def one(container_id: str, spec: Spec) -> None:
+        container = await client.new_container(container_id, spec)
         tasks[container_id] = await container.start()
 
     async with trio.open_nursery() as nursery:

@@ -27,7 +27,7 @@ from actors import (
     build_spec,
     open_client,
 )
-from actors._embedded import PrivateContainerd
+from actors.containerd._embedded import PrivateContainerd
 
 from ..conftest import unique_id
 from ..helpers import Recorder
@@ -279,9 +279,9 @@ async def test_websocket_peer_vanishing_mid_stream(
 
     from trio_websocket import wrap_client_stream
 
-    from actors._policy import SpecPolicy
-    from actors.gateway import Gateway, GatewayConfig
-    from actors.gateway_client import connect_gateway
+    from actors.control._policy import SpecPolicy
+    from actors.control.gateway import Gateway, GatewayConfig
+    from actors.control.gateway_client import connect_gateway
 
     token = secrets.token_urlsafe(32)
     policy = SpecPolicy(default_rootfs=str(rootfs), allowed_rootfs_roots=(str(rootfs),))

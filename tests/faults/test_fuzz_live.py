@@ -19,10 +19,10 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from actors import open_client
-from actors._embedded import PrivateContainerd
-from actors._policy import SpecPolicy
-from actors.gateway import Gateway, GatewayConfig
-from actors.gateway_client import connect_gateway
+from actors.containerd._embedded import PrivateContainerd
+from actors.control._policy import SpecPolicy
+from actors.control.gateway import Gateway, GatewayConfig
+from actors.control.gateway_client import connect_gateway
 
 from ..helpers import raw_websocket
 from .conftest import FaultReport, leftovers
@@ -161,6 +161,7 @@ async def test_mutated_messages_and_random_frames(
                                 errors += "error" in reply
                 except ConnectionClosed as exc:
                     # Only a frame over the size limit may end the connection (1009).
+                    assert exc.reason is not None
                     assert exc.reason.code == 1009, exc.reason
                     reconnects += 1
         # Random binary frames on a live stdio stream: ignored or applied, never a crash.

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from actors import Client, build_spec
-from actors._embedded import PrivateContainerd
+from actors.containerd._embedded import PrivateContainerd
 from supervisor import open_supervisor
 
 from .conftest import FaultReport, leftovers, open_fds, trio_task_count

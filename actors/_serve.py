@@ -1,0 +1,131 @@
+"""The program: the root of the actor tree and the composition behind ``containerd-actors serve``.
+
+This module sits above every layer and is the only one that joins them: the containerd
+connection (an embedded private containerd when none answers), the core (one client with
+its event router and one actor per container, restored and supervised), and the control
+plane (the websocket gateway), plus signals and an orderly shutdown. No layer imports it.
+
+It lives inside the package so the installed ``containerd-actors`` console script finds it;
+the repository's top-level ``supervisor.py`` re-exports it (``open_supervisor``, ``main``)
+for scripts and tests run from a checkout, and is not installed: the wheel holds only
+``actors``, so it neither shadows nor is shadowed by another distribution's ``supervisor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from .containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
+from .containerd._remote import DEFAULT_ADDRESS
+from .control._cli import _say, load_or_create_token, run_cli
+from .control._policy import SpecPolicy
+from .control.gateway import Gateway, GatewayConfig
+from .core._client import Client, open_client
+from .core._supervision import RestartPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from .core._container import Backend
+
+DEFAULT_NAMESPACE = "containerd-actors"
+
+
+@contextlib.asynccontextmanager
+async def open_supervisor(
+    address: str = DEFAULT_ADDRESS,
+    namespace: str = DEFAULT_NAMESPACE,
+    backend: Backend | None = None,
+    *,
+    state_dir: str | None = None,
+    restart_policy: RestartPolicy | None = None,
+    rpc_deadline: float = 30.0,
+) -> AsyncIterator[Client]:
+    """The root of the actor tree: restore every container of ``namespace``, then supervise.
+
+    One nursery owns the event router and one actor per container. At start the namespace
+    is restored with Containers.List + Tasks.List (stdio re-opened, missed exits reported
+    once); a crashing actor is restarted from containerd's state under ``restart_policy``
+    (one-for-one) and past its limit the supervisor fails upward with
+    :class:`RestartLimitExceeded`. Cancelling or leaving the block stops supervising: the
+    containers keep running and the next supervisor picks them up.
+
+    Today this is :func:`actors.open_client` with ``restore=True`` and a restart policy
+    (both its defaults) and the program's default namespace.
+    """
+    async with open_client(
+        address,
+        namespace,
+        backend,
+        state_dir=state_dir,
+        rpc_deadline=rpc_deadline,
+        restore=True,
+        restart_policy=restart_policy or RestartPolicy(),
+    ) as client:
+        yield client
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """``containerd-actors serve``: supervise the namespace and serve the control plane."""
+    state_root = Path(args.state_dir) if args.state_dir else default_state_root()
+    token_file = Path(args.token_file) if args.token_file else state_root / "token"
+    token = os.environ.get("CONTAINERD_ACTORS_TOKEN") or load_or_create_token(token_file)
+    _say("preparing the busybox rootfs")
+    rootfs = await trio.to_thread.run_sync(build_busybox_rootfs, state_root / "rootfs" / "busybox")
+    policy = SpecPolicy(
+        default_rootfs=str(rootfs),
+        allowed_rootfs_roots=(str(state_root / "rootfs"), *args.rootfs_root),
+        allowed_bind_roots=tuple(args.bind_root),
+    )
+    host, _, port = args.listen.rpartition(":")
+    config = GatewayConfig(
+        token=token,
+        policy=policy,
+        host=host.strip("[]") or "127.0.0.1",
+        port=int(port),
+        unix_socket=args.unix,
+        allowed_origins=frozenset(args.allow_origin),
+    )
+    async with (
+        containerd_address(args.address, state_root, progress=_say) as address,
+        open_supervisor(address, args.namespace, state_dir=str(state_root / "io")) as client,
+        trio.open_nursery() as nursery,
+    ):
+        gateway = await nursery.start(Gateway(client, config).serve)
+        where = (
+            f"unix://{config.unix_socket}"
+            if config.unix_socket
+            else f"ws://{config.host}:{gateway.port}"
+        )
+        version, _ = await client.version()
+        print(
+            textwrap.dedent(
+                f"""\
+                containerd-actors is serving namespace {args.namespace!r} (containerd {version})
+                  control plane: {where}  (subprotocol containerd-actors.v1)
+                  token file:    {token_file}
+                  supervising:   {len(client.containers())} existing container(s)
+                try:  containerd-actors --url {where} run --rm busybox -- echo hello
+                stop with Ctrl-C (containers keep running)"""
+            ),
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                _say(f"{signal.Signals(signum).name}: stopping (containers keep running)")
+                break
+        nursery.cancel_scope.cancel()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``containerd-actors`` console script: ``serve`` here, the other verbs in the CLI."""
+    return run_cli(argv, serve=serve)

@@ -1,0 +1,1 @@
+"""The containerd connection: the typed remote, the asyncio bridge, the embedded daemon."""

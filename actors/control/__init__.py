@@ -1,0 +1,1 @@
+"""The control plane: websocket server, its sans-IO protocol, policy, client and CLI."""

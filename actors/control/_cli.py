@@ -1,0 +1,504 @@
+"""The `containerd-actors` command line: `serve`, and docker-like verbs that talk to it.
+
+Exit codes follow docker: the container's own code for run/exec, 125 when the control
+plane or containerd refused, 126 when the command cannot be invoked, 127 when it was not
+found. ``--format json`` prints one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from ..containerd._embedded import default_state_root
+from ..core._groups import collapse
+from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
+from .gateway_client import DEFAULT_URL, GatewayClient, GatewayError, connect_gateway
+
+# A verb: parsed arguments in, exit code out (run under trio.run).
+Verb = Callable[[argparse.Namespace], Awaitable[int]]
+
+EXIT_DAEMON_ERROR = 125
+EXIT_CANNOT_INVOKE = 126
+EXIT_NOT_FOUND = 127
+_json = msgspec.json.Encoder()
+
+
+def _say(message: str) -> None:
+    print(f"containerd-actors: {message}", file=sys.stderr, flush=True)
+
+
+# -- serve (the composition itself is actors/_serve.py, outside this layer) ---------------
+
+
+def load_or_create_token(path: Path) -> str:
+    """Read the token file, or create it (0600) with 256 random bits on first start."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+# -- client verbs --------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _gateway(args: argparse.Namespace) -> Any:
+    state_root = Path(args.state_dir) if args.state_dir else default_state_root()
+    token = os.environ.get("CONTAINERD_ACTORS_TOKEN")
+    if not token:
+        token_file = Path(args.token_file) if args.token_file else state_root / "token"
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise GatewayError(
+                -32000,
+                f"cannot read the token file {token_file} ({exc.strerror}); "
+                "is `containerd-actors serve` running? (or set CONTAINERD_ACTORS_TOKEN)",
+            ) from None
+    try:
+        async with connect_gateway(args.url, token) as gateway:
+            yield gateway
+    except OSError as exc:
+        raise GatewayError(
+            -32000,
+            f"cannot reach the control plane at {args.url} ({exc}); "
+            "start it with `containerd-actors serve`",
+        ) from None
+
+
+def _start_exit_code(exc: Exception) -> int:
+    text = str(exc).lower()
+    if "permission denied" in text or "is a directory" in text:
+        return EXIT_CANNOT_INVOKE
+    if "no such file" in text or "not found" in text or "executable file" in text:
+        return EXIT_NOT_FOUND
+    return EXIT_DAEMON_ERROR
+
+
+async def _pump_stdin(session: Any) -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        while data := await stdin.receive_some(1 << 16):
+            await session.send_stdin(data)
+    await session.close_stdin()
+
+
+async def _stream(
+    gw: GatewayClient, container_id: str, exec_id: str | None, *, interactive: bool, tty: bool
+) -> int | None:
+    """Copy a process's stdio to ours until it exits; returns its exit code."""
+    async with gw.attach(container_id, exec_id) as session, trio.open_nursery() as nursery:
+        if tty and sys.stdout.isatty():
+            size = os.get_terminal_size()
+            await session.resize(size.columns, size.lines)
+        if interactive:
+            nursery.start_soon(_pump_stdin, session)
+        async for channel, data in session.output():
+            fd = sys.stdout.fileno() if channel == 1 else sys.stderr.fileno()
+            os.write(fd, data)
+        nursery.cancel_scope.cancel()
+    if session.failure is not None:
+        _say(session.failure)
+    return session.exit_code
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Any:
+    if not enabled or not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(sys.stdin.fileno())
+    tty.setraw(sys.stdin.fileno())
+    try:
+        yield
+    finally:
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"id": name, "args": args.command or ["sh"], "terminal": args.tty}
+    if args.rootfs != "busybox":
+        params["rootfs"] = os.path.abspath(args.rootfs)
+    if args.env:
+        params["env"] = args.env
+    if args.workdir:
+        params["cwd"] = args.workdir
+    if args.memory:
+        params["memory_limit"] = args.memory
+    if args.label:
+        params["labels"] = dict(label.partition("=")[::2] for label in args.label)
+    return params
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    name = args.name or f"run-{secrets.token_hex(4)}"
+    async with _gateway(args) as gw:
+        await gw.call("container.create", _create_params(args, name))
+        try:
+            try:
+                await gw.call("task.start", {"id": name, "stdin": args.interactive or args.tty})
+            except ContainerdActorsError as exc:
+                _say(f"cannot start {name}: {exc}")
+                return _start_exit_code(exc)
+            if args.detach:
+                print(name)
+                return 0
+            with _raw_terminal(args.tty):
+                code = await _stream(gw, name, None, interactive=args.interactive, tty=args.tty)
+            status = await gw.call("task.wait", {"id": name})
+            await gw.call("task.delete", {"id": name})
+            return int(status["code"]) if code is None else code
+        finally:
+            if args.rm and not args.detach:
+                with trio.CancelScope(shield=True), contextlib.suppress(ContainerdActorsError):
+                    await gw.call("container.delete", {"id": name})
+
+
+async def cmd_exec(args: argparse.Namespace) -> int:
+    exec_id = f"exec-{secrets.token_hex(4)}"
+    async with _gateway(args) as gw:
+        params = {
+            "id": args.container,
+            "exec_id": exec_id,
+            "args": args.command,
+            "terminal": args.tty,
+            "stdin": args.interactive or args.tty,
+        }
+        try:
+            await gw.call("process.exec", params)
+        except ContainerdActorsError as exc:
+            _say(f"cannot exec in {args.container}: {exc}")
+            return _start_exit_code(exc)
+        with _raw_terminal(args.tty):
+            code = await _stream(
+                gw, args.container, exec_id, interactive=args.interactive, tty=args.tty
+            )
+        status = await gw.call("process.wait", {"id": args.container, "exec_id": exec_id})
+        await gw.call("process.delete", {"id": args.container, "exec_id": exec_id})
+        return int(status["code"]) if code is None else code
+
+
+async def cmd_ps(args: argparse.Namespace) -> int:
+    async with _gateway(args) as gw:
+        containers = await gw.call("container.list")
+    if args.format == "json":
+        for container in containers:
+            print(_json.encode(container).decode())
+        return 0
+    print(f"{'CONTAINER ID':<32} {'STATUS':<10} {'PID':>8}  EXIT")
+    for c in sorted(containers, key=lambda c: c["id"]):
+        task = c.get("task") or {}
+        exit_ = task.get("exit") or {}
+        print(
+            f"{c['id']:<32} {task.get('status', 'no task'):<10} {task.get('pid', ''):>8}  "
+            f"{exit_.get('code', '')}"
+        )
+    return 0
+
+
+async def cmd_kill(args: argparse.Namespace) -> int:
+    async with _gateway(args) as gw:
+        for container_id in args.containers:
+            await gw.call("task.kill", {"id": container_id, "signal": args.signal})
+            print(container_id)
+    return 0
+
+
+async def cmd_rm(args: argparse.Namespace) -> int:
+    failures = 0
+    async with _gateway(args) as gw:
+        for index, container_id in enumerate(args.containers, 1):
+            if len(args.containers) > 3:
+                _say(f"removing {index}/{len(args.containers)}: {container_id}")
+            try:
+                info = await gw.call("container.inspect", {"id": container_id})
+                task = info.get("task")
+                if task is not None:
+                    if task.get("status") != "stopped" and not args.force:
+                        raise FailedPrecondition(
+                            f"container {container_id} is running; stop it or use --force"
+                        )
+                    if task.get("status") != "stopped":
+                        with contextlib.suppress(NotFound):
+                            await gw.call(
+                                "task.kill", {"id": container_id, "signal": "KILL", "all": True}
+                            )
+                        await gw.call("task.wait", {"id": container_id})
+                    await gw.call("task.delete", {"id": container_id})
+                await gw.call("container.delete", {"id": container_id})
+                print(container_id)
+            except ContainerdActorsError as exc:
+                failures += 1
+                _say(f"{container_id}: {exc}")
+    return 1 if failures else 0
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    async with _gateway(args) as gw:
+        code = await _stream(
+            gw,
+            args.container,
+            None,
+            interactive=args.verb == "attach" and args.interactive,
+            tty=False,
+        )
+    return 0 if code is None else code
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    filters: dict[str, list[str]] = {}
+    for entry in args.filter:
+        key, sep, value = entry.partition("=")
+        if not sep or key not in ("container", "event", "label"):
+            raise InvalidArgument(f"invalid filter {entry!r}: use container=, event= or label=")
+        filters.setdefault(key, []).append(value)
+    async with _gateway(args) as gw, gw.subscribe(filters or None) as events:
+        async for event in events:
+            if args.format == "json":
+                print(_json.encode(event).decode(), flush=True)
+            else:
+                attributes = ", ".join(f"{k}={v}" for k, v in event["Actor"]["Attributes"].items())
+                print(
+                    f"{event['time']} container {event['Action']} {event['Actor']['ID']} "
+                    f"({attributes})",
+                    flush=True,
+                )
+    return 0
+
+
+async def cmd_stats(args: argparse.Namespace) -> int:
+    async with _gateway(args) as gw:
+        for container_id in args.containers:
+            stats = await gw.call("task.stats", {"id": container_id})
+            if args.format == "json":
+                print(_json.encode({"id": container_id, **stats}).decode())
+                continue
+            memory, cpu, pids = stats["memory"], stats["cpu"], stats["pids"]
+            print(
+                f"{container_id}: cpu {cpu['usage_total_ns'] / 1e9:.2f}s  "
+                f"mem {memory['usage_bytes'] / 2**20:.1f} MiB  pids {pids['current']}"
+            )
+    return 0
+
+
+async def cmd_version(args: argparse.Namespace) -> int:
+    async with _gateway(args) as gw:
+        version = await gw.call("version")
+    if args.format == "json":
+        print(_json.encode(version).decode())
+    else:
+        print(
+            f"containerd {version['version']} ({version['revision']}), "
+            f"protocol {version['protocol']}"
+        )
+    return 0
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  containerd-actors serve                               # control plane on ws://127.0.0.1:7878
+  containerd-actors run --rm busybox -- echo hello      # prints hello, exits 0
+  containerd-actors run -d --name web busybox -- httpd -f -p 8080
+  containerd-actors exec -it web -- sh
+  containerd-actors ps --format json
+  containerd-actors events --filter event=die
+  containerd-actors rm -f web
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="containerd-actors",
+        description="Run containers through containerd, one Trio actor per container. "
+        "`serve` runs the control plane; the other verbs are its clients.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("CONTAINERD_ACTORS_URL", DEFAULT_URL),
+        help="control plane address, ws://HOST:PORT or unix:///PATH "
+        "(env CONTAINERD_ACTORS_URL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--token-file",
+        help="bearer token file (default <state-dir>/token; env CONTAINERD_ACTORS_TOKEN overrides)",
+    )
+    parser.add_argument(
+        "--state-dir", help="state directory (default /var/lib/containerd-actors for root)"
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    serve = sub.add_parser(
+        "serve",
+        help="supervise containers and serve the control plane",
+        description="Supervise a containerd namespace and serve the "
+        "websocket control plane (JSON-RPC 2.0, subprotocol "
+        "containerd-actors.v1). Starts a private containerd when none "
+        "answers at --address.",
+    )
+    serve.add_argument(
+        "--address",
+        help="containerd socket (default "
+        "/run/containerd/containerd.sock; embedded containerd when none answers)",
+    )
+    serve.add_argument("--namespace", default="containerd-actors", help="containerd namespace")
+    serve.add_argument(
+        "--listen",
+        default="127.0.0.1:7878",
+        help="HOST:PORT to listen on (loopback only unless TLS is configured; default %(default)s)",
+    )
+    serve.add_argument("--unix", help="listen on this unix socket (mode 0600) instead of TCP")
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        help="browser Origin allowed to connect (repeatable; default: none)",
+    )
+    serve.add_argument(
+        "--rootfs-root",
+        action="append",
+        default=[],
+        help="directory whose subdirectories clients may use as rootfs",
+    )
+    serve.add_argument(
+        "--bind-root",
+        action="append",
+        default=[],
+        help="host directory clients may bind-mount from (default: none)",
+    )
+
+    def container_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+        p.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+
+    run = sub.add_parser(
+        "run",
+        help="create and start a container, print its output",
+        epilog="example: containerd-actors run --rm busybox -- sh -c 'exit 3'; echo $?   # 3",
+    )
+    container_opts(run)
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    run.add_argument("-d", "--detach", action="store_true", help="print the id and return")
+    run.add_argument("--name", help="container id (default run-<random>)")
+    run.add_argument("-e", "--env", action="append", help="KEY=VALUE (repeatable)")
+    run.add_argument("-w", "--workdir", help="working directory inside the container")
+    run.add_argument("-l", "--label", action="append", help="KEY=VALUE label (repeatable)")
+    run.add_argument("-m", "--memory", type=int, help="memory limit in bytes")
+    run.add_argument(
+        "rootfs",
+        help="'busybox' (the server's default rootfs) or a rootfs directory under an allowed root",
+    )
+    run.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
+    run.set_defaults(handler=cmd_run)
+
+    exec_ = sub.add_parser(
+        "exec",
+        help="run a command in a running container",
+        epilog="example: containerd-actors exec -it web -- sh",
+    )
+    container_opts(exec_)
+    exec_.add_argument("container")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
+    exec_.set_defaults(handler=cmd_exec)
+
+    for verb, helptext in (
+        ("logs", "stream a container's output"),
+        ("attach", "attach to a container's stdio"),
+    ):
+        p = sub.add_parser(verb, help=helptext)
+        if verb == "attach":
+            p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+        p.add_argument("container")
+        p.set_defaults(handler=cmd_logs)
+
+    ps = sub.add_parser("ps", help="list containers")
+    kill = sub.add_parser("kill", help="signal containers")
+    kill.add_argument(
+        "-s",
+        "--signal",
+        default="KILL",
+        help="signal name or number "
+        "(default KILL; note PID 1 ignores signals it has no handler for)",
+    )
+    kill.add_argument("containers", nargs="+")
+    kill.set_defaults(handler=cmd_kill)
+    rm = sub.add_parser("rm", help="remove containers (their tasks must be stopped, or -f)")
+    rm.add_argument("-f", "--force", action="store_true", help="kill a running task first")
+    rm.add_argument("containers", nargs="+")
+    rm.set_defaults(handler=cmd_rm)
+    events = sub.add_parser("events", help="stream events (docker's fields + containerd topic)")
+    events.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        help="container=ID, event=ACTION (create, start, die, oom, exec_create, "
+        "exec_start, exec_die, pause, unpause) or label=KEY[=VALUE]",
+    )
+    stats = sub.add_parser("stats", help="one snapshot of cgroup statistics")
+    stats.add_argument("containers", nargs="+")
+    version = sub.add_parser("version", help="containerd's and the protocol's versions")
+    for p, handler in (
+        (ps, cmd_ps),
+        (events, cmd_events),
+        (stats, cmd_stats),
+        (version, cmd_version),
+    ):
+        p.add_argument(
+            "--format", choices=("table", "json"), default="table", help="json: one object per line"
+        )
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def run_cli(argv: Sequence[str] | None, serve: Verb) -> int:
+    """Parse ``argv`` and run its verb; ``serve`` is the program's composition.
+
+    The control plane does not import the program (the serve composition sits above every
+    layer, in actors/_serve.py), so the program hands its ``serve`` in here.
+    """
+    args = build_parser().parse_args(argv)
+    if args.verb == "serve":
+        args.handler = serve
+    command = getattr(args, "command", None)
+    if command and command[0] == "--":
+        args.command = command[1:]
+    if args.verb == "exec" and not args.command:
+        _say("exec needs a command after --")
+        return EXIT_DAEMON_ERROR
+    try:
+        try:
+            code: int = trio.run(args.handler, args)
+        except BaseExceptionGroup as group:
+            raise collapse(group) from None
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except (ContainerdActorsError, ValueError) as exc:
+        _say(str(exc))
+        return EXIT_DAEMON_ERROR
+    return code

@@ -1,0 +1,384 @@
+"""Turning control-plane intents into OCI specs, by allow-list.
+
+Whoever can call the control plane can ask our root daemon for containers, so a request is
+never passed through as a spec: :func:`build_container_spec` starts from the builder's runc
+defaults and adds only what the :class:`SpecPolicy` allows. It refuses privileged mode,
+hooks (they run as root on the host), sharing host namespaces, capabilities the policy does
+not grant, a rootfs outside the allowed directories, and bind mounts of protected host
+paths or sockets. The only filesystem access is ``realpath`` and ``stat``.
+
+Denials raise :class:`~actors.errors.PermissionDenied`; malformed requests raise
+:class:`~actors.errors.InvalidArgument`. Messages name only paths the caller supplied, never
+where a symlink led.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from ..core._ids import validate_id
+from ..core.spec import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_NAMESPACES,
+    KNOWN_CAPABILITIES,
+    Mount,
+    Process,
+    Spec,
+    build_spec,
+    exec_process_from,
+)
+from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from ._protocol import ContainerCreateParams, MountParams, ProcessExecParams
+
+__all__ = [
+    "PROTECTED_HOST_PATHS",
+    "SpecPolicy",
+    "build_container_spec",
+    "build_exec_process",
+]
+
+#: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly).
+PROTECTED_HOST_PATHS: Final = (
+    "/",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/root",
+    "/var/lib/containerd",
+    "/run",
+    "/var/run",
+)
+
+# A container that leaves out one of these shares the host's, which is how containers
+# reached the shim's abstract sockets in CVE-2020-15257.
+_REQUIRED_NAMESPACES: Final = frozenset({"pid", "ipc", "uts", "mount", "network"})
+_OPTIONAL_NAMESPACES: Final = ("cgroup",)
+# Kernel filesystems set up (and masked) by the runtime; a bind over them could hide the
+# masks, and a rootfs there makes no sense.
+_KERNEL_TREES: Final = ("/proc", "/sys", "/dev")
+_BIND_OPTIONS: Final = ("nosuid", "nodev", "rbind")
+
+
+class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """What the control plane may grant; loadable from the daemon's configuration.
+
+    Attributes:
+        default_rootfs: used when a request names none; trusted (operator-configured).
+        allowed_rootfs_roots: a requested rootfs must resolve inside one of these.
+        allowed_bind_roots: bind sources must resolve inside one of these; empty disables
+            bind mounts.
+        allow_extra_capabilities: capabilities a request may add to ``base_capabilities``.
+        allow_terminal: whether processes may get a pty.
+        max_memory_limit: cap in bytes; also the limit applied when a request sets none.
+        base_capabilities: what every container gets (runc's minimal set by default).
+    """
+
+    default_rootfs: str
+    allowed_rootfs_roots: tuple[str, ...]
+    allowed_bind_roots: tuple[str, ...] = ()
+    allow_extra_capabilities: frozenset[str] = frozenset()
+    allow_terminal: bool = True
+    max_memory_limit: int | None = None
+    base_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+
+    def __post_init__(self) -> None:
+        for root in (self.default_rootfs, *self.allowed_rootfs_roots, *self.allowed_bind_roots):
+            if not posixpath.isabs(root) or "\x00" in root:
+                raise ValueError(f"policy paths must be absolute, got {root!r}")
+        capabilities = set(self.allow_extra_capabilities) | set(self.base_capabilities)
+        unknown = sorted(capabilities - KNOWN_CAPABILITIES)
+        if unknown:
+            raise ValueError(f"unknown capabilities in policy (use CAP_ names): {unknown}")
+        if self.max_memory_limit is not None and self.max_memory_limit < 1:
+            raise ValueError("max_memory_limit must be positive")
+
+
+def build_container_spec(
+    params: ContainerCreateParams, policy: SpecPolicy, *, namespace: str
+) -> Spec:
+    """Build the spec for a ``container.create`` request, or refuse it.
+
+    Args:
+        params: the decoded request.
+        policy: what may be granted.
+        namespace: the containerd namespace; the cgroup path is ``/<namespace>/<id>``.
+
+    Raises:
+        PermissionDenied: the request asks for something the policy does not allow.
+        InvalidArgument: the request is malformed (bad id, relative mount destination, ...).
+        FailedPrecondition: the policy's default rootfs is missing.
+    """
+    container_id = validate_id(params.id)
+    validate_id(namespace, kind="namespace")
+    what = f"container {container_id!r}"
+    if params.privileged:
+        raise PermissionDenied(f"{what}: privileged containers are not allowed", local=True)
+    if params.hooks is not None:
+        raise PermissionDenied(
+            f"{what}: OCI hooks are not allowed (they run as root on the host)", local=True
+        )
+    if params.terminal and not policy.allow_terminal:
+        raise PermissionDenied(f"{what}: terminals are not allowed by policy", local=True)
+    namespaces = _namespaces(what, params.namespaces)
+    capabilities = _capabilities(what, params.capabilities_add, policy)
+    memory_limit = _memory_limit(what, params.memory_limit, policy)
+    rootfs = _rootfs(what, params.rootfs, policy)
+    mounts = _bind_mounts(what, params.mounts, policy)
+    user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
+    try:
+        return build_spec(
+            rootfs,
+            params.args,
+            env=params.env,
+            cwd=params.cwd or "/",
+            user=user,
+            terminal=params.terminal,
+            hostname=params.hostname,
+            readonly_rootfs=params.readonly_rootfs,
+            memory_limit=memory_limit,
+            pids_limit=params.pids_limit,
+            cpu_shares=params.cpu_shares,
+            namespaces=namespaces,
+            cgroups_path=f"/{namespace}/{container_id}",
+            extra_mounts=mounts,
+            capabilities=capabilities,
+        )
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"{what}: {exc}", local=True) from None
+
+
+def build_exec_process(
+    params: ProcessExecParams, container_spec: Spec, *, policy: SpecPolicy | None = None
+) -> Process:
+    """Build the process for a ``process.exec`` request from the container's own spec.
+
+    The exec inherits the init process's user, capabilities and confinement; only argv,
+    env, cwd and the terminal flag come from the request.
+
+    Raises:
+        PermissionDenied: a terminal was requested and ``policy`` forbids it.
+        InvalidArgument: bad ids or arguments, or the spec has no process.
+    """
+    validate_id(params.id)
+    validate_id(params.exec_id, kind="exec id")
+    what = f"exec {params.exec_id!r} in container {params.id!r}"
+    if params.terminal and policy is not None and not policy.allow_terminal:
+        raise PermissionDenied(f"{what}: terminals are not allowed by policy", local=True)
+    try:
+        return exec_process_from(
+            container_spec, params.args, terminal=params.terminal, env=params.env, cwd=params.cwd
+        )
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"{what}: {exc}", local=True) from None
+
+
+# --- checks --------------------------------------------------------------------------------
+
+
+def _namespaces(what: str, requested: Sequence[str] | None) -> list[str]:
+    if requested is None:
+        return list(DEFAULT_NAMESPACES)
+    chosen = set(requested)
+    if len(chosen) != len(requested):
+        raise InvalidArgument(f"{what}: duplicate entries in namespaces", local=True)
+    missing = _REQUIRED_NAMESPACES - chosen
+    if missing:
+        raise PermissionDenied(
+            f"{what}: sharing a host namespace is not allowed (missing "
+            f"{', '.join(sorted(missing))}); namespaces must include "
+            f"{', '.join(sorted(_REQUIRED_NAMESPACES))}",
+            local=True,
+        )
+    if "user" in chosen:
+        raise InvalidArgument(
+            f"{what}: the 'user' namespace needs uid/gid mappings, which this API does not set up",
+            local=True,
+        )
+    unknown = chosen - _REQUIRED_NAMESPACES - set(_OPTIONAL_NAMESPACES)
+    if unknown:
+        raise InvalidArgument(f"{what}: unknown namespaces {sorted(unknown)}", local=True)
+    return list(DEFAULT_NAMESPACES) + [ns for ns in _OPTIONAL_NAMESPACES if ns in chosen]
+
+
+def _capability_name(name: str) -> str:
+    # Docker accepts "net_admin" and "NET_ADMIN" as well as "CAP_NET_ADMIN".
+    upper = name.upper()
+    return upper if upper.startswith("CAP_") else f"CAP_{upper}"
+
+
+def _capabilities(what: str, requested: Iterable[str], policy: SpecPolicy) -> list[str]:
+    granted = list(policy.base_capabilities)
+    denied: list[str] = []
+    for raw in requested:
+        name = _capability_name(raw)
+        if name == "CAP_ALL":
+            denied.append("ALL")
+        elif name not in KNOWN_CAPABILITIES:
+            raise InvalidArgument(f"{what}: unknown capability {raw!r}", local=True)
+        elif name in granted:
+            continue
+        elif name in policy.allow_extra_capabilities:
+            granted.append(name)
+        else:
+            denied.append(name)
+    if denied:
+        raise PermissionDenied(
+            f"{what}: capabilities not allowed by policy: {', '.join(denied)}", local=True
+        )
+    return granted
+
+
+def _memory_limit(what: str, requested: int | None, policy: SpecPolicy) -> int | None:
+    ceiling = policy.max_memory_limit
+    if ceiling is None:
+        return requested
+    if requested is None:
+        # Leaving the limit out must not be a way around the cap.
+        return ceiling
+    if requested > ceiling:
+        raise PermissionDenied(
+            f"{what}: memory_limit {requested} exceeds the policy maximum of {ceiling} bytes",
+            local=True,
+        )
+    return requested
+
+
+def _realpath(what: str, label: str, path: str) -> str:
+    if not posixpath.isabs(path) or "\x00" in path:
+        raise InvalidArgument(f"{what}: {label} {path!r} must be an absolute path", local=True)
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        raise InvalidArgument(f"{what}: {label} {path!r} cannot be resolved", local=True) from None
+
+
+def _inside(path: str, root: str) -> bool:
+    return PurePosixPath(path).is_relative_to(root)
+
+
+def _inside_any(path: str, roots: Iterable[str]) -> bool:
+    return any(_inside(path, os.path.realpath(root)) for root in roots)
+
+
+def _rootfs(what: str, requested: str | None, policy: SpecPolicy) -> str:
+    if requested is None:
+        resolved = os.path.realpath(policy.default_rootfs)
+        if not os.path.isdir(resolved):
+            # The operator's path is not the caller's business: do not echo it.
+            raise FailedPrecondition("the server's default rootfs is not available", local=True)
+        return resolved
+    resolved = _realpath(what, "rootfs", requested)
+    if not _inside_any(resolved, policy.allowed_rootfs_roots):
+        raise PermissionDenied(
+            f"{what}: rootfs {requested!r} is outside the allowed rootfs directories", local=True
+        )
+    if resolved == "/" or any(_inside(resolved, tree) for tree in _KERNEL_TREES):
+        raise PermissionDenied(f"{what}: rootfs {requested!r} is a protected host path", local=True)
+    if not os.path.isdir(resolved):
+        raise InvalidArgument(f"{what}: rootfs {requested!r} is not a directory", local=True)
+    return resolved
+
+
+def _clashes(path: str, protected: str) -> bool:
+    # Equal, inside (except for "/", which contains everything), or containing it: an
+    # rbind of a parent brings the protected tree along.
+    return _inside(protected, path) or (protected != "/" and _inside(path, protected))
+
+
+def _protected_paths() -> set[str]:
+    # Also their resolved forms, e.g. /var/run is usually a symlink to /run.
+    return {*PROTECTED_HOST_PATHS, *(os.path.realpath(p) for p in PROTECTED_HOST_PATHS)}
+
+
+def _destination(what: str, destination: str) -> str:
+    if not posixpath.isabs(destination):
+        raise InvalidArgument(
+            f"{what}: mount destination {destination!r} must be an absolute path", local=True
+        )
+    if ".." in destination.split("/"):
+        raise InvalidArgument(
+            f"{what}: mount destination {destination!r} must not contain '..'", local=True
+        )
+    if posixpath.normpath(destination) != destination or destination.startswith("//"):
+        raise InvalidArgument(
+            f"{what}: mount destination {destination!r} must be normalized "
+            "(no '.', '//' or trailing '/')",
+            local=True,
+        )
+    if destination == "/":
+        raise InvalidArgument(f"{what}: cannot mount over the container's root", local=True)
+    if any(_inside(destination, tree) for tree in _KERNEL_TREES):
+        raise PermissionDenied(
+            f"{what}: mount destination {destination!r} is inside /proc, /sys or /dev",
+            local=True,
+        )
+    return destination
+
+
+def _bind_mounts(what: str, requested: Sequence[MountParams], policy: SpecPolicy) -> list[Mount]:
+    if not requested:
+        return []
+    if not policy.allowed_bind_roots:
+        raise PermissionDenied(f"{what}: bind mounts are disabled by policy", local=True)
+    protected = _protected_paths()
+    mounts: list[Mount] = []
+    seen: set[str] = set()
+    for entry in requested:
+        destination = _destination(what, entry.destination)
+        if destination in seen:
+            raise InvalidArgument(
+                f"{what}: mount destination {destination!r} is given twice", local=True
+            )
+        seen.add(destination)
+        mounts.append(_bind_mount(what, entry, destination, policy, protected))
+    return mounts
+
+
+def _bind_mount(
+    what: str, entry: MountParams, destination: str, policy: SpecPolicy, protected: set[str]
+) -> Mount:
+    source = entry.source
+    label = f"bind mount source {source!r}"
+    resolved = _realpath(what, "bind mount source", source)
+    if not _inside_any(resolved, policy.allowed_bind_roots):
+        raise PermissionDenied(
+            f"{what}: {label} is outside the allowed host directories", local=True
+        )
+    literal = posixpath.normpath(source)
+    for path in sorted(protected):
+        if _clashes(literal, path):
+            raise PermissionDenied(
+                f"{what}: {label} is, contains or lies inside the protected host path {path}",
+                local=True,
+            )
+        if _clashes(resolved, path):
+            raise PermissionDenied(f"{what}: {label} resolves to a protected host path", local=True)
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise InvalidArgument(f"{what}: {label} does not exist", local=True) from None
+    except OSError:
+        raise InvalidArgument(f"{what}: {label} cannot be inspected", local=True) from None
+    if stat.S_ISSOCK(info.st_mode):
+        raise PermissionDenied(
+            f"{what}: {label} is a unix socket; sockets cannot be mounted", local=True
+        )
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        raise PermissionDenied(f"{what}: {label} is not a directory or regular file", local=True)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        # A hard link defeats realpath: it could be /etc/shadow under another name.
+        raise PermissionDenied(f"{what}: {label} is a file with several hard links", local=True)
+    options = ["ro" if entry.readonly else "rw", *_BIND_OPTIONS]
+    return Mount(destination=destination, type="bind", source=resolved, options=options)

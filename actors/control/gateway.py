@@ -1,0 +1,753 @@
+"""The websocket control plane: a thin trio-websocket shell around the sans-IO protocol.
+
+Two kinds of connection, both authenticated during the handshake:
+
+* ``/`` with subprotocol ``containerd-actors.v1``: JSON-RPC 2.0 in text frames (requests,
+  replies, ``event`` notifications). Decoding, errors and event shapes live in
+  ``actors.control._protocol``; specs are built from an allow-list in ``actors.control._policy``.
+* ``/stdio/<ticket>`` with ``v5.channel.k8s.io`` (or v4): one process's stdio in binary
+  frames with a channel byte, after ``stdio.attach`` returned the ticket.
+
+Labels a client sets are stored under :data:`~actors.control._labels.USER_LABEL_PREFIX` and shown
+without it; keys in namespaces that containerd, shims or other clients interpret are
+refused (``actors.control._labels``). Requests carry no annotations, runtime name or runtime
+options: containers get the default runc shim with no options.
+
+Each accepted socket is served inside a guard (``actors.control._wsserver``): whatever fails while
+one connection is handled, before or after authentication, closes that connection only and
+is counted, never the listener.
+
+Safe by default: loopback or a unix socket, a bearer token compared in constant time, an
+Origin allow-list, a Host check against DNS rebinding, and per-connection limits on message
+size, requests in flight, request rate and subscriptions. A client that cannot keep up with
+what we send is disconnected with close code 1013 instead of stalling anyone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from ..core._client import Client
+from ..core._handles import Container, Process
+from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
+from ..core.stdio import DirectIO
+from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
+from . import _frames as frames
+from . import _protocol as proto
+from ._labels import store_user_labels, user_labels
+from ._policy import SpecPolicy, build_container_spec, build_exec_process
+from ._wsserver import WebsocketListener
+
+__all__ = ["Gateway", "GatewayConfig", "GatewayStatistics", "is_loopback"]
+
+log = logging.getLogger("containerd_actors.gateway")
+
+BEARER_SUBPROTOCOL_PREFIX: Final = "base64url.bearer.authorization.k8s.io."
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+CLOSE_POLICY_VIOLATION: Final = 1008
+STDIO_TICKET_SECONDS: Final = 30.0
+WRITER_GRACE_SECONDS: Final = 10.0
+HANDSHAKE_SECONDS: Final = 10.0
+DISCONNECT_SECONDS: Final = 5.0
+
+
+class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the control plane listens and what it allows.
+
+    Attributes:
+        token: the bearer token every connection must present (Authorization header, or
+            the k8s-style bearer subprotocol for browsers).
+        host, port: TCP listen address (ignored when ``unix_socket`` is set).
+        unix_socket: listen on this socket path (mode 0600) instead of TCP.
+        allowed_origins: exact Origin values allowed; a request with any other Origin is
+            refused (a request without one, e.g. a CLI, still needs the token).
+        allowed_hosts: Host names accepted besides loopback names and ``host`` (e.g. the
+            DNS name of a TLS endpoint); any other Host is refused (DNS rebinding).
+        tls: whether an SSL context is given; a non-loopback TCP address requires it.
+        max_message_size: larger frames close the connection (1009).
+        max_in_flight: concurrent requests per connection.
+        rate: requests per second per connection (token bucket with ``burst``).
+        max_subscriptions: event subscriptions per connection.
+        outbound_buffer: messages queued for one connection before it counts as too slow.
+    """
+
+    token: str
+    policy: SpecPolicy
+    host: str = "127.0.0.1"
+    port: int = 7878
+    unix_socket: str | None = None
+    allowed_origins: frozenset[str] = frozenset()
+    allowed_hosts: frozenset[str] = frozenset()
+    tls: bool = False
+    max_message_size: int = 1 << 20
+    max_in_flight: int = 32
+    rate: float = 200.0
+    burst: int = 400
+    max_subscriptions: int = 16
+    outbound_buffer: int = 256
+
+    def __post_init__(self) -> None:
+        if len(self.token) < 16:
+            raise ValueError("the gateway token must be at least 16 characters")
+        if self.unix_socket is None and not is_loopback(self.host) and not self.tls:
+            raise ValueError(
+                f"refusing to listen on non-loopback address {self.host!r} without TLS: "
+                "anyone who can reach it could run containers as root"
+            )
+
+
+class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters since the gateway was created.
+
+    Attributes:
+        connections: accepted websockets open now; ``connections_total`` since start.
+        rejected_handshakes: connections that never became a websocket: refused (token,
+            Origin, Host, path, subprotocol) or failed (malformed or undecodable request,
+            handshake timeout, peer gone before the request was complete).
+        requests, errors: JSON-RPC messages received, and error replies.
+        slow_disconnects: connections closed (1013) for not reading fast enough.
+        stdio_sessions: stdio websockets attached since start.
+        internal_errors: unexpected failures while serving an accepted connection (bugs).
+    """
+
+    connections: int
+    connections_total: int
+    rejected_handshakes: int
+    requests: int
+    errors: int
+    slow_disconnects: int
+    stdio_sessions: int
+    internal_errors: int
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    """A Host header without its port and brackets, lowercased ("" if malformed)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :]
+        if end == -1 or not (rest == "" or rest.startswith(":")):
+            return ""
+        return host[1:end]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host  # a name, or an IPv6 literal without brackets
+
+
+def _digest(value: str) -> bytes:
+    # Hash both sides first so the comparison takes the same time whatever the lengths.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+class _Session:
+    """One JSON-RPC connection: its outbound queue, limits and subscriptions."""
+
+    def __init__(self, gateway: Gateway, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
+        self.gateway = gateway
+        self.ws = ws
+        self.nursery = nursery
+        config = gateway.config
+        self.outbound_send, self.outbound_receive = trio.open_memory_channel[bytes](
+            config.outbound_buffer
+        )
+        self.in_flight = trio.Semaphore(config.max_in_flight)
+        self.tokens = float(config.burst)
+        self.refilled = trio.current_time()
+        self.subscriptions: dict[str, trio.CancelScope] = {}
+        self.slow = False
+
+    def allow_request(self) -> bool:
+        now = trio.current_time()
+        config = self.gateway.config
+        self.tokens = min(config.burst, self.tokens + (now - self.refilled) * config.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def send(self, message: bytes) -> None:
+        """Queue without waiting; a full queue ends the session (closed with 1013)."""
+        try:
+            self.outbound_send.send_nowait(message)
+        except trio.WouldBlock:
+            if not self.slow:
+                self.slow = True
+                self.gateway._slow += 1
+            self.nursery.cancel_scope.cancel()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def writer(self, done: trio.Event) -> None:
+        # Never cancelled mid-message: a half-sent frame would corrupt the stream.
+        try:
+            async for message in self.outbound_receive:
+                if self.slow:
+                    break  # the rest is dropped; the connection is closing
+                await self.ws.send_message(message.decode())
+        except ConnectionClosed:
+            self.nursery.cancel_scope.cancel()
+        finally:
+            done.set()
+
+
+class Gateway:
+    """Serves one Client over websockets. Run with ``await nursery.start(gateway.serve)``."""
+
+    def __init__(
+        self, client: Client, config: GatewayConfig, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        if config.tls and ssl_context is None:
+            raise ValueError("GatewayConfig.tls is set but no ssl_context was given")
+        self.client = client
+        self.config = config
+        self._ssl_context = ssl_context
+        self._token_digest = _digest(config.token)
+        self._processes: dict[tuple[str, str], Process] = {}
+        self._tickets: dict[str, tuple[str, str, float]] = {}
+        self._attached: set[tuple[str, str]] = set()
+        self._connections = 0
+        self._connections_total = 0
+        self._rejected = 0
+        self._requests = 0
+        self._errors = 0
+        self._slow = 0
+        self._stdio_sessions = 0
+        self._internal_errors = 0
+        self.port: int | None = None
+
+    def statistics(self) -> GatewayStatistics:
+        return GatewayStatistics(
+            connections=self._connections,
+            connections_total=self._connections_total,
+            rejected_handshakes=self._rejected,
+            requests=self._requests,
+            errors=self._errors,
+            slow_disconnects=self._slow,
+            stdio_sessions=self._stdio_sessions,
+            internal_errors=self._internal_errors,
+        )
+
+    # -- listening -----------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until cancelled; ``task_status.started`` reports the gateway once bound."""
+        config = self.config
+        if config.unix_socket is not None:
+            listeners = [await _unix_listener(config.unix_socket)]
+        else:
+            tcp = await trio.open_tcp_listeners(config.port, host=config.host)
+            listeners = tcp
+            self.port = tcp[0].socket.getsockname()[1]
+        wrapped: list[Any] = listeners
+        if self._ssl_context is not None:
+            wrapped = [trio.SSLListener(listener, self._ssl_context) for listener in listeners]
+        server = WebsocketListener(
+            self._handle,
+            wrapped,
+            max_message_size=config.max_message_size,
+            handshake_timeout=HANDSHAKE_SECONDS,
+            on_failed_handshake=self._count_rejected,
+            on_error=self._count_internal_error,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            task_status.started(self)
+
+    def _count_rejected(self) -> None:
+        self._rejected += 1
+
+    def _count_internal_error(self) -> None:
+        self._internal_errors += 1
+
+    # -- handshake -----------------------------------------------------------------------
+
+    def _header(self, request: WebSocketRequest, name: bytes) -> str | None:
+        for key, value in request.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    def _host_allowed(self, request: WebSocketRequest) -> bool:
+        # wsproto takes Host out of the headers trio-websocket shows us and keeps it (IDNA
+        # decoded) on the request event; without it we refuse rather than guess.
+        host = getattr(getattr(request, "_event", None), "host", None)
+        if not isinstance(host, str):
+            return False
+        name = _host_name(host)
+        config = self.config
+        return bool(name) and (
+            is_loopback(name)
+            or name == config.host.lower()
+            or name in {h.lower() for h in config.allowed_hosts}
+        )
+
+    def _check_handshake(self, request: WebSocketRequest) -> tuple[int, str] | None:
+        """None when the request may proceed, else the HTTP status and reason to refuse."""
+        origin = self._header(request, b"origin")
+        if origin is not None and origin not in self.config.allowed_origins:
+            return 403, "origin not allowed"
+        if self.config.unix_socket is None and not self._host_allowed(request):
+            return 403, "host not allowed"
+        presented = None
+        authorization = self._header(request, b"authorization")
+        if authorization is not None and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        for protocol in request.proposed_subprotocols:
+            if protocol.startswith(BEARER_SUBPROTOCOL_PREFIX):
+                encoded = protocol[len(BEARER_SUBPROTOCOL_PREFIX) :]
+                try:
+                    presented = base64.urlsafe_b64decode(
+                        encoded + "=" * (-len(encoded) % 4)
+                    ).decode()
+                except (ValueError, UnicodeDecodeError):
+                    return 401, "malformed bearer subprotocol"
+        if presented is None:
+            return 401, "missing bearer token"
+        if not hmac.compare_digest(_digest(presented), self._token_digest):
+            return 401, "invalid token"
+        return None
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        refusal = self._check_handshake(request)
+        path = request.path.split("?", 1)[0]
+        if refusal is None:
+            if path == "/":
+                wanted: tuple[str, ...] = (proto.JSONRPC_SUBPROTOCOL,)
+            elif path.startswith("/stdio/"):
+                wanted = frames.STDIO_SUBPROTOCOLS
+            else:
+                refusal = (404, "unknown path")
+                wanted = ()
+        if refusal is not None:
+            self._rejected += 1
+            await request.reject(refusal[0], body=refusal[1].encode())
+            return
+        chosen = next((p for p in wanted if p in request.proposed_subprotocols), None)
+        if chosen is None:
+            self._rejected += 1
+            await request.reject(400, body=f"subprotocol must be one of {list(wanted)}".encode())
+            return
+        ws = await request.accept(subprotocol=chosen)
+        self._connections += 1
+        self._connections_total += 1
+        try:
+            if path == "/":
+                await self._rpc_connection(ws)
+            else:
+                await self._stdio_connection(ws, path[len("/stdio/") :], chosen)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            # One connection's bug must never take the server (and every other client) down.
+            self._internal_errors += 1
+            log.exception("connection handler failed")
+            with trio.move_on_after(2), contextlib.suppress(ConnectionClosed):
+                await ws.aclose(1011, "internal error")
+        finally:
+            self._connections -= 1
+            # A no-op when already closed; else the closing handshake, within a bound.
+            with trio.move_on_after(DISCONNECT_SECONDS), contextlib.suppress(ConnectionClosed):
+                await ws.aclose()
+
+    # -- JSON-RPC ------------------------------------------------------------------------
+
+    async def _rpc_connection(self, ws: WebSocketConnection) -> None:
+        writer_done = trio.Event()
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as inner:
+                session = _Session(self, ws, inner)
+                outer.start_soon(session.writer, writer_done)
+                while True:
+                    try:
+                        message = await ws.get_message()
+                    except ConnectionClosed:
+                        break
+                    self._requests += 1
+                    self._receive(session, message)
+                inner.cancel_scope.cancel()
+            session.outbound_send.close()
+            with trio.move_on_after(WRITER_GRACE_SECONDS):
+                await writer_done.wait()
+            outer.cancel_scope.cancel()
+        if session.slow:
+            # If even the close frame cannot get through, aclose still drops the TCP stream.
+            with trio.move_on_after(WRITER_GRACE_SECONDS), contextlib.suppress(ConnectionClosed):
+                await ws.aclose(CLOSE_TRY_AGAIN_LATER, "too slow reading replies and events")
+
+    def _receive(self, session: _Session, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self._reply_error(
+                session,
+                proto.ErrorResponse(
+                    id=None,
+                    code=proto.INVALID_REQUEST,
+                    message="binary frames are not accepted on the JSON-RPC connection",
+                ),
+            )
+            return
+        if not session.allow_request():
+            self._reply_error(
+                session,
+                proto.error_response(
+                    None, ResourceExhausted("request rate limit exceeded", local=True)
+                ),
+            )
+            return
+        decoded = proto.decode_request(message)
+        if isinstance(decoded, proto.ErrorResponse):
+            self._reply_error(session, decoded)
+            return
+        if session.in_flight.value == 0:
+            self._reply_error(
+                session,
+                proto.error_response(
+                    decoded.id,
+                    ResourceExhausted(
+                        f"more than {self.config.max_in_flight} requests in flight", local=True
+                    ),
+                ),
+            )
+            return
+        session.in_flight.acquire_nowait()
+        session.nursery.start_soon(self._serve_request, session, decoded)
+
+    def _reply_error(self, session: _Session, error: proto.ErrorResponse) -> None:
+        self._errors += 1
+        if not error.notification:
+            session.send(proto.encode_error(error))
+
+    async def _serve_request(self, session: _Session, request: proto.Request) -> None:
+        try:
+            result = await self._call(session, request.method, request.params)
+        except Exception as exc:
+            if not isinstance(exc, InvalidArgument | NotFound):
+                log.debug("request %s failed", request.method, exc_info=True)
+            self._reply_error(session, proto.error_response(request.id, exc))
+            return
+        finally:
+            session.in_flight.release()
+        if not request.notification:
+            try:
+                session.send(proto.encode_result(request.id, result))
+            except TypeError:
+                log.exception("unencodable result for %s", request.method)
+                self._reply_error(session, proto.error_response(request.id, RuntimeError()))
+
+    async def _container(self, container_id: str) -> Container:
+        return await self.client.load_container(container_id)
+
+    async def _process(self, container_id: str, exec_id: str) -> Process:
+        process = self._processes.get((container_id, exec_id))
+        if process is not None:
+            return process
+        task = await (await self._container(container_id)).task()
+        return await task.process(exec_id)
+
+    async def _call(self, session: _Session, method: str, params: Any) -> Any:
+        client = self.client
+        match method:
+            case "version":
+                version, revision = await client.version()
+                return {
+                    "version": version,
+                    "revision": revision,
+                    "protocol": proto.JSONRPC_SUBPROTOCOL,
+                }
+            case "container.create":
+                labels = store_user_labels(params.labels)
+                spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
+                # The default runtime and no runtime options: a request can name neither.
+                container = await client.new_container(params.id, spec, labels=labels)
+                return _describe(container)
+            case "container.list":
+                return [_describe(c) for c in client.containers()]
+            case "container.inspect":
+                return _describe(await self._container(params.id))
+            case "container.delete":
+                await (await self._container(params.id)).delete()
+                self._forget(params.id)
+                return None
+            case "task.start":
+                container = await self._container(params.id)
+                task = await container.start(with_stdin=params.stdin)
+                return {"pid": task.pid}
+            case "task.kill":
+                task = await (await self._container(params.id)).task()
+                await task.kill(params.signo, all=params.all)
+                return None
+            case "task.pause" | "task.resume":
+                task = await (await self._container(params.id)).task()
+                await (task.pause() if method == "task.pause" else task.resume())
+                return None
+            case "task.stats":
+                task = await (await self._container(params.id)).task()
+                return msgspec.to_builtins(await task.stats())
+            case "task.pids":
+                task = await (await self._container(params.id)).task()
+                return [msgspec.to_builtins(p) for p in await task.summary()]
+            case "task.status":
+                task = await (await self._container(params.id)).task()
+                return msgspec.to_builtins(await task.status(refresh=params.refresh))
+            case "task.resize":
+                task = await (await self._container(params.id)).task()
+                await task.resize(params.width, params.height)
+                return None
+            case "task.update":
+                task = await (await self._container(params.id)).task()
+                await task.update_resources(_resources(params))
+                return None
+            case "task.delete":
+                task = await (await self._container(params.id)).task()
+                return msgspec.to_builtins(await task.delete())
+            case "task.wait":
+                task = await (await self._container(params.id)).task()
+                return msgspec.to_builtins(await task.wait())
+            case "process.exec":
+                container = await self._container(params.id)
+                task = await container.task()
+                process_spec = build_exec_process(params, container.spec())
+                process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
+                self._processes[(params.id, params.exec_id)] = process
+                return {"pid": process.pid}
+            case "process.kill":
+                process = await self._process(params.id, params.exec_id)
+                await process.kill(params.signo)
+                return None
+            case "process.wait":
+                process = await self._process(params.id, params.exec_id)
+                return msgspec.to_builtins(await process.wait())
+            case "process.delete":
+                process = await self._process(params.id, params.exec_id)
+                status = await process.delete()
+                self._processes.pop((params.id, params.exec_id), None)
+                return msgspec.to_builtins(status)
+            case "events.subscribe":
+                return await self._subscribe(session, params)
+            case "events.unsubscribe":
+                scope = session.subscriptions.pop(params.subscription, None)
+                if scope is None:
+                    raise NotFound(f"no subscription {params.subscription!r}", local=True)
+                scope.cancel()
+                return None
+            case "stdio.attach":
+                return await self._issue_ticket(params.id, params.exec_id or "")
+            case _:
+                raise InvalidArgument(f"method {method!r} is not served", local=True)
+
+    def _forget(self, container_id: str) -> None:
+        for key in [k for k in self._processes if k[0] == container_id]:
+            del self._processes[key]
+
+    async def _subscribe(self, session: _Session, params: Any) -> dict[str, str]:
+        if len(session.subscriptions) >= self.config.max_subscriptions:
+            raise ResourceExhausted(
+                f"at most {self.config.max_subscriptions} subscriptions per connection",
+                local=True,
+            )
+        name = f"s{secrets.token_hex(6)}"
+        event_filter = proto.EventFilter.from_params(params.filters)
+        subscription = self.client.events(buffer=self.config.outbound_buffer)
+        scope = trio.CancelScope()
+        session.subscriptions[name] = scope
+
+        async def pump() -> None:
+            with scope, contextlib.closing(subscription):
+                labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
+                async for event in subscription:
+                    cid = event.info.container_id
+                    if cid not in labels_of:
+                        labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
+                    message = proto.event_message(event, labels_of.get(cid, {}))
+                    if event_filter.matches(message):
+                        session.send(proto.event_notification(name, message))
+
+        session.nursery.start_soon(pump)
+        return {"subscription": name}
+
+    # -- stdio ---------------------------------------------------------------------------
+
+    async def _issue_ticket(self, container_id: str, exec_id: str) -> dict[str, str]:
+        container = await self._container(container_id)
+        if exec_id:
+            await self._process(container_id, exec_id)
+        elif container.task_state() is None:
+            raise NotFound(f"container {container_id} has no task", local=True)
+        now = trio.current_time()
+        self._tickets = {k: v for k, v in self._tickets.items() if v[2] > now}
+        ticket = secrets.token_urlsafe(24)
+        self._tickets[ticket] = (container_id, exec_id, now + STDIO_TICKET_SECONDS)
+        return {"path": f"/stdio/{ticket}", "expires_in": str(int(STDIO_TICKET_SECONDS))}
+
+    async def _stdio_connection(
+        self, ws: WebSocketConnection, ticket: str, subprotocol: str
+    ) -> None:
+        entry = self._tickets.pop(ticket, None)
+        if entry is None or entry[2] < trio.current_time():
+            await ws.send_message(
+                frames.encode_frame(
+                    frames.Channel.ERROR, frames.failure_status_message("unknown or expired ticket")
+                )
+            )
+            await ws.aclose(CLOSE_POLICY_VIOLATION, "unknown or expired ticket")
+            return
+        container_id, exec_id, _ = entry
+        key = (container_id, exec_id)
+        if key in self._attached:
+            await ws.send_message(
+                frames.encode_frame(
+                    frames.Channel.ERROR, frames.failure_status_message("already attached")
+                )
+            )
+            await ws.aclose(CLOSE_POLICY_VIOLATION, "process already attached")
+            return
+        self._attached.add(key)
+        self._stdio_sessions += 1
+        try:
+            process, io = await self._stdio_target(container_id, exec_id)
+            await _bridge_stdio(ws, process, io, subprotocol)
+        except NotFound as exc:
+            await ws.send_message(
+                frames.encode_frame(frames.Channel.ERROR, frames.failure_status_message(str(exc)))
+            )
+            await ws.aclose(CLOSE_POLICY_VIOLATION, "process not found")
+        finally:
+            self._attached.discard(key)
+
+    async def _stdio_target(self, container_id: str, exec_id: str) -> tuple[Process, DirectIO]:
+        if exec_id:
+            process = await self._process(container_id, exec_id)
+        else:
+            process = await (await self._container(container_id)).attach_task()
+        if process.io is None:
+            raise NotFound(f"process {exec_id or container_id} has no stdio to attach", local=True)
+        return process, process.io
+
+
+async def _bridge_stdio(
+    ws: WebSocketConnection, process: Process, io: DirectIO, subprotocol: str
+) -> None:
+    """Copy between one process's FIFOs and the k8s-framed websocket until it exits.
+
+    If the peer goes away first, copying stops at once (the FIFOs stay with the actor and
+    keep being drained) and the process keeps running.
+    """
+    peer_gone = False
+
+    async def guarded(fn: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        nonlocal peer_gone
+        try:
+            await fn()
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            peer_gone = True
+            scope.cancel()
+
+    async def pump(pipe: Any, channel: frames.Channel) -> None:
+        while chunk := await pipe.receive_some(1 << 16):
+            await ws.send_message(frames.encode_frame(channel, chunk))
+
+    async def inbound() -> None:
+        while True:
+            message = await ws.get_message()
+            if isinstance(message, str):
+                continue
+            frame = frames.decode_frame(message, subprotocol=subprotocol)
+            if frame is None:
+                continue
+            channel, payload = frame
+            # A bad resize or close frame is ignored, as the k8s server does; the stream goes on.
+            with contextlib.suppress(ContainerdError):
+                if channel is frames.Channel.STDIN and io.stdin is not None and not io.stdin_closed:
+                    await io.stdin.send_all(payload)
+                elif channel is frames.Channel.RESIZE:
+                    size = frames.parse_resize(payload)
+                    await process.resize(size.width, size.height)
+                elif (
+                    channel is frames.Channel.CLOSE
+                    and frames.parse_close(payload) is frames.Channel.STDIN
+                ):
+                    await process.close_stdin()
+
+    async def outputs_then_exit() -> None:
+        async with trio.open_nursery() as outputs:
+            for pipe, channel in (
+                (io.stdout, frames.Channel.STDOUT),
+                (io.stderr, frames.Channel.STDERR),
+            ):
+                if pipe is not None:
+                    outputs.start_soon(pump, pipe, channel)
+        status = await process.wait()
+        await ws.send_message(
+            frames.encode_frame(frames.Channel.ERROR, frames.exit_status_message(status.code))
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guarded, inbound, nursery.cancel_scope)
+        await guarded(outputs_then_exit, nursery.cancel_scope)
+        nursery.cancel_scope.cancel()
+    if not peer_gone:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.aclose(1000, "process exited")
+
+
+def _describe(container: Container) -> dict[str, Any]:
+    state = container.task_state()
+    return {
+        "id": container.id,
+        "labels": user_labels(container.labels),
+        "runtime": container.runtime,
+        "task": msgspec.to_builtins(state) if state is not None else None,
+    }
+
+
+def _resources(params: Any) -> LinuxResources:
+    if params.memory_limit is None and params.pids_limit is None and params.cpu_shares is None:
+        raise InvalidArgument(
+            "task.update needs memory_limit, pids_limit or cpu_shares", local=True
+        )
+    return LinuxResources(
+        memory=LinuxMemory(limit=params.memory_limit) if params.memory_limit else None,
+        pids=LinuxPids(limit=params.pids_limit) if params.pids_limit else None,
+        cpu=LinuxCPU(shares=params.cpu_shares) if params.cpu_shares else None,
+    )
+
+
+async def _unix_listener(path: str) -> trio.SocketListener:
+    import os
+    import stat
+
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return trio.SocketListener(sock)

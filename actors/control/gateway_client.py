@@ -1,0 +1,274 @@
+"""A Trio client for the control plane (what the command line uses; usable from any program).
+
+``async with connect_gateway(url, token) as gw`` opens the JSON-RPC connection; ``gw.call``
+sends a request and returns its result or raises the matching error class from
+``actors.errors``; ``gw.subscribe`` yields event messages; ``gw.attach`` opens a process's
+stdio on a second websocket with the k8s channel framing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from ..core._groups import collapse
+from ..errors import (
+    ContainerdActorsError,
+    ContainerdError,
+    ErrorClass,
+    PermissionDenied,
+    Unauthenticated,
+    from_error_class,
+)
+from . import _frames as frames
+from ._protocol import JSONRPC_SUBPROTOCOL
+
+__all__ = ["GatewayClient", "GatewayError", "StdioSession", "connect_gateway"]
+
+DEFAULT_URL: Final = "ws://127.0.0.1:7878"
+_decoder: Final = msgspec.json.Decoder()
+_encoder: Final = msgspec.json.Encoder()
+
+
+class GatewayError(ContainerdActorsError):
+    """A JSON-RPC error without a containerd error class (protocol or server errors)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.data = data
+
+
+def _error_from(body: dict[str, Any]) -> Exception:
+    code = int(body.get("code", -32603))
+    message = str(body.get("message", "error"))
+    data = body.get("data")
+    if isinstance(data, dict) and isinstance(data.get("status"), str):
+        try:
+            error_class = ErrorClass(data["status"])
+        except ValueError:
+            return GatewayError(code, message, data)
+        error: ContainerdError = from_error_class(error_class, message)
+        error.local = bool(data.get("local", False))
+        return error
+    return GatewayError(code, message, data)
+
+
+@contextlib.asynccontextmanager
+async def _open(
+    url: str, resource: str, token: str, subprotocols: list[str]
+) -> AsyncIterator[WebSocketConnection]:
+    # We own the byte stream and close it ourselves: when the server closes first,
+    # trio-websocket's client leaves its stream open.
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    parts = urlsplit(url)
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    if parts.scheme == "unix":
+        stream = await trio.open_unix_socket(parts.path)
+        host = "localhost"
+    elif parts.scheme in ("ws", "wss"):
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(host, port)
+        if parts.scheme == "wss":
+            stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
+    else:
+        raise ValueError(f"gateway URL must be ws://, wss:// or unix://, not {url!r}")
+    try:
+        async with stream, trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery, stream, host, resource, subprotocols=subprotocols, extra_headers=headers
+            )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(5, shield=True):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _handshake_error(collapse(group)) from None
+    except ConnectionRejected as exc:
+        raise _handshake_error(exc) from None
+
+
+def _handshake_error(exc: BaseException) -> BaseException:
+    if not isinstance(exc, ConnectionRejected):
+        return exc
+    reason = (exc.body or b"").decode(errors="replace")[:200]
+    message = f"the control plane refused the connection ({exc.status_code}): {reason}"
+    if exc.status_code == 401:
+        return Unauthenticated(message)
+    if exc.status_code == 403:
+        return PermissionDenied(message)
+    return GatewayError(-32000, message)
+
+
+class GatewayClient:
+    """One JSON-RPC connection; requests may run concurrently."""
+
+    def __init__(self, ws: WebSocketConnection, url: str, token: str) -> None:
+        self._ws = ws
+        self._url = url
+        self._token = token
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._subscriptions: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                message = await self._ws.get_message()
+                body = _decoder.decode(message)
+                if "method" in body and body.get("method") == "event":
+                    params = body.get("params", {})
+                    channel = self._subscriptions.get(params.get("subscription", ""))
+                    if channel is not None:
+                        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                            channel.send_nowait(params.get("event", {}))
+                    continue
+                request_id = body.get("id")
+                waiter = (
+                    self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+                )
+                if waiter is not None:
+                    waiter.send_nowait(body)
+        except ConnectionClosed:
+            pass
+        finally:
+            for waiter in self._pending.values():
+                waiter.close()
+            for channel in self._subscriptions.values():
+                channel.close()
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send one request and return its result; raises our error classes on failure."""
+        request_id = next(self._ids)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._pending[request_id] = send
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+        try:
+            await self._ws.send_message(_encoder.encode(message).decode())
+            with receive:
+                try:
+                    body = await receive.receive()
+                except trio.EndOfChannel:
+                    raise GatewayError(-32000, "the gateway closed the connection") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if "error" in body:
+            raise _error_from(body["error"])
+        return body.get("result")
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, filters: dict[str, list[str]] | None = None, *, buffer: int = 1024
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
+        """Receive Docker-shaped event messages until the block ends."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](buffer)
+        result = await self.call("events.subscribe", {"filters": filters} if filters else {})
+        name = result["subscription"]
+        self._subscriptions[name] = send
+        try:
+            yield receive
+        finally:
+            self._subscriptions.pop(name, None)
+            send.close()
+            with contextlib.suppress(ContainerdActorsError, ConnectionClosed):
+                await self.call("events.unsubscribe", {"subscription": name})
+
+    @contextlib.asynccontextmanager
+    async def attach(
+        self, container_id: str, exec_id: str | None = None
+    ) -> AsyncIterator[StdioSession]:
+        """Open the stdio websocket of a task (or of an exec with ``exec_id``)."""
+        params: dict[str, Any] = {"id": container_id}
+        if exec_id:
+            params["exec_id"] = exec_id
+        ticket = await self.call("stdio.attach", params)
+        async with _open(
+            self._url, ticket["path"], self._token, list(frames.STDIO_SUBPROTOCOLS)
+        ) as ws:
+            yield StdioSession(ws)
+
+
+class StdioSession:
+    """A process's stdio over k8s channel frames."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self._ws = ws
+        self.exit_code: int | None = None
+        self.failure: str | None = None
+
+    async def send_stdin(self, data: bytes) -> None:
+        await self._ws.send_message(frames.encode_frame(frames.Channel.STDIN, data))
+
+    async def close_stdin(self) -> None:
+        await self._ws.send_message(frames.close_frame(frames.Channel.STDIN))
+
+    async def resize(self, width: int, height: int) -> None:
+        await self._ws.send_message(frames.resize_frame(width, height))
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        """(channel, data) for stdout (1) and stderr (2) until the process ends.
+
+        Sets ``exit_code`` (or ``failure``) from the final status on the error channel.
+        """
+        while True:
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed:
+                return
+            if isinstance(message, str) or not message:
+                continue
+            channel, payload = message[0], bytes(message[1:])
+            if channel == frames.Channel.ERROR:
+                self._read_status(payload)
+                continue
+            if channel in (frames.Channel.STDOUT, frames.Channel.STDERR):
+                yield channel, payload
+
+    def _read_status(self, payload: bytes) -> None:
+        status = _decoder.decode(payload)
+        if status.get("status") == "Success":
+            self.exit_code = 0
+            return
+        causes = status.get("details", {}).get("causes", [])
+        for cause in causes:
+            if cause.get("reason") == "ExitCode":
+                self.exit_code = int(cause.get("message", "1"))
+                return
+        self.failure = str(status.get("message", "stream failed"))
+
+
+@contextlib.asynccontextmanager
+async def connect_gateway(url: str, token: str) -> AsyncIterator[GatewayClient]:
+    """Connect to ``containerd-actors serve`` (``ws://host:port`` or ``unix:///path``)."""
+    try:
+        async with (
+            _open(url, "/", token, [JSONRPC_SUBPROTOCOL]) as ws,
+            trio.open_nursery() as nursery,
+        ):
+            if ws.subprotocol != JSONRPC_SUBPROTOCOL:
+                raise GatewayError(-32600, f"server does not speak {JSONRPC_SUBPROTOCOL}")
+            client = GatewayClient(ws, url, token)
+            nursery.start_soon(client._reader)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise collapse(group) from None

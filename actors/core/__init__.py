@@ -1,0 +1,1 @@
+"""The core: the client, its actors and handles, events, specs and stdio."""

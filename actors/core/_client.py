@@ -1,0 +1,548 @@
+"""The client: one containerd namespace, its event router, and one actor per container.
+
+``open_client`` is the entry point. It owns a single nursery in which the event router and
+every container actor run; leaving the context stops supervising (containers keep running)
+and closes the gRPC channel and its asyncio thread. Handles returned by the client keep what
+containerd told them, so operations cost the minimum number of RPCs (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+from google.protobuf.any_pb2 import Any as AnyPb
+
+from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
+
+from ..containerd._bridge import AsyncioBridge, BridgeStatistics
+from ..containerd._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
+from ..errors import AlreadyExists, ClientClosed, ContainerdError, InvalidArgument, NotFound
+from . import _commands as cmd
+from ._container import (
+    RUNC_OPTIONS_TYPE_URL,
+    ActorStatistics,
+    Backend,
+    ContainerActor,
+    ContainerRecord,
+    reconcile_from_process,
+)
+from ._groups import collapse
+from ._handles import Container
+from ._ids import validate_id
+from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
+from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
+from .events import EventRouter, EventType, RouterStatistics, TaskEvent
+from .spec import SPEC_TYPE_URL, Spec, decode_spec, encode_spec
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Collection, Mapping
+
+log = logging.getLogger("containerd_actors.client")
+
+DEFAULT_NAMESPACE = "default"
+DEFAULT_SHIM = "io.containerd.runc.v2"
+
+
+def default_state_dir() -> str:
+    """Where FIFOs live: /run/containerd-actors for root, else the user's runtime dir."""
+    if os.geteuid() == 0:
+        return "/run/containerd-actors"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        return os.path.join(runtime_dir, "containerd-actors")
+    return f"/tmp/containerd-actors-{os.geteuid()}"
+
+
+class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything countable about a client: RPCs, the router, the bridge and each actor."""
+
+    namespace: str
+    rpc: RemoteStatistics
+    router: RouterStatistics
+    bridge: BridgeStatistics | None
+    subscribers: SubscriberStatistics
+    actors: int
+    unrouted_events: int
+    held_events: int
+    resyncs: int
+    actor_crashes: int
+    actor_restarts: int
+
+
+class RuncOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The runc shim options (``containerd.runc.v1.Options``) a container is created with."""
+
+    binary_name: str = ""
+    root: str = ""
+    systemd_cgroup: bool = False
+    no_pivot_root: bool = False
+    no_new_keyring: bool = False
+    shim_cgroup: str = ""
+    io_uid: int = 0
+    io_gid: int = 0
+    criu_path: str = ""
+
+    def to_proto(self) -> bytes:
+        return oci_pb2.Options(
+            binary_name=self.binary_name,
+            root=self.root,
+            systemd_cgroup=self.systemd_cgroup,
+            no_pivot_root=self.no_pivot_root,
+            no_new_keyring=self.no_new_keyring,
+            shim_cgroup=self.shim_cgroup,
+            io_uid=self.io_uid,
+            io_gid=self.io_gid,
+            criu_path=self.criu_path,
+        ).SerializeToString()
+
+
+class Client:
+    """A connection to one containerd namespace. Create it with :func:`open_client`."""
+
+    def __init__(
+        self,
+        remote: Remote,
+        nursery: trio.Nursery,
+        *,
+        backend: Backend | None,
+        state_dir: str,
+        restart_policy: RestartPolicy,
+        bridge_statistics: Callable[[], BridgeStatistics] | None = None,
+    ) -> None:
+        self._remote = remote
+        self._bridge_statistics = bridge_statistics
+        self._nursery = nursery
+        self._backend = backend
+        self.namespace = remote.namespace
+        self.state_dir = state_dir
+        self._io_root = os.path.join(state_dir, remote.namespace)
+        self._actors: dict[str, ContainerActor] = {}
+        self._held: dict[str, collections.deque[tuple[float, TaskEvent]]] = {}
+        self._held_order: collections.deque[tuple[float, str]] = collections.deque()
+        self._held_count = 0
+        self._unrouted_events = 0
+        self._crashes = CrashHistory(restart_policy)
+        self._actor_crashes = 0
+        self._resyncs = 0
+        self._resync_wanted = trio.Event()
+        self._closed = False
+        self.hub = SubscriberHub()
+        self.router = EventRouter(remote, self._dispatch_event, on_resubscribed=self.request_resync)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _dispatch_event(self, event: TaskEvent) -> None:
+        actor = self._actors.get(event.info.container_id)
+        if actor is None:
+            # Not ours (yet): publish now, and hold it briefly for an actor being created.
+            self._unrouted_events += 1
+            self.hub.publish(event)
+            self._hold(event)
+            return
+        if not actor.mailbox.post_event((cmd.DeliverEvent(event=event), None)):
+            self.request_resync()
+
+    def _hold(self, event: TaskEvent) -> None:
+        now = trio.current_time()
+        container_id = event.info.container_id
+        self._held.setdefault(container_id, collections.deque()).append((now, event))
+        self._held_order.append((now, container_id))
+        self._held_count += 1
+        # Oldest first, so this costs O(1) per event however many are held.
+        while self._held_order and (
+            self._held_count > HELD_EVENTS_LIMIT
+            or now - self._held_order[0][0] >= HELD_EVENTS_SECONDS
+        ):
+            when, oldest_id = self._held_order.popleft()
+            queue = self._held.get(oldest_id)
+            if not queue or queue[0][0] != when:
+                continue  # already replayed to its actor
+            queue.popleft()
+            self._held_count -= 1
+            if not queue:
+                del self._held[oldest_id]
+
+    def _replay_held(self, actor: ContainerActor) -> None:
+        held = self._held.pop(actor.container_id, ())
+        self._held_count -= len(held)
+        for _, event in held:
+            actor.mailbox.post_event((cmd.DeliverEvent(event=event, replayed=True), None))
+
+    def events(
+        self,
+        *,
+        container_ids: Collection[str] | None = None,
+        types: Collection[EventType] | None = None,
+        buffer: int = 256,
+    ) -> Subscription:
+        """Subscribe to this namespace's task events (exits de-duplicated, as the actors see them).
+
+        Use as ``async with client.events() as events: async for event in events: ...``.
+        A subscriber more than ``buffer`` events behind is dropped with EventStreamLagged.
+        """
+        self._check_open()
+        return self.hub.subscribe(container_ids=container_ids, types=types, buffer=buffer)
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def request_resync(self) -> None:
+        """Reconcile every actor with one Tasks.List soon (after a resubscribe or overflow)."""
+        self._resync_wanted.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self._resync_wanted.wait()
+            self._resync_wanted = trio.Event()
+            try:
+                await self.resync()
+            except ContainerdError as exc:
+                log.warning("resync of %s failed, retrying: %s", self.namespace, exc)
+                await trio.sleep(0.5)
+                self.request_resync()
+
+    async def resync(self) -> None:
+        """One Tasks.List; each actor synthesizes the exits it missed (exactly once)."""
+        epochs = {cid: actor.task_epoch for cid, actor in self._actors.items()}
+        tasks = {_task_container_id(t): t for t in await self._remote.tasks_list()}
+        self._resyncs += 1
+        for container_id, epoch in epochs.items():
+            actor = self._actors.get(container_id)
+            if actor is None:
+                continue
+            item = reconcile_from_process(epoch, tasks.get(container_id))
+            if not actor.mailbox.post_event((item, None)):
+                actor.mailbox.needs_resync = True
+
+    async def restore(self) -> int:
+        """Adopt every container of the namespace (2 RPCs: Containers.List + Tasks.List).
+
+        Stdio FIFOs of live tasks are re-opened; a task that stopped while nobody watched
+        reports its exit once. Returns how many containers were adopted.
+        """
+        containers = await self._remote.containers_list()
+        tasks = {_task_container_id(t): t for t in await self._remote.tasks_list()}
+        adopted = 0
+        for container in containers:
+            if container.id in self._actors:
+                continue
+            record = _record_from_proto(container)
+            task = tasks.get(container.id)
+            await self._spawn_actor(record, adopt=task)
+            adopted += 1
+        return adopted
+
+    # -- supervision -----------------------------------------------------------------------
+
+    async def _run_actor(
+        self,
+        actor: ContainerActor,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        load_state = False
+        try:
+            while True:
+                try:
+                    await actor.run(load_state=load_state, task_status=task_status)
+                    return
+                except Exception:
+                    self._actor_crashes += 1
+                    log.exception("actor of container %s crashed", actor.container_id)
+                    try:
+                        delay = self._crashes.record(actor.container_id, trio.current_time())
+                    except RestartLimitExceeded:
+                        actor.close_mailbox()
+                        raise
+                    task_status = trio.TASK_STATUS_IGNORED
+                    load_state = True
+                    await trio.sleep(delay)
+        finally:
+            if self._actors.get(actor.container_id) is actor:
+                del self._actors[actor.container_id]
+            self._crashes.forget(actor.container_id)
+
+    async def _spawn_actor(self, record: ContainerRecord, *, adopt: Any = None) -> ContainerActor:
+        actor = ContainerActor(
+            self._remote,
+            record,
+            io_root=self._io_root,
+            backend=self._backend,
+            on_event=self.hub.publish,
+        )
+        if adopt is not None:
+            actor.adopt_task(adopt)
+        self._actors[record.id] = actor  # replaces a deleted predecessor still winding down
+        self._replay_held(actor)
+        await self._nursery.start(self._run_actor, actor)
+        return actor
+
+    def _live_actor(self, container_id: str) -> ContainerActor | None:
+        actor = self._actors.get(container_id)
+        if actor is None or actor.deleted:
+            return None  # a deleted container's actor may still be winding down
+        return actor
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+
+    def statistics(self) -> ClientStatistics:
+        return ClientStatistics(
+            namespace=self.namespace,
+            rpc=self._remote.statistics(),
+            router=self.router.statistics(),
+            bridge=self._bridge_statistics() if self._bridge_statistics is not None else None,
+            subscribers=self.hub.statistics(),
+            actors=len(self._actors),
+            unrouted_events=self._unrouted_events,
+            held_events=self._held_count,
+            resyncs=self._resyncs,
+            actor_crashes=self._actor_crashes,
+            actor_restarts=self._crashes.restarts,
+        )
+
+    def actor_statistics(self) -> list[ActorStatistics]:
+        return [actor.statistics() for actor in self._actors.values()]
+
+    # -- public API ----------------------------------------------------------------------
+
+    async def version(self) -> tuple[str, str]:
+        """containerd's (version, revision). One RPC."""
+        self._check_open()
+        response = await self._remote.version()
+        return response.version, response.revision
+
+    async def new_container(
+        self,
+        container_id: str,
+        spec: Spec | bytes,
+        *,
+        shim: str = DEFAULT_SHIM,
+        runtime_options: RuncOptions | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Container:
+        """Create a container record (one RPC: Containers.Create) and its actor.
+
+        Args:
+            container_id: containerd identifier (validated locally, no RPC when invalid).
+            spec: an OCI spec (see :func:`actors.build_spec`) or its JSON bytes.
+            shim: runtime name, ``io.containerd.runc.v2`` by default.
+            runtime_options: runc options kept with the container and reused at restore.
+            labels: containerd labels.
+
+        Raises:
+            InvalidArgument: bad id, spec or labels (nothing sent).
+            AlreadyExists: the id is taken in this namespace.
+        """
+        self._check_open()
+        validate_id(container_id)
+        if self._live_actor(container_id) is not None:
+            raise AlreadyExists(f"container {container_id} already exists", local=True)
+        spec_bytes, terminal = _spec_payload(spec, self.namespace, container_id)
+        label_map = _validate_labels(labels)
+        options = runtime_options.to_proto() if runtime_options is not None else b""
+        record_pb = containers_pb2.Container(id=container_id, labels=label_map)
+        record_pb.runtime.name = shim
+        if options:
+            record_pb.runtime.options.CopyFrom(AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options))
+        record_pb.spec.CopyFrom(AnyPb(type_url=SPEC_TYPE_URL, value=spec_bytes))
+        created = await self._remote.containers_create(record_pb)
+        record = ContainerRecord(
+            id=created.id,
+            labels=dict(created.labels),
+            runtime=created.runtime.name,
+            spec=spec_bytes,
+            terminal=terminal,
+            runtime_options=options,
+        )
+        actor = await self._spawn_actor(record)
+        container: Container = Container._create(actor, record)
+        return container
+
+    def containers(self) -> list[Container]:
+        """Every container this client supervises (0 RPCs)."""
+        handles: list[Container] = [
+            Container._create(actor, actor.record)
+            for actor in self._actors.values()
+            if not actor.deleted
+        ]
+        return handles
+
+    async def load_container(self, container_id: str) -> Container:
+        """A handle for an existing container: 0 RPCs when we already own it, else 1."""
+        self._check_open()
+        validate_id(container_id)
+        actor = self._live_actor(container_id)
+        if actor is not None:
+            known: Container = Container._create(actor, actor.record)
+            return known
+        try:
+            created = await self._remote.containers_get(container_id)
+        except NotFound:
+            raise NotFound(f"no such container: {container_id}") from None
+        record = _record_from_proto(created)
+        actor = await self._spawn_actor(record)
+        container: Container = Container._create(actor, record)
+        return container
+
+    async def _close(self) -> None:
+        self._closed = True
+
+
+def _record_from_proto(container: Any) -> ContainerRecord:
+    spec_bytes = bytes(container.spec.value)
+    terminal = False
+    if spec_bytes:
+        try:
+            spec = decode_spec(spec_bytes)
+            terminal = bool(spec.process is not None and spec.process.terminal)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("container %s has an unreadable spec", container.id)
+    return ContainerRecord(
+        id=container.id,
+        labels=dict(container.labels),
+        runtime=container.runtime.name,
+        spec=spec_bytes,
+        terminal=terminal,
+        runtime_options=bytes(container.runtime.options.value),
+    )
+
+
+def _spec_payload(spec: Spec | bytes, namespace: str, container_id: str) -> tuple[bytes, bool]:
+    if isinstance(spec, bytes | bytearray):
+        try:
+            decoded = decode_spec(bytes(spec))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidArgument(f"invalid OCI spec: {exc}", local=True) from None
+    elif isinstance(spec, Spec):
+        decoded = spec
+    else:
+        raise InvalidArgument(
+            f"spec must be an actors.Spec or JSON bytes, not {type(spec).__name__}",
+            local=True,
+        )
+    if decoded.process is None or not decoded.process.args:
+        raise InvalidArgument("invalid OCI spec: process.args must not be empty", local=True)
+    if decoded.root is None or not decoded.root.path:
+        raise InvalidArgument("invalid OCI spec: root.path is required", local=True)
+    if decoded.linux is not None and decoded.linux.cgroups_path is None:
+        # containerd's own default; keeps same-named containers of two namespaces apart.
+        linux = msgspec.structs.replace(decoded.linux, cgroups_path=f"/{namespace}/{container_id}")
+        decoded = msgspec.structs.replace(decoded, linux=linux)
+    terminal = decoded.process is not None and bool(decoded.process.terminal)
+    return encode_spec(decoded), terminal
+
+
+def _validate_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    if labels is None:
+        return {}
+    result: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key:
+            raise InvalidArgument(
+                f"invalid label {key!r}={value!r}: keys and values are strings", local=True
+            )
+        if len(key) + len(value) > 4096:
+            raise InvalidArgument(f"label {key!r} is longer than 4096 bytes", local=True)
+        result[key] = value
+    return result
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    address: str = DEFAULT_ADDRESS,
+    namespace: str = DEFAULT_NAMESPACE,
+    backend: Backend | None = None,
+    *,
+    state_dir: str | None = None,
+    rpc_deadline: float = DEFAULT_TIMEOUT,
+    restore: bool = True,
+    restart_policy: RestartPolicy | None = None,
+) -> AsyncIterator[Client]:
+    """Connect to containerd and supervise this namespace's containers while inside.
+
+    Args:
+        address: containerd's socket path (or ``unix://`` URL, or ``host:port``).
+        namespace: the containerd namespace this client works in.
+        backend: receives ``process_event(container_id, event_type, event_info)`` calls in
+            per-container order.
+        state_dir: where stdio FIFOs are created (see :func:`default_state_dir`).
+        rpc_deadline: default deadline of each RPC, in seconds (sent to containerd).
+        restore: adopt the namespace's existing containers at start (2 RPCs in total).
+        restart_policy: how crashed actors are restarted (see :class:`RestartPolicy`).
+
+    Raises:
+        InvalidArgument: invalid namespace.
+        Unavailable: containerd does not answer at ``address``.
+        RestartLimitExceeded: an actor kept crashing (raised when leaving the block).
+
+    Leaving the block stops supervising: containers and their tasks keep running.
+    """
+    validate_id(namespace, kind="namespace")
+    bridge = await AsyncioBridge.start()
+    try:
+        remote = await Remote.connect(bridge, address, namespace, default_deadline=rpc_deadline)
+        async with run_client(
+            remote,
+            backend=backend,
+            state_dir=state_dir or default_state_dir(),
+            restore=restore,
+            restart_policy=restart_policy or RestartPolicy(),
+            bridge_statistics=bridge.statistics,
+        ) as client:
+            yield client
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.aclose()
+
+
+@contextlib.asynccontextmanager
+async def run_client(
+    remote: Any,
+    *,
+    backend: Backend | None,
+    state_dir: str,
+    restore: bool,
+    restart_policy: RestartPolicy,
+    bridge_statistics: Callable[[], BridgeStatistics] | None = None,
+) -> AsyncIterator[Client]:
+    """Run a client over any ``Remote``-shaped object (the real one, or the testing fake)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            client = Client(
+                remote,
+                nursery,
+                backend=backend,
+                state_dir=state_dir,
+                restart_policy=restart_policy,
+                bridge_statistics=bridge_statistics,
+            )
+            await nursery.start(client.router.run)
+            nursery.start_soon(client._resync_loop)
+            if restore:
+                await client.restore()
+            try:
+                yield client
+            finally:
+                client._closed = True
+                client.hub.close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise collapse(group) from None
+
+
+def _task_container_id(process: Any) -> str:
+    return str(process.container_id or process.id)
+
+
+HELD_EVENTS_LIMIT = 4096
+HELD_EVENTS_SECONDS = 5.0
+
+__all__ = ["Client", "ClientStatistics", "RuncOptions", "default_state_dir", "open_client"]

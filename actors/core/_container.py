@@ -1,0 +1,972 @@
+"""The container actor: one Trio task per container, owning all of its state.
+
+Every operation on a container goes through its mailbox and runs here, one at a time, so a
+delete can never race a start and state is never re-read by id: the actor keeps what
+containerd told it (pids from Create/Start, exits from events). Mutating steps run in the
+actor's scope, not the caller's, so a caller that gives up never leaves an operation half
+done. Waiting for an exit parks the reply channel in the actor's state and costs no RPC.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import enum
+import inspect
+import logging
+import os
+import shutil
+import signal as signal_module
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+import outcome
+import trio
+from google.protobuf.any_pb2 import Any as AnyPb
+
+from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
+
+from ..errors import (
+    ActorCrashed,
+    AlreadyExists,
+    ClientClosed,
+    ContainerdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unknown,
+)
+from . import _commands as cmd
+from ._mailbox import Mailbox, MailboxStatistics
+from .events import EventInfo, EventType, ExitStatus, TaskEvent, timestamp_to_datetime
+from .stdio import DirectIO, FifoSet
+
+if TYPE_CHECKING:
+    from ..containerd._remote import Remote
+
+log = logging.getLogger("containerd_actors.container")
+
+RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
+# Exits decided by us rather than reported by a process (moby's convention).
+EXIT_CODE_UNKNOWN = 255
+SERVE_BATCH = 64
+UNCLAIMED_EXITS_KEPT = 16
+
+Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+
+
+class Backend(Protocol):
+    """What the embedding program implements to hear about task events (moby's Backend)."""
+
+    async def process_event(
+        self, container_id: str, event_type: EventType, event_info: EventInfo
+    ) -> None: ...
+
+
+class TaskStatus(enum.StrEnum):
+    """containerd's process status names (``containerd.v1.types.Status``)."""
+
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    PAUSING = "pausing"
+
+
+_STATUS_BY_WIRE = {
+    0: TaskStatus.UNKNOWN,
+    1: TaskStatus.CREATED,
+    2: TaskStatus.RUNNING,
+    3: TaskStatus.STOPPED,
+    4: TaskStatus.PAUSED,
+    5: TaskStatus.PAUSING,
+}
+
+
+def status_from_wire(value: int) -> TaskStatus:
+    return _STATUS_BY_WIRE.get(value, TaskStatus.UNKNOWN)
+
+
+class ProcessState(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one process as the actor knows it."""
+
+    container_id: str
+    process_id: str
+    pid: int
+    status: TaskStatus
+    exit: ExitStatus | None = None
+
+
+class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One container actor: inbox pressure and what it has handled."""
+
+    container_id: str
+    mailbox: MailboxStatistics
+    commands_handled: int
+    events_handled: int
+    duplicate_exits: int
+    reconciled_exits: int
+    waiters: int
+    processes: int
+    backend_queue: int
+
+
+@dataclass(eq=False)
+class _Process:
+    process_id: str
+    exec_id: str
+    terminal: bool
+    pid: int = 0
+    status: TaskStatus = TaskStatus.CREATED
+    exit: ExitStatus | None = None
+    io: DirectIO | None = None
+    waiters: list[Reply] = field(default_factory=list)
+    close_io_after_start: bool = False
+    oom_killed: bool = False
+
+    def snapshot(self, container_id: str) -> ProcessState:
+        return ProcessState(
+            container_id=container_id,
+            process_id=self.process_id,
+            pid=self.pid,
+            status=self.status,
+            exit=self.exit,
+        )
+
+
+class ContainerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the actor keeps from Containers.Create / Containers.List."""
+
+    id: str
+    labels: dict[str, str]
+    runtime: str
+    spec: bytes
+    terminal: bool
+    runtime_options: bytes = b""
+
+
+def _validate_signal(value: object) -> int:
+    if isinstance(value, signal_module.Signals):
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
+        raise InvalidArgument(f"invalid signal {value!r}: expected 1..64", local=True)
+    return value
+
+
+class ContainerActor:
+    """Owns one container; started in the client's nursery with ``nursery.start``."""
+
+    def __init__(
+        self,
+        remote: Remote,
+        record: ContainerRecord,
+        *,
+        io_root: str,
+        backend: Backend | None,
+        on_event: Any = None,
+        mailbox_capacity: int = 64,
+    ) -> None:
+        self.container_id = record.id
+        self.record = record
+        self._remote = remote
+        self._io_dir = os.path.join(io_root, record.id)
+        self._backend = backend
+        self._on_event = on_event
+        self.mailbox: Mailbox[tuple[cmd.Command, Reply | None]] = Mailbox(
+            command_capacity=mailbox_capacity
+        )
+        self._init: _Process | None = None
+        self._execs: dict[str, _Process] = {}
+        self._backend_queue: collections.deque[tuple[EventType, EventInfo]] = collections.deque()
+        self._backend_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._deleted = False
+        # Bumped whenever the task changes identity, so a Tasks.List taken before the
+        # change is never applied to the new task.
+        self.task_epoch = 0
+        self._reconciled_exits = 0
+        self._unclaimed_exits: dict[str, EventInfo] = {}
+        self._commands_handled = 0
+        self._events_handled = 0
+        self._duplicate_exits = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def statistics(self) -> ActorStatistics:
+        procs = [p for p in (self._init, *self._execs.values()) if p is not None]
+        return ActorStatistics(
+            container_id=self.container_id,
+            mailbox=self.mailbox.statistics(),
+            commands_handled=self._commands_handled,
+            events_handled=self._events_handled,
+            duplicate_exits=self._duplicate_exits,
+            reconciled_exits=self._reconciled_exits,
+            waiters=sum(len(p.waiters) for p in procs),
+            processes=len(procs),
+            backend_queue=len(self._backend_queue),
+        )
+
+    @property
+    def deleted(self) -> bool:
+        return self._deleted
+
+    def io_of(self, exec_id: str) -> DirectIO | None:
+        """The open stdio of a known process (a read of actor state; no RPC)."""
+        proc = self._init if not exec_id else self._execs.get(exec_id)
+        return proc.io if proc is not None else None
+
+    def snapshot(self) -> ProcessState | None:
+        """The init process as the actor knows it, or None without a task."""
+        return self._init.snapshot(self.container_id) if self._init is not None else None
+
+    def adopt_task(self, process: Any, *, attach: bool = True) -> None:
+        """Take over a task found at restore time (from Tasks.List), re-opening its FIFOs.
+
+        A task that already stopped keeps ``exit`` unset here; the Reconcile that follows
+        reports its exit once, through the same path as a live exit event.
+        """
+        init = _Process(
+            process_id=self.container_id,
+            exec_id="",
+            terminal=bool(process.terminal),
+            pid=int(process.pid),
+            status=status_from_wire(int(process.status)),
+        )
+        seen = self._unclaimed_exits.pop(self.container_id, None)
+        if seen is not None and seen.pid == init.pid:
+            init.exit = ExitStatus(code=seen.exit_code, exited_at=seen.exited_at)
+            init.status = TaskStatus.STOPPED
+        elif init.status is TaskStatus.STOPPED:
+            init.status = TaskStatus.RUNNING  # until the Reconcile records its exit
+        if attach:
+            init.io = self._reopen_io(process)
+        self._init = init
+        self.task_epoch += 1
+        self.mailbox.post_event((reconcile_from_process(self.task_epoch, process), None))
+
+    def _reopen_io(self, process: Any) -> DirectIO | None:
+        """Open our ends of the FIFOs containerd reports for a task (None if it has none)."""
+        if status_from_wire(int(process.status)) is TaskStatus.UNKNOWN or not process.stdout:
+            return None  # the shim is unreachable: no paths to re-open
+        fifos = FifoSet(
+            directory=os.path.dirname(process.stdout),
+            stdin=process.stdin,
+            stdout=process.stdout,
+            stderr=process.stderr,
+            terminal=bool(process.terminal),
+        )
+        try:
+            return DirectIO.open(fifos)
+        except OSError as exc:
+            log.warning("cannot re-open stdio of %s: %s", self.container_id, exc)
+            return None
+
+    async def run(
+        self,
+        *,
+        load_state: bool = False,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the mailbox until the container is deleted or the actor is cancelled.
+
+        With ``load_state`` (a restart after a crash) the task is re-read first (1 RPC), so
+        the actor reports ready only with containerd's current state loaded.
+        """
+        if load_state and self._init is None:
+            try:
+                self.adopt_task(await self._remote.tasks_get(self.container_id))
+            except NotFound:
+                pass
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._backend is not None:
+                    nursery.start_soon(self._deliver_to_backend)
+                for proc in self._processes():
+                    self._start_pumps(proc)
+                task_status.started()
+                await self._serve()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            self._shutdown(final=False)
+            raise
+        except BaseException:
+            self._shutdown(final=True)
+            raise
+        self._shutdown(final=True)
+
+    def _shutdown(self, *, final: bool) -> None:
+        """Tell every pending caller, close our fds; a crashed actor forgets its processes.
+
+        Not ``final`` means the supervisor may run this actor again: the mailbox stays
+        open, and the restarted run re-reads the task from containerd.
+        """
+        error: Exception = (
+            NotFound(f"container {self.container_id} was deleted", local=True)
+            if self._deleted
+            else ActorCrashed(f"the actor of container {self.container_id} stopped")
+        )
+        left = self.mailbox.close() if final else self.mailbox.drain()
+        for _command, reply in left:
+            if reply is not None:
+                _send_reply(reply, outcome.Error(error))
+        for proc in self._processes():
+            for waiter in proc.waiters:
+                waiter.close()
+            proc.waiters.clear()
+            if proc.io is not None:
+                # Stop supervising means closing our fds, never removing live FIFOs.
+                proc.io.close(unlink=self._deleted)
+        if not final:
+            self._init = None
+            self._execs.clear()
+            self.task_epoch += 1
+
+    def close_mailbox(self) -> None:
+        """Refuse further commands (supervision gave up on this actor)."""
+        for _command, reply in self.mailbox.close():
+            if reply is not None:
+                _send_reply(reply, outcome.Error(ActorCrashed("supervision stopped")))
+
+    def _processes(self) -> list[_Process]:
+        return [p for p in (self._init, *self._execs.values()) if p is not None]
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                item = await self.mailbox.receive()
+            except trio.EndOfChannel:
+                return
+            # Items already queued are taken without a scheduler round trip each, up to a
+            # bound so a busy container cannot starve its neighbours. Only take an item
+            # that will be served in this batch.
+            for served in range(1, SERVE_BATCH + 1):
+                if await self._serve_one(*item):
+                    return
+                if served == SERVE_BATCH:
+                    break
+                try:
+                    item = self.mailbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+
+    async def _serve_one(self, command: cmd.Command, reply: Reply | None) -> bool:
+        """Handle one mailbox item; True when the actor is done (container deleted)."""
+        if isinstance(command, cmd.DeliverEvent):
+            self._events_handled += 1
+            self._apply_event(command.event, publish=not command.replayed)
+            return False
+        if isinstance(command, cmd.Reconcile):
+            self._reconcile(command)
+            return False
+        self._commands_handled += 1
+        if isinstance(command, cmd.Crash):
+            raise RuntimeError(f"{self.container_id}: {command.reason}")
+        if isinstance(command, cmd.Wait):
+            self._wait(command, reply)
+            return False
+        try:
+            result: outcome.Outcome[Any] = outcome.Value(await self._handle(command))
+        except Exception as exc:
+            result = outcome.Error(exc)
+        if reply is not None:
+            _send_reply(reply, result)
+        return self._deleted
+
+    # -- command handlers ----------------------------------------------------------------
+
+    async def _handle(self, command: cmd.Command) -> Any:
+        match command:
+            case cmd.CreateTask():
+                return await self._create_task(command)
+            case cmd.StartProcess(exec_id=exec_id):
+                return await self._start_process(exec_id)
+            case cmd.CreateExec():
+                return await self._create_exec(command)
+            case cmd.Kill(exec_id=exec_id, signal=sig, all=all_):
+                return await self._kill(exec_id, sig, all_)
+            case cmd.CloseStdin(exec_id=exec_id):
+                return await self._close_stdin(exec_id)
+            case cmd.Resize(exec_id=exec_id, width=width, height=height):
+                return await self._resize(exec_id, width, height)
+            case cmd.Pause():
+                self._require_live_init()
+                await self._remote.tasks_pause(self.container_id)
+                return None
+            case cmd.Resume():
+                self._require_live_init()
+                await self._remote.tasks_resume(self.container_id)
+                return None
+            case cmd.Pids():
+                self._require_live_init()
+                return await self._remote.tasks_list_pids(self.container_id)
+            case cmd.Metrics():
+                self._require_init()
+                return await self._remote.tasks_metrics([f"id=={self.container_id}"])
+            case cmd.Update(resources=resources):
+                return await self._update(resources)
+            case cmd.Checkpoint(directory=directory, exit=exit_):
+                return await self._checkpoint(directory, exit_)
+            case cmd.Status(exec_id=exec_id, refresh=refresh):
+                return await self._status(exec_id, refresh)
+            case cmd.LoadTask(attach_stdio=callback, attach=attach):
+                return await self._load_task(callback, attach)
+            case cmd.DeleteProcess(exec_id=exec_id):
+                return await self._delete_process(exec_id)
+            case cmd.DeleteContainer():
+                return await self._delete_container()
+            case _:
+                raise InvalidArgument(f"unexpected command {command!r}", local=True)
+
+    def _require_init(self) -> _Process:
+        if self._init is None:
+            raise NotFound(f"container {self.container_id} has no task", local=True)
+        return self._init
+
+    def _require_live_init(self) -> _Process:
+        init = self._require_init()
+        if init.exit is not None:
+            raise FailedPrecondition(
+                f"task {self.container_id} is not running (exited {init.exit.code})", local=True
+            )
+        return init
+
+    def _process(self, exec_id: str) -> _Process:
+        if not exec_id:
+            return self._require_init()
+        proc = self._execs.get(exec_id)
+        if proc is None:
+            raise NotFound(
+                f"process {exec_id!r} not found in container {self.container_id}", local=True
+            )
+        return proc
+
+    def _start_pumps(self, proc: _Process) -> None:
+        if proc.io is None or self._nursery is None:
+            return
+        for pipe in proc.io.pipes():
+            self._nursery.start_soon(pipe.pump)
+
+    async def _open_io(
+        self, process_id: str, *, stdin: bool, terminal: bool, callback: cmd.StdioCallback | None
+    ) -> DirectIO:
+        fifos = FifoSet.for_process(self._io_dir, process_id, stdin=stdin, terminal=terminal)
+        io = DirectIO.open(fifos)
+        if callback is not None:
+            try:
+                result = callback(io)
+                if inspect.isawaitable(result):
+                    await result
+            except BaseException:
+                io.close()
+                raise
+        return io
+
+    async def _create_task(self, command: cmd.CreateTask) -> int:
+        if self._init is not None:
+            raise AlreadyExists(
+                f"container {self.container_id} already has a task; delete it first", local=True
+            )
+        terminal = self.record.terminal
+        io = await self._open_io(
+            self.container_id,
+            stdin=command.with_stdin,
+            terminal=terminal,
+            callback=command.attach_stdio,
+        )
+        proc = _Process(process_id=self.container_id, exec_id="", terminal=terminal, io=io)
+        request = tasks_pb2.CreateTaskRequest(
+            container_id=self.container_id,
+            stdin=io.fifos.stdin,
+            stdout=io.fifos.stdout,
+            stderr=io.fifos.stderr,
+            terminal=terminal,
+        )
+        if command.checkpoint_dir is not None:
+            options = oci_pb2.Options()
+            if self.record.runtime_options:
+                options.ParseFromString(self.record.runtime_options)
+            options.criu_image_path = command.checkpoint_dir
+            request.options.CopyFrom(
+                AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options.SerializeToString())
+            )
+        self._start_pumps(proc)
+        try:
+            response = await self._remote.tasks_create(request)
+        except BaseException:
+            io.close()
+            raise
+        proc.pid = int(response.pid)
+        self._init = proc
+        self.task_epoch += 1
+        if command.start:
+            # In the same command, so a caller that gives up cannot leave it half done.
+            return await self._start_process("")
+        return proc.pid
+
+    async def _start_process(self, exec_id: str) -> int:
+        proc = self._process(exec_id)
+        if proc.status is not TaskStatus.CREATED or proc.exit is not None:
+            raise FailedPrecondition(
+                f"process {proc.process_id} was already started ({proc.status})", local=True
+            )
+        try:
+            pid = await self._remote.tasks_start(self.container_id, exec_id)
+        except ContainerdError:
+            await self._cleanup_failed_start(proc)
+            raise
+        proc.pid = pid
+        if proc.exit is None:
+            proc.status = TaskStatus.RUNNING
+        if proc.close_io_after_start:
+            proc.close_io_after_start = False
+            await self._remote.tasks_close_io(self.container_id, exec_id=exec_id)
+        return pid
+
+    async def _cleanup_failed_start(self, proc: _Process) -> None:
+        # A created process cannot be deleted until it is dead; do it here, in our scope.
+        with trio.move_on_after(10, shield=True):
+            try:
+                if proc.exec_id:
+                    await self._remote.tasks_delete_process(self.container_id, proc.exec_id)
+                else:
+                    await self._remote.tasks_kill(
+                        self.container_id, signal_module.SIGKILL, all=True
+                    )
+                    await self._remote.tasks_delete(self.container_id)
+            except ContainerdError as exc:
+                log.warning("cleanup after failed start of %s: %s", proc.process_id, exc)
+        if proc.io is not None:
+            proc.io.close()
+        if proc.exec_id:
+            self._execs.pop(proc.exec_id, None)
+        else:
+            self._init = None
+            self.task_epoch += 1
+        for waiter in proc.waiters:
+            _send_reply(waiter, outcome.Error(FailedPrecondition("process failed to start")))
+        proc.waiters.clear()
+
+    async def _create_exec(self, command: cmd.CreateExec) -> int:
+        init = self._require_live_init()
+        if command.exec_id in self._execs or command.exec_id == self.container_id:
+            raise AlreadyExists(
+                f"exec id {command.exec_id!r} already used in container {self.container_id}",
+                local=True,
+            )
+        del init
+        io = await self._open_io(
+            command.exec_id,
+            stdin=command.with_stdin,
+            terminal=command.terminal,
+            callback=command.attach_stdio,
+        )
+        proc = _Process(
+            process_id=command.exec_id, exec_id=command.exec_id, terminal=command.terminal, io=io
+        )
+        request = tasks_pb2.ExecProcessRequest(
+            container_id=self.container_id,
+            exec_id=command.exec_id,
+            stdin=io.fifos.stdin,
+            stdout=io.fifos.stdout,
+            stderr=io.fifos.stderr,
+            terminal=command.terminal,
+        )
+        request.spec.CopyFrom(AnyPb(type_url=_process_type_url(), value=command.process_spec))
+        self._start_pumps(proc)
+        try:
+            await self._remote.tasks_exec(request)
+        except Unknown as exc:
+            io.close()
+            if "stopped state" in exc.message:
+                # The task died before its exit event reached us; say so in our terms.
+                raise FailedPrecondition(
+                    f"task {self.container_id} is not running: {exc.message}"
+                ) from exc
+            raise
+        except BaseException:
+            io.close()
+            raise
+        self._execs[command.exec_id] = proc
+        if command.start:
+            # In the same command, so a caller that gives up cannot leave it half done.
+            return await self._start_process(command.exec_id)
+        return 0
+
+    async def _kill(self, exec_id: str, sig: int, all_: bool) -> None:
+        proc = self._process(exec_id)
+        if proc.exit is not None and not all_:
+            raise NotFound(
+                f"process {proc.process_id} already finished (exit {proc.exit.code})", local=True
+            )
+        await self._remote.tasks_kill(
+            self.container_id, _validate_signal(sig), exec_id=exec_id, all=all_
+        )
+
+    def _wait(self, command: cmd.Wait, reply: Reply | None) -> None:
+        if reply is None:
+            return
+        try:
+            proc = self._process(command.exec_id)
+        except ContainerdError as exc:
+            _send_reply(reply, outcome.Error(exc))
+            return
+        if proc.exit is not None:
+            _send_reply(reply, outcome.Value(proc.exit))
+        else:
+            proc.waiters.append(reply)
+
+    async def _close_stdin(self, exec_id: str) -> None:
+        proc = self._process(exec_id)
+        if proc.io is None or not proc.io.close_stdin_writer():
+            return
+        if proc.exit is not None:
+            return
+        if proc.exec_id and proc.status is TaskStatus.CREATED:
+            # An exec's stdin FIFO is opened by the shim only at Start.
+            proc.close_io_after_start = True
+            return
+        await self._remote.tasks_close_io(self.container_id, exec_id=exec_id)
+
+    async def _resize(self, exec_id: str, width: int, height: int) -> None:
+        proc = self._process(exec_id)
+        if not proc.terminal:
+            raise FailedPrecondition(
+                f"process {proc.process_id} has no terminal to resize", local=True
+            )
+        for name, value in (("width", width), ("height", height)):
+            if not isinstance(value, int) or not 0 < value < 65536:
+                raise InvalidArgument(f"invalid terminal {name} {value!r}", local=True)
+        await self._remote.tasks_resize_pty(self.container_id, width, height, exec_id=exec_id)
+
+    async def _update(self, resources: bytes) -> None:
+        self._require_live_init()
+        request = tasks_pb2.UpdateTaskRequest(container_id=self.container_id)
+        request.resources.CopyFrom(AnyPb(type_url=_resources_type_url(), value=resources))
+        await self._remote.tasks_update(request)
+
+    async def _checkpoint(self, directory: str, exit_: bool) -> None:
+        self._require_live_init()
+        if not os.path.isabs(directory):
+            raise InvalidArgument(
+                f"checkpoint directory must be absolute: {directory!r}", local=True
+            )
+        problem = await criu_problem()
+        if problem is not None:
+            raise FailedPrecondition(f"cannot checkpoint on this host: {problem}", local=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        options = oci_pb2.CheckpointOptions(exit=exit_, image_path=directory)
+        request = tasks_pb2.CheckpointTaskRequest(container_id=self.container_id)
+        request.options.CopyFrom(
+            AnyPb(
+                type_url="containerd.runc.v1.CheckpointOptions",
+                value=options.SerializeToString(),
+            )
+        )
+        await self._remote.tasks_checkpoint(request)
+
+    async def _status(self, exec_id: str, refresh: bool) -> ProcessState:
+        proc = self._process(exec_id)
+        if refresh:
+            process = await self._remote.tasks_get(self.container_id, exec_id)
+            proc.status = status_from_wire(int(process.status))
+            if proc.status is TaskStatus.STOPPED and proc.exit is None:
+                self._record_exit(
+                    proc,
+                    ExitStatus(
+                        code=int(process.exit_status),
+                        exited_at=timestamp_to_datetime(
+                            int(process.exited_at.seconds), int(process.exited_at.nanos)
+                        ),
+                    ),
+                )
+        return proc.snapshot(self.container_id)
+
+    async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> ProcessState:
+        init = self._init
+        if init is not None and (init.io is not None or not attach):
+            if attach and callback is not None and init.io is not None:
+                result = callback(init.io)
+                if inspect.isawaitable(result):
+                    await result
+            return init.snapshot(self.container_id)
+        # Unknown task, or one loaded earlier without stdio: Tasks.Get names its FIFOs.
+        process = await self._remote.tasks_get(self.container_id)
+        if init is not None and init.pid == int(process.pid):
+            init.io = self._reopen_io(process)  # the same task: keep its state, add stdio
+        else:
+            if init is not None:
+                self._forget(init, "was replaced by another task")
+            self.adopt_task(process, attach=attach)
+            init = self._require_init()
+        self._start_pumps(init)
+        if attach and callback is not None and init.io is not None:
+            result = callback(init.io)
+            if inspect.isawaitable(result):
+                await result
+        return init.snapshot(self.container_id)
+
+    async def _delete_process(self, exec_id: str) -> ExitStatus:
+        proc = self._process(exec_id)
+        if proc.exit is None and proc.status is not TaskStatus.STOPPED:
+            raise FailedPrecondition(
+                f"process {proc.process_id} must be stopped before deletion ({proc.status})",
+                local=True,
+            )
+        try:
+            if exec_id:
+                response = await self._remote.tasks_delete_process(self.container_id, exec_id)
+            else:
+                response = await self._remote.tasks_delete(self.container_id)
+        except NotFound:
+            if proc.exit is None:
+                raise
+            # containerd already cleaned up (e.g. after its shim died): it is gone either way.
+            response = tasks_pb2.DeleteResponse(exit_status=proc.exit.code)
+        if exec_id:
+            self._execs.pop(exec_id, None)
+        else:
+            self._init = None
+            self.task_epoch += 1
+            for other in self._execs.values():
+                self._forget(other, "ended with its task")
+            self._execs.clear()
+        if proc.io is not None:
+            proc.io.close()
+        # The exit event's status wins over Delete's, as in moby.
+        status = proc.exit or ExitStatus(
+            code=int(response.exit_status),
+            exited_at=timestamp_to_datetime(
+                int(response.exited_at.seconds), int(response.exited_at.nanos)
+            ),
+        )
+        return status
+
+    async def _delete_container(self) -> None:
+        if self._init is not None:
+            raise FailedPrecondition(
+                f"container {self.container_id} still has a task ({self._init.status}); "
+                "delete the task first",
+                local=True,
+            )
+        await self._remote.containers_delete(self.container_id)
+        self._deleted = True
+        try:
+            os.rmdir(self._io_dir)  # the FIFOs went with their processes; usually empty
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self._io_dir, ignore_errors=True)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _reconcile(self, command: cmd.Reconcile) -> None:
+        init = self._init
+        if command.epoch != self.task_epoch or init is None or init.exit is not None:
+            return
+        if command.found and command.pid and init.pid and command.pid != init.pid:
+            return  # a different task under the same id; its own events describe it
+        status = status_from_wire(command.status) if command.found else TaskStatus.UNKNOWN
+        if command.found and status is not TaskStatus.STOPPED:
+            if status in (TaskStatus.RUNNING, TaskStatus.PAUSED):
+                init.status = status
+            return
+        code = command.exit_status if command.found else EXIT_CODE_UNKNOWN
+        exited_at = (
+            timestamp_to_datetime(command.exited_at_seconds, command.exited_at_nanos)
+            if command.found
+            else dt.datetime.now(dt.UTC)
+        )
+        self._reconciled_exits += 1
+        for proc in [*self._execs.values(), init]:
+            if proc.exit is not None:
+                continue
+            info = EventInfo(
+                container_id=self.container_id,
+                process_id=proc.process_id,
+                pid=proc.pid,
+                exit_code=code if proc is init else EXIT_CODE_UNKNOWN,
+                exited_at=exited_at,
+            )
+            self._apply_event(
+                TaskEvent(type=EventType.EXIT, info=info, topic="/tasks/exit", synthetic=True)
+            )
+
+    def _forget(self, proc: _Process, why: str) -> None:
+        """Drop a process we stop tracking: close its stdio and answer its waiters."""
+        if proc.io is not None:
+            proc.io.close()
+        for waiter in proc.waiters:
+            result: outcome.Outcome[Any] = (
+                outcome.Value(proc.exit)
+                if proc.exit is not None
+                else outcome.Error(
+                    NotFound(
+                        f"process {proc.process_id} {why}; its exit status is unknown",
+                        local=True,
+                    )
+                )
+            )
+            _send_reply(waiter, result)
+        proc.waiters.clear()
+
+    def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
+        proc.exit = status
+        proc.status = TaskStatus.STOPPED
+        for waiter in proc.waiters:
+            _send_reply(waiter, outcome.Value(status))
+        proc.waiters.clear()
+
+    def _apply_event(self, event: TaskEvent, *, publish: bool = True) -> None:
+        info = event.info
+        if event.type is EventType.EXIT:
+            if not self._apply_exit(info):
+                self._duplicate_exits += 1
+                return
+        else:
+            self._apply_state_event(event.type, info)
+        if self._backend is not None:
+            self._backend_queue.append((event.type, info))
+            self._backend_lot.unpark()
+        if publish and self._on_event is not None:
+            self._on_event(event)
+
+    def _apply_exit(self, info: EventInfo) -> bool:
+        """Record an exit; False when it is a duplicate or belongs to an older process."""
+        if info.process_id == self.container_id:
+            proc = self._init
+        else:
+            proc = self._execs.get(info.process_id)
+        if proc is None:
+            # Not a process we know (yet): the backend hears it now, and a task adopted later
+            # with this pid takes the exit as already delivered instead of reporting it again.
+            self._unclaimed_exits[info.process_id] = info
+            while len(self._unclaimed_exits) > UNCLAIMED_EXITS_KEPT:
+                del self._unclaimed_exits[next(iter(self._unclaimed_exits))]
+            return True
+        if proc.exit is not None:
+            return False
+        if proc.pid and info.pid and proc.pid != info.pid:
+            return False
+        self._record_exit(proc, ExitStatus(code=info.exit_code, exited_at=info.exited_at))
+        return True
+
+    def _apply_state_event(self, event_type: EventType, info: EventInfo) -> None:
+        init = self._init
+        match event_type:
+            case EventType.START if init is not None and init.exit is None:
+                init.status = TaskStatus.RUNNING
+                init.pid = info.pid or init.pid
+            case EventType.EXEC_STARTED:
+                proc = self._execs.get(info.process_id)
+                if proc is not None and proc.exit is None:
+                    proc.status = TaskStatus.RUNNING
+                    proc.pid = info.pid or proc.pid
+            case EventType.PAUSED if init is not None and init.exit is None:
+                init.status = TaskStatus.PAUSED
+            case EventType.RESUMED if init is not None and init.exit is None:
+                init.status = TaskStatus.RUNNING
+            case EventType.OOM if init is not None:
+                init.oom_killed = True
+            case _:
+                pass
+
+    async def _deliver_to_backend(self) -> None:
+        # Separate from the mailbox loop: a backend that calls back into this container
+        # (e.g. deletes the task on exit, as moby does) must not deadlock the actor.
+        backend = self._backend
+        if backend is None:
+            return
+        while True:
+            while not self._backend_queue:
+                await self._backend_lot.park()
+            event_type, info = self._backend_queue.popleft()
+            try:
+                await backend.process_event(self.container_id, event_type, info)
+            except Exception:
+                log.exception("backend failed on %s event of %s", event_type, self.container_id)
+
+
+_criu_verdict: list[str | None] = []
+
+
+async def criu_problem() -> str | None:
+    """Why CRIU cannot checkpoint here (None when ``criu check`` passes); asked once."""
+    if _criu_verdict:
+        return _criu_verdict[0]
+    verdict: str | None
+    if shutil.which("criu") is None:
+        verdict = "criu is not installed (apt-get install criu)"
+    else:
+        result = await trio.run_process(
+            ["criu", "check"], capture_stdout=True, capture_stderr=True, check=False
+        )
+        if result.returncode == 0:
+            verdict = None
+        else:
+            lines = (result.stderr + result.stdout).decode(errors="replace").splitlines()
+            errors = [line for line in lines if "Error" in line] or lines or ["unknown error"]
+            verdict = f"`criu check` failed: {errors[min(1, len(errors) - 1)].strip()}"
+    _criu_verdict.append(verdict)
+    return verdict
+
+
+def reconcile_from_process(epoch: int, process: Any | None) -> cmd.Reconcile:
+    """A Reconcile item from a containerd Process (None: containerd has no such task)."""
+    if process is None:
+        return cmd.Reconcile(epoch=epoch, found=False)
+    return cmd.Reconcile(
+        epoch=epoch,
+        found=True,
+        pid=int(process.pid),
+        status=int(process.status),
+        exit_status=int(process.exit_status),
+        exited_at_seconds=int(process.exited_at.seconds),
+        exited_at_nanos=int(process.exited_at.nanos),
+    )
+
+
+def _send_reply(reply: Reply, result: outcome.Outcome[Any]) -> None:
+    with reply:
+        try:
+            reply.send_nowait(result)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass  # the caller gave up waiting; the operation itself still happened
+
+
+def _process_type_url() -> str:
+    from .spec import PROCESS_TYPE_URL
+
+    return PROCESS_TYPE_URL
+
+
+def _resources_type_url() -> str:
+    from .spec import RESOURCES_TYPE_URL
+
+    return RESOURCES_TYPE_URL
+
+
+async def call_actor(actor: ContainerActor, command: cmd.Command) -> Any:
+    """Send one command and wait for its reply (the one-shot channel pattern)."""
+    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+    with reply_receive:
+        try:
+            await actor.mailbox.send_command((command, reply_send))
+        except trio.ClosedResourceError:
+            reply_send.close()
+            if actor.deleted:
+                raise NotFound(f"container {actor.container_id} was deleted", local=True) from None
+            raise ClientClosed(
+                f"the actor of container {actor.container_id} is no longer running"
+            ) from None
+        try:
+            result = await reply_receive.receive()
+        except trio.EndOfChannel:
+            raise ActorCrashed(
+                f"the actor of container {actor.container_id} stopped before replying; "
+                "the container is untouched and the call can be retried"
+            ) from None
+    return result.unwrap()

@@ -1,0 +1,1 @@
+"""Integration tests against the real containerd + runc started by the session (root)."""

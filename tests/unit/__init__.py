@@ -1,0 +1,1 @@
+"""Unit tests: no daemon, no root (the in-memory fake, pure functions, sans-IO cores)."""

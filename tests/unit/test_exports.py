@@ -1,0 +1,29 @@
+"""The public surface: what actors/__init__.py exports exists, and nothing private leaks."""
+
+from __future__ import annotations
+
+import actors
+
+
+def test_every_exported_name_exists_and_none_is_private() -> None:
+    assert sorted(set(actors.__all__)) == sorted(actors.__all__), "no duplicates"
+    for name in actors.__all__:
+        assert not name.startswith("_"), name
+        assert hasattr(actors, name), name
+
+
+def test_no_public_name_is_left_unexported() -> None:
+    public = {
+        name
+        for name, value in vars(actors).items()
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("actors")
+    }
+    assert public <= set(actors.__all__), public - set(actors.__all__)
+
+
+def test_handles_have_no_public_constructor() -> None:
+    import pytest
+
+    for handle in (actors.Container, actors.Task, actors.Process):
+        with pytest.raises(TypeError, match="come from a Client"):
+            handle()  # type: ignore[call-arg]  # the point: no public constructor
