@@ -18,6 +18,7 @@ from ._handles import Container as Container
 from ._handles import Process as Process
 from ._handles import Task as Task
 from ._remote import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from ._seccomp import default_seccomp_profile as default_seccomp_profile
 from ._subscribers import EventStreamLagged as EventStreamLagged
 from ._subscribers import Subscription as Subscription
 from ._supervision import RestartLimitExceeded as RestartLimitExceeded
@@ -99,6 +100,7 @@ __all__ = [
     "build_busybox_rootfs",
     "build_process",
     "build_spec",
+    "default_seccomp_profile",
     "default_state_dir",
     "open_client",
 ]
