@@ -41,13 +41,19 @@ from .spec import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ._protocol import ContainerCreateParams, MountParams, ProcessExecParams
+    from ._protocol import (
+        ContainerCreateParams,
+        MountParams,
+        ProcessExecParams,
+        TaskUpdateParams,
+    )
 
 __all__ = [
     "PROTECTED_HOST_PATHS",
     "SpecPolicy",
     "build_container_spec",
     "build_exec_process",
+    "check_resource_update",
 ]
 
 #: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly).
@@ -188,6 +194,17 @@ def build_container_spec(
         )
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"{what}: {exc}", local=True) from None
+
+
+def check_resource_update(params: TaskUpdateParams, policy: SpecPolicy) -> None:
+    """Refuse a ``task.update`` that would raise a limit past the policy's ceiling.
+
+    Raises:
+        PermissionDenied: ``memory_limit`` or ``pids_limit`` is above its ceiling.
+    """
+    what = f"update of container {validate_id(params.id)!r}"
+    _limit(what, "memory_limit", params.memory_limit, None, policy.max_memory_limit, " bytes")
+    _limit(what, "pids_limit", params.pids_limit, None, policy.max_pids_limit)
 
 
 def build_exec_process(

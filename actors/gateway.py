@@ -40,7 +40,7 @@ from . import _frames as frames
 from . import _protocol as proto
 from ._client import Client
 from ._handles import Container, Process
-from ._policy import SpecPolicy, build_container_spec, build_exec_process
+from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
 from .errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
 from .spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
 from .stdio import DirectIO
@@ -456,6 +456,7 @@ class Gateway:
                 await task.resize(params.width, params.height)
                 return None
             case "task.update":
+                check_resource_update(params, self.config.policy)
                 task = await (await self._container(params.id)).task()
                 await task.update_resources(_resources(params))
                 return None

@@ -442,3 +442,36 @@ async def test_gateway_refuses_requests_above_the_ceilings(
             "Containers.Create", 0
         )
         assert await containers(client) == before
+
+
+@pytest.mark.integration
+async def test_task_update_cannot_raise_a_limit_past_the_ceiling(
+    containerd: PrivateContainerd, io_dir: Path, rootfs: Path
+) -> None:
+    policy = policy_for(rootfs, max_pids_limit=100, max_memory_limit=64 << 20)
+    probe = "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"
+    async with serve(containerd, io_dir, policy) as (client, gw):
+        cid = unique_id("gwupd")
+        await gw.call("container.create", {"id": cid, "args": ["sleep", "300"]})
+        await gw.call("task.start", {"id": cid})
+        updates = client.statistics().rpc.calls.get("Tasks.Update", 0)
+        with pytest.raises(PermissionDenied, match="pids_limit 5000 exceeds the policy maximum"):
+            await gw.call("task.update", {"id": cid, "pids_limit": 5000})
+        with pytest.raises(PermissionDenied, match="memory_limit 8589934592 exceeds"):
+            await gw.call("task.update", {"id": cid, "memory_limit": 8 << 30})
+        assert client.statistics().rpc.calls.get("Tasks.Update", 0) == updates
+        # Within the ceiling it still works: one Tasks.Update, and the kernel agrees.
+        await gw.call("task.update", {"id": cid, "pids_limit": 50})
+        assert client.statistics().rpc.calls["Tasks.Update"] == updates + 1
+        await gw.call("process.exec", {"id": cid, "exec_id": "p", "args": ["sh", "-c", probe]})
+        output = b""
+        with trio.fail_after(30):
+            async with gw.attach(cid, "p") as session:
+                async for _, data in session.output():
+                    output += data
+        assert output == b"50\n"
+        await gw.call("process.delete", {"id": cid, "exec_id": "p"})
+        await gw.call("task.kill", {"id": cid, "signal": "KILL"})
+        await gw.call("task.wait", {"id": cid})
+        await gw.call("task.delete", {"id": cid})
+        await gw.call("container.delete", {"id": cid})
