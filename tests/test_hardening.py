@@ -475,3 +475,30 @@ async def test_task_update_cannot_raise_a_limit_past_the_ceiling(
         await gw.call("task.wait", {"id": cid})
         await gw.call("task.delete", {"id": cid})
         await gw.call("container.delete", {"id": cid})
+
+
+def test_serve_flags_set_the_policy(tmp_path: Path) -> None:
+    from actors._cli import build_parser, serve_policy
+
+    def policy(*flags: str) -> SpecPolicy:
+        args = build_parser().parse_args(["serve", *flags])
+        return serve_policy(args, tmp_path / "busybox", tmp_path)
+
+    default = policy()
+    assert (default.default_memory_limit, default.default_pids_limit) == (
+        HARDENED_MEMORY_LIMIT,
+        HARDENED_PIDS_LIMIT,
+    )
+    assert (default.max_memory_limit, default.max_pids_limit, default.seccomp) == (
+        None,
+        None,
+        True,
+    )
+    custom = policy(
+        "--default-memory", "0", "--default-pids", "64", "--max-memory", "1048576",
+        "--max-pids", "128", "--no-seccomp",
+    )  # fmt: skip
+    assert (custom.default_memory_limit, custom.default_pids_limit) == (None, 64)
+    assert (custom.max_memory_limit, custom.max_pids_limit, custom.seccomp) == (1 << 20, 128, False)
+    with pytest.raises(SystemExit):
+        policy("--max-pids", "0")
