@@ -20,8 +20,8 @@ allowed exactly when the container's bounding set holds that capability, so an o
 grants e.g. CAP_SYS_TIME gets a working ``settimeofday``. Without the capability the
 kernel would refuse them anyway, and the filter keeps the code behind them out of reach.
 
-The reference for the choices is Docker's default profile (facts in
-docs/reference hardening notes); the structure and the list are ours. runc turns the
+Docker's default profile is the reference for what to allow and refuse; the structure and
+the list are ours (docs/HARDENING.md explains the decisions). runc turns the
 profile into a BPF filter: names libseccomp does not know are skipped, and because the
 default action is an error, runc makes every syscall numbered above the highest one named
 here return ENOSYS, so newer calls look "not implemented" and libc falls back.

@@ -502,3 +502,24 @@ def test_serve_flags_set_the_policy(tmp_path: Path) -> None:
     assert (custom.max_memory_limit, custom.max_pids_limit, custom.seccomp) == (1 << 20, 128, False)
     with pytest.raises(SystemExit):
         policy("--max-pids", "0")
+
+
+@pytest.mark.integration
+async def test_exec_processes_are_filtered_too(client: Client, rootfs: Path) -> None:
+    # runc applies the container's filter to every process it starts in it.
+    spec = build_spec(rootfs, ["sleep", "300"], hardened=True)
+    container = await client.new_container(unique_id("hardexec"), spec)
+    with trio.fail_after(30):
+        task = await container.start()
+        proc = await task.exec("probe", container.exec_spec(["sh", "-c", PROBE]))
+        assert proc.io is not None
+        assert proc.io.stdout is not None
+        out = (await proc.io.stdout.read_all()).decode()
+        assert (await proc.wait()).code == 0
+        await proc.delete()
+        await task.kill(9)
+        await task.wait()
+    await task.delete()
+    await container.delete()
+    assert "Seccomp:\t2" in out
+    assert "userns=no" in out
