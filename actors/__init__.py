@@ -18,6 +18,7 @@ from .core._container import TaskStatus as TaskStatus
 from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
+from .core._seccomp import default_seccomp_profile as default_seccomp_profile
 from .core._subscribers import EventStreamLagged as EventStreamLagged
 from .core._subscribers import Subscription as Subscription
 from .core._supervision import RestartLimitExceeded as RestartLimitExceeded
@@ -99,6 +100,7 @@ __all__ = [
     "build_busybox_rootfs",
     "build_process",
     "build_spec",
+    "default_seccomp_profile",
     "default_state_dir",
     "open_client",
 ]

@@ -25,8 +25,7 @@ import trio
 
 from .containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
 from .containerd._remote import DEFAULT_ADDRESS
-from .control._cli import _say, load_or_create_token, run_cli
-from .control._policy import SpecPolicy
+from .control._cli import _say, load_or_create_token, run_cli, serve_policy
 from .control.gateway import Gateway, GatewayConfig
 from .core._client import Client, open_client
 from .core._supervision import RestartPolicy
@@ -80,11 +79,7 @@ async def serve(args: argparse.Namespace) -> int:
     token = os.environ.get("CONTAINERD_ACTORS_TOKEN") or load_or_create_token(token_file)
     _say("preparing the busybox rootfs")
     rootfs = await trio.to_thread.run_sync(build_busybox_rootfs, state_root / "rootfs" / "busybox")
-    policy = SpecPolicy(
-        default_rootfs=str(rootfs),
-        allowed_rootfs_roots=(str(state_root / "rootfs"), *args.rootfs_root),
-        allowed_bind_roots=tuple(args.bind_root),
-    )
+    policy = serve_policy(args, rootfs, state_root / "rootfs")
     host, _, port = args.listen.rpartition(":")
     config = GatewayConfig(
         token=token,

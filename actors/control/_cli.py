@@ -22,7 +22,9 @@ import trio
 
 from ..containerd._embedded import default_state_root
 from ..core._groups import collapse
+from ..core.spec import HARDENED_MEMORY_LIMIT, HARDENED_PIDS_LIMIT
 from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
+from ._policy import SpecPolicy
 from .gateway_client import DEFAULT_URL, GatewayClient, GatewayError, connect_gateway
 
 # A verb: parsed arguments in, exit code out (run under trio.run).
@@ -58,6 +60,21 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
+def serve_policy(args: argparse.Namespace, rootfs: Path, rootfs_root: Path) -> SpecPolicy:
+    """The spec policy ``serve``'s flags ask for."""
+    return SpecPolicy(
+        default_rootfs=str(rootfs),
+        allowed_rootfs_roots=(str(rootfs_root), *args.rootfs_root),
+        allowed_bind_roots=tuple(args.bind_root),
+        # 0 turns a default off; the ceilings still apply.
+        default_memory_limit=args.default_memory or None,
+        default_pids_limit=args.default_pids or None,
+        max_memory_limit=args.max_memory,
+        max_pids_limit=args.max_pids,
+        seccomp=not args.no_seccomp,
+    )
+
+
 # -- client verbs --------------------------------------------------------------------------
 
 
@@ -84,6 +101,20 @@ async def _gateway(args: argparse.Namespace) -> Any:
             f"cannot reach the control plane at {args.url} ({exc}); "
             "start it with `containerd-actors serve`",
         ) from None
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 def _start_exit_code(exc: Exception) -> int:
@@ -391,6 +422,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="host directory clients may bind-mount from (default: none)",
+    )
+    serve.add_argument(
+        "--default-memory",
+        type=_non_negative,
+        default=HARDENED_MEMORY_LIMIT,
+        metavar="BYTES",
+        help="memory limit for containers that ask for none (0: none; default %(default)s)",
+    )
+    serve.add_argument(
+        "--default-pids",
+        type=_non_negative,
+        default=HARDENED_PIDS_LIMIT,
+        metavar="N",
+        help="pids limit for containers that ask for none (0: none; default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-memory",
+        type=_positive,
+        metavar="BYTES",
+        help="refuse memory limits above this (default: no ceiling)",
+    )
+    serve.add_argument(
+        "--max-pids",
+        type=_positive,
+        metavar="N",
+        help="refuse pids limits above this (default: no ceiling)",
+    )
+    serve.add_argument(
+        "--no-seccomp",
+        action="store_true",
+        help="do not apply the default seccomp profile (not recommended)",
     )
 
     def container_opts(p: argparse.ArgumentParser) -> None:

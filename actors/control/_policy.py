@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from ..core._ids import validate_id
+from ..core._seccomp import default_seccomp_profile
 from ..core.spec import (
     DEFAULT_CAPABILITIES,
     DEFAULT_NAMESPACES,
+    HARDENED_MEMORY_LIMIT,
+    HARDENED_PIDS_LIMIT,
     KNOWN_CAPABILITIES,
     Mount,
     Process,
@@ -38,13 +41,19 @@ from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ._protocol import ContainerCreateParams, MountParams, ProcessExecParams
+    from ._protocol import (
+        ContainerCreateParams,
+        MountParams,
+        ProcessExecParams,
+        TaskUpdateParams,
+    )
 
 __all__ = [
     "PROTECTED_HOST_PATHS",
     "SpecPolicy",
     "build_container_spec",
     "build_exec_process",
+    "check_resource_update",
 ]
 
 #: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly).
@@ -81,8 +90,14 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
             bind mounts.
         allow_extra_capabilities: capabilities a request may add to ``base_capabilities``.
         allow_terminal: whether processes may get a pty.
-        max_memory_limit: cap in bytes; also the limit applied when a request sets none.
+        max_memory_limit: ceiling in bytes; a request above it is refused. None: no ceiling.
         base_capabilities: what every container gets (runc's minimal set by default).
+        default_memory_limit: bytes, applied when a request sets none (lowered to the
+            ceiling if above it). None: no default, but the ceiling still applies.
+        default_pids_limit: tasks, applied when a request sets none (same rules).
+        max_pids_limit: ceiling on the number of tasks; None: no ceiling.
+        seccomp: apply the project's default seccomp profile (for the container's
+            capabilities) to every container.
     """
 
     default_rootfs: str
@@ -92,6 +107,10 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
     allow_terminal: bool = True
     max_memory_limit: int | None = None
     base_capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    default_memory_limit: int | None = HARDENED_MEMORY_LIMIT
+    default_pids_limit: int | None = HARDENED_PIDS_LIMIT
+    max_pids_limit: int | None = None
+    seccomp: bool = True
 
     def __post_init__(self) -> None:
         for root in (self.default_rootfs, *self.allowed_rootfs_roots, *self.allowed_bind_roots):
@@ -101,8 +120,15 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
         unknown = sorted(capabilities - KNOWN_CAPABILITIES)
         if unknown:
             raise ValueError(f"unknown capabilities in policy (use CAP_ names): {unknown}")
-        if self.max_memory_limit is not None and self.max_memory_limit < 1:
-            raise ValueError("max_memory_limit must be positive")
+        for name in (
+            "max_memory_limit",
+            "default_memory_limit",
+            "max_pids_limit",
+            "default_pids_limit",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive")
 
 
 def build_container_spec(
@@ -133,7 +159,17 @@ def build_container_spec(
         raise PermissionDenied(f"{what}: terminals are not allowed by policy", local=True)
     namespaces = _namespaces(what, params.namespaces)
     capabilities = _capabilities(what, params.capabilities_add, policy)
-    memory_limit = _memory_limit(what, params.memory_limit, policy)
+    memory_limit = _limit(
+        what,
+        "memory_limit",
+        params.memory_limit,
+        policy.default_memory_limit,
+        policy.max_memory_limit,
+        " bytes",
+    )
+    pids_limit = _limit(
+        what, "pids_limit", params.pids_limit, policy.default_pids_limit, policy.max_pids_limit
+    )
     rootfs = _rootfs(what, params.rootfs, policy)
     mounts = _bind_mounts(what, params.mounts, policy)
     user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
@@ -148,15 +184,27 @@ def build_container_spec(
             hostname=params.hostname,
             readonly_rootfs=params.readonly_rootfs,
             memory_limit=memory_limit,
-            pids_limit=params.pids_limit,
+            pids_limit=pids_limit,
             cpu_shares=params.cpu_shares,
             namespaces=namespaces,
             cgroups_path=f"/{namespace}/{container_id}",
             extra_mounts=mounts,
             capabilities=capabilities,
+            seccomp=default_seccomp_profile(capabilities) if policy.seccomp else None,
         )
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"{what}: {exc}", local=True) from None
+
+
+def check_resource_update(params: TaskUpdateParams, policy: SpecPolicy) -> None:
+    """Refuse a ``task.update`` that would raise a limit past the policy's ceiling.
+
+    Raises:
+        PermissionDenied: ``memory_limit`` or ``pids_limit`` is above its ceiling.
+    """
+    what = f"update of container {validate_id(params.id)!r}"
+    _limit(what, "memory_limit", params.memory_limit, None, policy.max_memory_limit, " bytes")
+    _limit(what, "pids_limit", params.pids_limit, None, policy.max_pids_limit)
 
 
 def build_exec_process(
@@ -240,16 +288,22 @@ def _capabilities(what: str, requested: Iterable[str], policy: SpecPolicy) -> li
     return granted
 
 
-def _memory_limit(what: str, requested: int | None, policy: SpecPolicy) -> int | None:
-    ceiling = policy.max_memory_limit
-    if ceiling is None:
-        return requested
+def _limit(
+    what: str,
+    field: str,
+    requested: int | None,
+    default: int | None,
+    ceiling: int | None,
+    unit: str = "",
+) -> int | None:
     if requested is None:
-        # Leaving the limit out must not be a way around the cap.
-        return ceiling
-    if requested > ceiling:
+        # Leaving the limit out must not be a way around the ceiling.
+        if default is None:
+            return ceiling
+        return default if ceiling is None else min(default, ceiling)
+    if ceiling is not None and requested > ceiling:
         raise PermissionDenied(
-            f"{what}: memory_limit {requested} exceeds the policy maximum of {ceiling} bytes",
+            f"{what}: {field} {requested} exceeds the policy maximum of {ceiling}{unit}",
             local=True,
         )
     return requested

@@ -48,7 +48,7 @@ from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhaust
 from . import _frames as frames
 from . import _protocol as proto
 from ._labels import store_user_labels, user_labels
-from ._policy import SpecPolicy, build_container_spec, build_exec_process
+from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
 from ._wsserver import WebsocketListener
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayStatistics", "is_loopback"]
@@ -518,6 +518,7 @@ class Gateway:
                 await task.resize(params.width, params.height)
                 return None
             case "task.update":
+                check_resource_update(params, self.config.policy)
                 task = await (await self._container(params.id)).task()
                 await task.update_resources(_resources(params))
                 return None

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from ._seccomp import LinuxSeccomp, LinuxSeccompArg, LinuxSyscall, default_seccomp_profile
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
@@ -29,6 +31,8 @@ __all__ = [
     "DEFAULT_PATH_ENV",
     "DEFAULT_READONLY_PATHS",
     "DEFAULT_RLIMIT_NOFILE",
+    "HARDENED_MEMORY_LIMIT",
+    "HARDENED_PIDS_LIMIT",
     "KNOWN_CAPABILITIES",
     "OCI_NAMESPACES",
     "OCI_VERSION",
@@ -52,6 +56,9 @@ __all__ = [
     "LinuxNetwork",
     "LinuxPids",
     "LinuxResources",
+    "LinuxSeccomp",
+    "LinuxSeccompArg",
+    "LinuxSyscall",
     "LinuxThrottleDevice",
     "LinuxWeightDevice",
     "Mount",
@@ -187,6 +194,12 @@ DEFAULT_READONLY_PATHS: tuple[str, ...] = (
 )
 
 DEFAULT_RLIMIT_NOFILE = 1024
+
+# What ``build_spec(hardened=True)`` (and the control plane's policy) applies when no
+# limit is given. Docker sets neither; these bound a fork bomb or a leak to something the
+# host survives, while leaving room for ordinary services (Podman's pids default is 2048).
+HARDENED_PIDS_LIMIT = 1024
+HARDENED_MEMORY_LIMIT = 512 * 1024 * 1024
 
 _INT64_MAX = 2**63 - 1
 # (uid_t)-1 means "leave unchanged" to set*id(2), so it is not a usable id.
@@ -450,9 +463,7 @@ class Linux(msgspec.Struct, kw_only=True, omit_defaults=True):
     cgroups_path: str | None = msgspec.field(default=None, name="cgroupsPath")
     namespaces: list[LinuxNamespace] = msgspec.field(default_factory=list)
     devices: list[LinuxDevice] = msgspec.field(default_factory=list)
-    # Passed through as plain JSON data: the profile schema is large, and policy code only
-    # needs to peek at a few keys (e.g. defaultAction).
-    seccomp: dict[str, object] | None = None
+    seccomp: LinuxSeccomp | None = None
     rootfs_propagation: str | None = msgspec.field(default=None, name="rootfsPropagation")
     masked_paths: list[str] = msgspec.field(default_factory=list, name="maskedPaths")
     readonly_paths: list[str] = msgspec.field(default_factory=list, name="readonlyPaths")
@@ -771,6 +782,8 @@ def build_spec(
     annotations: Mapping[str, str] | None = None,
     extra_mounts: Sequence[Mount] = (),
     capabilities: Sequence[str] | None = None,
+    seccomp: LinuxSeccomp | None = None,
+    hardened: bool = False,
 ) -> Spec:
     """Build a container spec equivalent to ``runc spec`` plus the requested settings.
 
@@ -798,11 +811,19 @@ def build_spec(
             destination is dropped. Not vetted here: callers must apply their bind-mount
             policy first.
         capabilities: See :func:`build_process`.
+        seccomp: A seccomp profile; copied into the spec.
+        hardened: Apply the hardened defaults: the project's default seccomp profile
+            (``actors.default_seccomp_profile`` for the container's capabilities) unless
+            ``seccomp`` is given, and ``HARDENED_PIDS_LIMIT`` and ``HARDENED_MEMORY_LIMIT``
+            where ``pids_limit`` or ``memory_limit`` is None.
 
     Raises:
         ValueError: An argument is empty, malformed, out of range or inconsistent.
         TypeError: ``args``, ``env`` or ``namespaces`` is a single string.
     """
+    if hardened:
+        pids_limit = HARDENED_PIDS_LIMIT if pids_limit is None else pids_limit
+        memory_limit = HARDENED_MEMORY_LIMIT if memory_limit is None else memory_limit
     process = build_process(
         args,
         env=env,
@@ -866,6 +887,15 @@ def build_spec(
     if cpu_shares is not None or cpu_quota is not None or cpu_period is not None:
         resources.cpu = LinuxCPU(shares=cpu_shares, quota=cpu_quota, period=cpu_period)
 
+    if seccomp is not None:
+        # A round trip is a deep copy: later edits to the caller's profile cannot leak in.
+        seccomp = msgspec.json.decode(_encoder.encode(seccomp), type=LinuxSeccomp)
+    elif hardened:
+        # Imported here: the profile module builds on this one's Structs.
+
+        caps = process.capabilities
+        seccomp = default_seccomp_profile(caps.bounding if caps is not None else ())
+
     return Spec(
         oci_version=OCI_VERSION,
         process=process,
@@ -879,5 +909,6 @@ def build_spec(
             namespaces=[LinuxNamespace(type=t) for t in ns_types],
             masked_paths=list(DEFAULT_MASKED_PATHS),
             readonly_paths=list(DEFAULT_READONLY_PATHS),
+            seccomp=seccomp,
         ),
     )

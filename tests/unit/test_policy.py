@@ -13,7 +13,13 @@ from actors import errors
 from actors.control._labels import USER_LABEL_PREFIX, store_user_labels, user_labels
 from actors.control._policy import SpecPolicy, build_container_spec, build_exec_process
 from actors.control._protocol import ContainerCreateParams, MountParams, ProcessExecParams
-from actors.core.spec import DEFAULT_CAPABILITIES, DEFAULT_NAMESPACES
+from actors.core._seccomp import default_seccomp_profile
+from actors.core.spec import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_NAMESPACES,
+    HARDENED_MEMORY_LIMIT,
+    HARDENED_PIDS_LIMIT,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -119,10 +125,13 @@ def test_defaults(policy: SpecPolicy, rootfs: Path) -> None:
     assert spec.process.capabilities.bounding == list(DEFAULT_CAPABILITIES)
     assert spec.linux is not None
     assert [ns.type for ns in spec.linux.namespaces] == list(DEFAULT_NAMESPACES)
-    # The policy's memory cap applies when the request sets no limit.
+    # The hardened defaults apply when the request sets no limit (below the 1 GiB ceiling).
     assert spec.linux.resources is not None
     assert spec.linux.resources.memory is not None
-    assert spec.linux.resources.memory.limit == 1 << 30
+    assert spec.linux.resources.memory.limit == HARDENED_MEMORY_LIMIT
+    assert spec.linux.resources.pids is not None
+    assert spec.linux.resources.pids.limit == HARDENED_PIDS_LIMIT
+    assert spec.linux.seccomp == default_seccomp_profile(DEFAULT_CAPABILITIES)
     assert not [m for m in spec.mounts if m.type == "bind"]
 
 

@@ -312,7 +312,23 @@ def test_decode_tolerates_unknown_fields() -> None:
             "resources": {"memory": {"limit": 1, "useHierarchy": True}, "rdma": {}},
             "intelRdt": {"closID": "x"},
             "timeOffsets": {},
-            "seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []},
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "defaultErrnoRet": 1,
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+                "listenerPath": "/run/agent.sock",
+                "syscalls": [
+                    {
+                        "names": ["clone"],
+                        "action": "SCMP_ACT_ALLOW",
+                        "args": [
+                            {"index": 0, "value": 0, "valueTwo": 1, "op": "SCMP_CMP_MASKED_EQ"}
+                        ],
+                    },
+                    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                ],
+            },
         },
     }
     spec = decode_spec(json.dumps(doc).encode())
@@ -323,8 +339,10 @@ def test_decode_tolerates_unknown_fields() -> None:
     assert spec.linux.resources is not None
     assert spec.linux.resources.memory is not None
     assert spec.linux.resources.memory.limit == 1
-    # seccomp is passed through verbatim rather than modelled.
-    assert spec.linux.seccomp == doc["linux"]["seccomp"]
+    # Every seccomp field runtime-spec 1.1 defines is modelled, so none is lost.
+    assert spec.linux.seccomp is not None
+    assert spec.linux.seccomp.syscalls[0].args[0].value_two == 1
+    assert spec.linux.seccomp.syscalls[1].errno_ret == 38
 
     encoded = json.loads(encode_spec(spec))
     assert "futureTopLevel" not in encoded
