@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := containerd runc busybox-static criu
+APT_PACKAGES := containerd runc busybox-static criu docker-registry skopeo apache2-utils
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-deps serve test check lint typecheck proto proto-check bench bench-quick clean
@@ -12,7 +12,7 @@ setup: system-deps $(STAMP)
 # Install the host packages only when something is missing (apt-get update once).
 system-deps:
 	@missing=""; \
-	for tool in containerd runc busybox criu ctr; do command -v $$tool >/dev/null 2>&1 || missing=yes; done; \
+	for tool in containerd runc busybox criu ctr docker-registry skopeo htpasswd; do command -v $$tool >/dev/null 2>&1 || missing=yes; done; \
 	[ -x /bin/busybox ] || missing=yes; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing=yes; \
 	if [ -n "$$missing" ]; then \

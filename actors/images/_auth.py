@@ -1,0 +1,346 @@
+"""Registry authentication, sans-IO: challenges, token requests, docker's config.json.
+
+- :func:`parse_www_authenticate` reads ``WWW-Authenticate`` headers (``Bearer realm=...,
+  service=..., scope=...`` and ``Basic realm=...``; several challenges in one header).
+- :func:`token_request` builds the token endpoint request of the distribution token spec
+  (``GET realm?service=S&scope=A&scope=B``, HTTP Basic when we hold a username and password,
+  or a ``POST`` refresh-token grant for an identity token); :func:`parse_token_response` reads
+  ``token``/``access_token`` and ``expires_in``.
+- :func:`pull_scope` is ``repository:NAME:pull``; :func:`merge_scopes` joins the challenge's
+  scopes with ours, sorted and de-duplicated like containerd.
+- :func:`load_docker_config` and :func:`lookup_credentials` read ``~/.docker/config.json``
+  (``$DOCKER_CONFIG`` honoured): ``auths`` entries with a base64 ``auth`` or
+  ``username``/``password``, ``identitytoken``, ``registrytoken``; the Hub's key is
+  ``https://index.docker.io/v1/`` (``docker.io``, ``index.docker.io`` and
+  ``registry-1.docker.io`` find it). Credential helpers (``credsStore``, ``credHelpers``) are
+  not run.
+
+Secrets never appear in ``repr``, ``str`` or any error message: :class:`Credentials` redacts
+itself, and errors about a malformed entry name the registry, not the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import msgspec
+
+from ..errors import InvalidArgument, Unauthenticated
+
+__all__ = [
+    "Challenge",
+    "Credentials",
+    "DockerConfig",
+    "HttpRequest",
+    "Token",
+    "basic_authorization",
+    "docker_config_path",
+    "load_docker_config",
+    "lookup_credentials",
+    "merge_scopes",
+    "parse_token_response",
+    "parse_www_authenticate",
+    "pull_scope",
+    "token_request",
+]
+
+HUB_CONFIG_KEY = "https://index.docker.io/v1/"
+_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+# Tokens without expires_in live 60 s (token spec).
+DEFAULT_TOKEN_LIFETIME = 60
+
+
+class Credentials:
+    """A username and secret for one registry. Plain class (not a Struct): it must never
+    print its secret, and a Struct's generated repr would."""
+
+    __slots__ = ("identity_token", "password", "registry_token", "username")
+
+    def __init__(
+        self,
+        username: str = "",
+        password: str = "",
+        *,
+        identity_token: str = "",
+        registry_token: str = "",
+    ) -> None:
+        self.username = username
+        self.password = password
+        self.identity_token = identity_token
+        self.registry_token = registry_token
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, secret=<redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return (self.username, self.password, self.identity_token, self.registry_token) == (
+            other.username,
+            other.password,
+            other.identity_token,
+            other.registry_token,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.username and self.password)
+
+
+class Challenge(msgspec.Struct, frozen=True):
+    scheme: str  # lowercased: "bearer", "basic"
+    params: dict[str, str]
+
+    @property
+    def realm(self) -> str:
+        return self.params.get("realm", "")
+
+    @property
+    def scopes(self) -> list[str]:
+        scope = self.params.get("scope", "")
+        return scope.split(" ") if scope else []
+
+
+class HttpRequest(msgspec.Struct, frozen=True):
+    """A request for the shell to send (sans-IO). ``headers`` may hold a secret: never log."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"HttpRequest({self.method} {self.url.split('?', 1)[0]})"
+
+
+class Token(msgspec.Struct, frozen=True):
+    token: str
+    expires_in: int = DEFAULT_TOKEN_LIFETIME
+
+    def __repr__(self) -> str:
+        return f"Token(<redacted>, expires_in={self.expires_in})"
+
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_SCHEME_RE = re.compile(rf"\s*,?\s*({_TOKEN})(?:\s+|$)")
+_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}))\s*(,)?')
+
+
+def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
+    """Every challenge in the given ``WWW-Authenticate`` header values, in order."""
+    out: list[Challenge] = []
+    for header in headers:
+        pos = 0
+        while pos < len(header):
+            scheme = _SCHEME_RE.match(header, pos)
+            if scheme is None:
+                break
+            pos = scheme.end()
+            params: dict[str, str] = {}
+            while True:
+                param = _PARAM_RE.match(header, pos)
+                if param is None:
+                    break
+                key, quoted, bare, comma = param.groups()
+                value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+                params[key.lower()] = value
+                pos = param.end()
+                if comma is None:
+                    break
+            out.append(Challenge(scheme=scheme.group(1).lower(), params=params))
+    return out
+
+
+def pull_scope(repository: str, actions: str = "pull") -> str:
+    return f"repository:{repository}:{actions}"
+
+
+def merge_scopes(*groups: Iterable[str]) -> list[str]:
+    return sorted({scope for group in groups for scope in group if scope})
+
+
+def basic_authorization(credentials: Credentials) -> str:
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def token_request(
+    challenge: Challenge, scopes: Iterable[str], credentials: Credentials | None
+) -> HttpRequest:
+    """The token endpoint request answering a Bearer ``challenge``."""
+    realm = challenge.realm
+    parts = urlsplit(realm)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Unauthenticated(
+            f"registry sent a Bearer challenge with an unusable realm {realm[:200]!r}",
+            local=True,
+        )
+    query: list[tuple[str, str]] = []
+    if challenge.params.get("service"):
+        query.append(("service", challenge.params["service"]))
+    query += [("scope", scope) for scope in scopes]
+    if credentials is not None and credentials.identity_token:
+        # docker's OAuth flow: an identity token is a refresh token for the POST grant.
+        form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", credentials.identity_token),
+            ("client_id", "containerd-actors"),
+            *query,
+        ]
+        return HttpRequest(
+            method="POST",
+            url=realm,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            body=urlencode(form).encode(),
+        )
+    headers: dict[str, str] = {}
+    if credentials is not None and credentials.has_password:
+        headers["Authorization"] = basic_authorization(credentials)
+    separator = "&" if parts.query else "?"
+    url = realm + (separator + urlencode(query) if query else "")
+    return HttpRequest(method="GET", url=url, headers=headers)
+
+
+class _TokenBody(msgspec.Struct):
+    token: str = ""
+    access_token: str = ""
+    expires_in: int = 0
+
+
+def parse_token_response(body: bytes) -> Token:
+    """The token from a token endpoint's JSON answer (``access_token`` preferred)."""
+    try:
+        parsed = msgspec.json.decode(body, type=_TokenBody)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        # Never quote the body: it may hold a token.
+        raise Unauthenticated("token endpoint answered with malformed JSON", local=True) from None
+    token = parsed.access_token or parsed.token
+    if not token:
+        raise Unauthenticated("token endpoint answered without a token", local=True)
+    lifetime = parsed.expires_in if parsed.expires_in > 0 else DEFAULT_TOKEN_LIFETIME
+    return Token(token=token, expires_in=lifetime)
+
+
+# docker's ~/.docker/config.json
+
+
+class _AuthEntry(msgspec.Struct, omit_defaults=True):
+    auth: str = ""
+    username: str = ""
+    password: str = ""
+    identitytoken: str = ""
+    registrytoken: str = ""
+
+    def __repr__(self) -> str:
+        return "_AuthEntry(<redacted>)"
+
+
+class DockerConfig(msgspec.Struct, omit_defaults=True):
+    auths: dict[str, _AuthEntry] = {}
+    credsStore: str = ""
+    credHelpers: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"DockerConfig(registries={sorted(self.auths)})"
+
+
+def docker_config_path() -> Path:
+    base = os.environ.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def load_docker_config(path: str | os.PathLike[str] | None = None) -> DockerConfig:
+    """Read docker's config file; a missing file is an empty config."""
+    file = Path(path) if path is not None else docker_config_path()
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return DockerConfig()
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read the docker config file: {exc.strerror}", local=True
+        ) from None
+    try:
+        return msgspec.json.decode(data, type=DockerConfig)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        # The parser's message may quote a fragment of the file, which holds secrets.
+        raise InvalidArgument(
+            "the docker config file is not valid JSON of the expected shape", local=True
+        ) from None
+
+
+def _host_of(key: str) -> str:
+    if "://" not in key:
+        key = "//" + key
+    parts = urlsplit(key)
+    return parts.netloc or parts.path.split("/", 1)[0]
+
+
+def lookup_credentials(config: DockerConfig, host: str) -> Credentials | None:
+    """The credentials docker would use for registry ``host`` (``host[:port]``)."""
+    candidates = [host]
+    if host in _HUB_HOSTS:
+        candidates = [HUB_CONFIG_KEY, *sorted(_HUB_HOSTS)]
+    entry: _AuthEntry | None = None
+    matched = ""
+    for key in candidates:
+        if key in config.auths:
+            entry, matched = config.auths[key], key
+            break
+    if entry is None:
+        wanted = {_host_of(c) for c in candidates}
+        for key, value in config.auths.items():
+            if _host_of(key) in wanted:
+                entry, matched = value, key
+                break
+    if entry is None:
+        return None
+    return _entry_credentials(entry, matched)
+
+
+def _entry_credentials(entry: _AuthEntry, key: str) -> Credentials | None:
+    username, password = entry.username, entry.password
+    if entry.auth:
+        try:
+            decoded = base64.b64decode(entry.auth, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidArgument(
+                f"docker config: the auth entry for {_host_of(key)!r} is not valid base64",
+                local=True,
+            ) from None
+        user, sep, secret = decoded.partition(":")
+        if not sep:
+            raise InvalidArgument(
+                f"docker config: the auth entry for {_host_of(key)!r} is not user:password",
+                local=True,
+            )
+        username, password = user, secret.rstrip("\x00")
+    if not (username or password or entry.identitytoken or entry.registrytoken):
+        return None
+    return Credentials(
+        username,
+        password,
+        identity_token=entry.identitytoken,
+        registry_token=entry.registrytoken,
+    )
+
+
+def credentials_from_mapping(values: Mapping[str, Credentials], host: str) -> Credentials | None:
+    """Look ``host`` up in an explicit ``{host: Credentials}`` map (Hub aliases included)."""
+    if host in values:
+        return values[host]
+    if host in _HUB_HOSTS:
+        for key in (HUB_CONFIG_KEY, *sorted(_HUB_HOSTS)):
+            if key in values:
+                return values[key]
+    return None

@@ -1,0 +1,592 @@
+"""A Trio client for OCI distribution registries (pull side), over httpx.
+
+One :class:`Registry` serves one repository. Resolve a reference to its manifest and config,
+then stream the layers::
+
+    async with open_registry("alpine:3.20") as registry:
+        image = await registry.resolve()        # ResolvedImage
+        for layer in image.layers:
+            async for chunk in registry.blob(layer):
+                ...                             # verified on the fly; see blob()
+
+:func:`open_registry` keyword arguments:
+
+- ``credentials``: a :class:`~actors.images._auth.Credentials` for this registry, a
+  :class:`~actors.images._auth.DockerConfig`, or None to read docker's
+  ``~/.docker/config.json`` (only when the registry asks for authentication). Pass
+  ``DockerConfig()`` for anonymous access only.
+- ``insecure``: registries reached over plain HTTP (``host``, ``host:port`` or an IP network
+  such as ``10.0.0.0/8``). Loopback registries (``localhost``, ``127.0.0.0/8``, ``::1``) always
+  are, like docker; everything else is HTTPS with certificate verification.
+- ``platform``: the platform to pick from an index (default :func:`host_platform`).
+- ``io_timeout``: seconds for connecting and between reads (not for a whole blob).
+- ``verify``: an ``ssl.SSLContext`` for private CAs (default: the system's trust store via
+  certifi).
+
+Authentication follows the registry's ``WWW-Authenticate`` challenge: on a 401 we fetch a
+Bearer token for ``repository:NAME:pull`` (plus the challenge's scopes), or use Basic, and retry
+once; a second 401 is :class:`~actors.errors.Unauthenticated`. Tokens are cached for their
+``expires_in``. httpx drops the ``Authorization`` header when a redirect leaves the origin, so
+a blob redirect to a storage host never carries our credentials. Descriptor ``urls`` (foreign
+layers) are never fetched: a manifest must not make us request arbitrary URLs.
+
+Errors: NotFound (unknown repository, tag or blob; no image for the platform),
+Unauthenticated (no or refused credentials; the secret is never part of a message),
+PermissionDenied (403), ResourceExhausted (429), Unavailable (connection, TLS, 5xx),
+DataLoss (wrong digest, wrong size, a stream longer than its descriptor), InvalidArgument
+(malformed or oversized documents).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import NoReturn
+
+import httpx
+import msgspec
+import trio
+
+from ..errors import (
+    ContainerdError,
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unknown,
+)
+from ._auth import (
+    Challenge,
+    Credentials,
+    DockerConfig,
+    basic_authorization,
+    load_docker_config,
+    lookup_credentials,
+    merge_scopes,
+    parse_token_response,
+    parse_www_authenticate,
+    pull_scope,
+    token_request,
+)
+from ._digest import BlobVerifier, digest_of, parse_digest
+from ._media import (
+    MANIFEST_ACCEPT,
+    MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    decode_config,
+    decode_manifest_or_index,
+    is_layer_type,
+    strip_parameters,
+)
+from ._platform import Platform, choose_manifest, host_platform, match_rank, parse_platform
+from ._reference import Reference, parse_reference
+
+__all__ = ["Registry", "ResolvedImage", "is_plain_http", "open_registry"]
+
+_CHUNK = 1 << 20
+_MAX_ERROR_BODY = 64 << 10
+_MAX_TOKEN_BODY = 1 << 20
+# An index may point at an index; more nesting than this is refused.
+_MAX_INDEX_DEPTH = 3
+
+
+class ResolvedImage(msgspec.Struct, frozen=True):
+    """What a reference resolved to: every document verified against its digest.
+
+    ``target`` is what the name points at (the index when there is one): store it as the
+    image's target. ``manifest``/``config`` are those of the chosen platform; ``layers`` are
+    the manifest's layer descriptors, base first. The raw bytes are kept so they can be
+    written to a content store unchanged.
+    """
+
+    reference: Reference
+    name: str
+    target: Descriptor
+    manifest_descriptor: Descriptor
+    manifest: Manifest
+    manifest_bytes: bytes
+    config_descriptor: Descriptor
+    config: ImageConfig
+    config_bytes: bytes
+    layers: list[Descriptor]
+    platform: Platform
+    index: Index | None = None
+    index_bytes: bytes | None = None
+
+    @property
+    def digest(self) -> str:
+        """The digest the name points at (docker's ``RepoDigest``)."""
+        return self.target.digest
+
+
+def _is_loopback(host: str) -> bool:
+    hostname = _hostname(host)
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(host: str) -> str:
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def is_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:
+    """Whether registry ``host`` (``host[:port]``) is spoken to over plain HTTP."""
+    if _is_loopback(host):
+        return True
+    hostname = _hostname(host)
+    for entry in insecure:
+        if entry in (host, hostname):
+            return True
+        if "/" in entry:
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+                if ipaddress.ip_address(hostname) in network:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+class Registry:
+    """The pull side of one repository on one registry. Make it with :func:`open_registry`."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        reference: Reference,
+        *,
+        credentials: Credentials | DockerConfig | None,
+        insecure: Iterable[str],
+        platform: Platform,
+    ) -> None:
+        self._http = http
+        self.reference = reference
+        self.host = reference.api_host
+        self.platform = platform
+        scheme = "http" if is_plain_http(self.host, insecure) else "https"
+        self._base = f"{scheme}://{self.host}/v2/{reference.path}"
+        self._credentials_source = credentials
+        self._credentials: Credentials | None = None
+        self._credentials_loaded = False
+        self._authorization: str | None = None
+        self._authorization_expires = float("inf")
+        self.where = f"{reference.domain}/{reference.path}"
+
+    # -- public API --------------------------------------------------------------------------
+
+    async def resolve(self) -> ResolvedImage:
+        """Resolve the reference to the index (if any), the platform's manifest and config."""
+        body, media_type, digest = await self._get_manifest(self.reference.pin, None)
+        doc = decode_manifest_or_index(body, media_type)
+        target = Descriptor(media_type=_doc_type(doc), digest=digest, size=len(body))
+        index: Index | None = None
+        index_bytes: bytes | None = None
+        descriptor = target
+        depth = 0
+        while isinstance(doc, Index):
+            depth += 1
+            if depth > _MAX_INDEX_DEPTH:
+                raise InvalidArgument(f"{self.where}: indexes nested too deep", local=True)
+            if index is None:
+                index, index_bytes = doc, body
+            entry = choose_manifest(doc.manifests, self.platform, name=str(self.reference))
+            body = await self.fetch_manifest(entry)
+            doc = decode_manifest_or_index(body, entry.media_type)
+            descriptor = entry
+        manifest = doc
+        config_descriptor = manifest.config
+        config_bytes = await self.fetch_blob(config_descriptor, limit=MAX_CONFIG_BYTES)
+        config = decode_config(config_bytes, manifest)
+        # A single-manifest image is matched on its config, like containerd does.
+        if (
+            index is None
+            and config.os
+            and config.architecture
+            and match_rank(self.platform, config.platform) is None
+        ):
+            raise NotFound(
+                f"{self.reference}: the image is for platform "
+                f"{config.platform.normalized()}, not {self.platform.normalized()}",
+                local=True,
+            )
+        return ResolvedImage(
+            reference=self.reference,
+            name=str(self.reference),
+            target=target,
+            manifest_descriptor=descriptor,
+            manifest=manifest,
+            manifest_bytes=body,
+            config_descriptor=config_descriptor,
+            config=config,
+            config_bytes=config_bytes,
+            layers=[d for d in manifest.layers if is_layer_type(d.media_type)],
+            platform=self.platform,
+            index=index,
+            index_bytes=index_bytes,
+        )
+
+    async def fetch_manifest(self, descriptor: Descriptor) -> bytes:
+        """A manifest or index by its descriptor, checked against digest and size."""
+        if descriptor.size > MAX_MANIFEST_BYTES:
+            raise InvalidArgument(
+                f"manifest {descriptor.digest} is {descriptor.size} bytes, over the "
+                f"{MAX_MANIFEST_BYTES >> 20} MiB limit",
+                local=True,
+            )
+        body, _, _ = await self._get_manifest(descriptor.digest, descriptor.media_type)
+        verifier = BlobVerifier(
+            descriptor.digest, descriptor.size, what=f"manifest {descriptor.digest}"
+        )
+        verifier.update(body)
+        verifier.finish()
+        return body
+
+    async def fetch_blob(self, descriptor: Descriptor, *, limit: int) -> bytes:
+        """A small blob (a config) whole, refused up front when over ``limit`` bytes."""
+        if descriptor.size > limit:
+            raise InvalidArgument(
+                f"blob {descriptor.digest} is {descriptor.size} bytes, over the "
+                f"{limit >> 20} MiB limit",
+                local=True,
+            )
+        parts = [chunk async for chunk in self.blob(descriptor)]
+        return b"".join(parts)
+
+    async def blob(self, descriptor: Descriptor, offset: int = 0) -> AsyncIterator[bytes]:
+        """Stream a blob from ``offset``, verified as it arrives.
+
+        The stream fails with DataLoss as soon as it runs past the descriptor's size and, at
+        its end, when size or digest differ. With ``offset > 0`` (resuming) only the size can
+        be checked here: the caller's content store must check the digest at commit.
+        Stopping early: wrap in ``contextlib.aclosing`` so the connection is released.
+        """
+        parse_digest(descriptor.digest)
+        if not 0 <= offset <= descriptor.size:
+            raise InvalidArgument(
+                f"offset {offset} is outside blob {descriptor.digest} of {descriptor.size} bytes",
+                local=True,
+            )
+        what = f"blob {descriptor.digest}"
+        verifier = BlobVerifier(descriptor.digest, descriptor.size, what=what, offset=offset)
+        if offset == descriptor.size:
+            verifier.finish()
+            return
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        url = f"{self._base}/blobs/{descriptor.digest}"
+        response = await self._request("GET", url, headers, what=what)
+        try:
+            skip = 0
+            if offset:
+                content_range = response.headers.get("content-range", "")
+                if response.status_code == 206:
+                    if not content_range.startswith(f"bytes {offset}-"):
+                        raise DataLoss(
+                            f"{what}: registry answered range {content_range!r} for offset "
+                            f"{offset}",
+                            local=True,
+                        )
+                else:
+                    skip = offset  # no range support: discard what we already hold
+            length = response.headers.get("content-length")
+            if (
+                length is not None
+                and length.isdigit()
+                and response.status_code == 200
+                and int(length) != descriptor.size
+            ):
+                raise DataLoss(
+                    f"{what}: registry announces {length} bytes, descriptor says {descriptor.size}",
+                    local=True,
+                )
+            async for chunk in self._raw_chunks(response, what):
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk = chunk[dropped:]
+                    skip -= dropped
+                    if not chunk:
+                        continue
+                verifier.update(chunk)
+                yield chunk
+            verifier.finish()
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+    # -- HTTP with authentication ------------------------------------------------------------
+
+    async def _get_manifest(self, pin: str, media_type: str | None) -> tuple[bytes, str, str]:
+        """GET manifests/<pin>: (body, media type, digest), the digest checked if known."""
+        accept = f"{media_type}, */*" if media_type else MANIFEST_ACCEPT
+        url = f"{self._base}/manifests/{pin}"
+        what = f"manifest {pin}" if media_type else str(self.reference)
+        response = await self._request("GET", url, {"Accept": accept}, what=what)
+        try:
+            body = await self._read_bounded(response, MAX_MANIFEST_BYTES, what=f"manifest {pin}")
+        finally:
+            await response.aclose()
+        served_type = strip_parameters(response.headers.get("content-type", ""))
+        header_digest = response.headers.get("docker-content-digest")
+        expected = pin if pin.partition(":")[0] in ("sha256", "sha512") else header_digest
+        if expected:
+            try:
+                algorithm, _ = parse_digest(expected)
+            except InvalidArgument:
+                raise DataLoss(
+                    f"{what}: registry sent a malformed Docker-Content-Digest", local=True
+                ) from None
+            actual = digest_of(body, algorithm)
+            if actual != expected:
+                raise DataLoss(
+                    f"{what}: digest mismatch (expected {expected}, got {actual})", local=True
+                )
+        if header_digest and expected and header_digest != expected:
+            raise DataLoss(
+                f"{what}: registry says digest {header_digest}, expected {expected}", local=True
+            )
+        digest = expected if expected and expected.startswith("sha256:") else digest_of(body)
+        return body, served_type, digest
+
+    async def _read_bounded(self, response: httpx.Response, limit: int, *, what: str) -> bytes:
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise InvalidArgument(
+                f"{what} is {length} bytes, over the {limit >> 20} MiB limit", local=True
+            )
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in self._raw_chunks(response, what):
+            total += len(chunk)
+            if total > limit:
+                raise InvalidArgument(f"{what} is over the {limit >> 20} MiB limit", local=True)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _raw_chunks(self, response: httpx.Response, what: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw(_CHUNK):
+                yield chunk
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"{what}: connection to {self.host} broke mid-transfer ({type(exc).__name__})",
+                local=True,
+            ) from None
+
+    async def _request(
+        self, method: str, url: str, headers: dict[str, str], *, what: str
+    ) -> httpx.Response:
+        """Send with our authorization; on 401 authenticate from the challenge, retry once."""
+        for attempt in range(2):
+            sent = dict(headers)
+            authorization = self._current_authorization()
+            if authorization:
+                sent["Authorization"] = authorization
+            response = await self._send(method, url, sent)
+            if response.status_code != 401:
+                if response.status_code >= 400:
+                    await self._fail(response, what)
+                return response
+            challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
+            await response.aclose()
+            if attempt == 1 or not challenges:
+                break
+            await self._authenticate(challenges)
+        if self._credentials is not None:
+            raise Unauthenticated(
+                f"{self.where}: the registry refused the credentials for "
+                f"{self._credentials.username or 'the token'!s}",
+                local=True,
+            )
+        raise Unauthenticated(
+            f"{self.where}: the registry requires authentication (docker login, or pass "
+            "credentials)",
+            local=True,
+        )
+
+    def _current_authorization(self) -> str | None:
+        if self._authorization is not None and trio.current_time() >= self._authorization_expires:
+            self._authorization = None
+        return self._authorization
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], *, body: bytes = b""
+    ) -> httpx.Response:
+        request = self._http.build_request(method, url, headers=headers, content=body or None)
+        try:
+            return await self._http.send(request, stream=True)
+        except httpx.TooManyRedirects:
+            raise Unavailable(f"{self.host}: too many redirects", local=True) from None
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"cannot reach registry {self.host}: {_transport_reason(exc)}", local=True
+            ) from None
+
+    def _load_credentials(self) -> Credentials | None:
+        if not self._credentials_loaded:
+            source = self._credentials_source
+            if isinstance(source, Credentials):
+                self._credentials = source
+            else:
+                config = source if source is not None else load_docker_config()
+                self._credentials = lookup_credentials(config, self.reference.domain)
+            self._credentials_loaded = True
+        return self._credentials
+
+    async def _authenticate(self, challenges: list[Challenge]) -> None:
+        credentials = self._load_credentials()
+        by_scheme = {c.scheme: c for c in challenges}
+        bearer = by_scheme.get("bearer")
+        if bearer is not None:
+            if credentials is not None and credentials.registry_token:
+                self._set_authorization(f"Bearer {credentials.registry_token}", None)
+                return
+            scopes = merge_scopes(bearer.scopes, [pull_scope(self.reference.path)])
+            request = token_request(bearer, scopes, credentials)
+            response = await self._send(
+                request.method,
+                request.url,
+                {**request.headers, "Accept": "application/json"},
+                body=request.body,
+            )
+            try:
+                if response.status_code in (401, 403):
+                    raise Unauthenticated(
+                        f"{self.where}: the token service refused "
+                        + ("the credentials" if credentials is not None else "anonymous access"),
+                        local=True,
+                    )
+                if response.status_code >= 400:
+                    raise Unauthenticated(
+                        f"{self.where}: the token service answered HTTP {response.status_code}",
+                        local=True,
+                    )
+                body = await self._read_bounded(response, _MAX_TOKEN_BODY, what="token")
+            finally:
+                await response.aclose()
+            token = parse_token_response(body)
+            self._set_authorization(f"Bearer {token.token}", token.expires_in)
+            return
+        if "basic" in by_scheme:
+            if credentials is None or not credentials.has_password:
+                raise Unauthenticated(
+                    f"{self.where}: the registry requires a username and password "
+                    "(docker login, or pass credentials)",
+                    local=True,
+                )
+            self._set_authorization(basic_authorization(credentials), None)
+            return
+        schemes = ", ".join(sorted(by_scheme))
+        raise Unauthenticated(
+            f"{self.where}: unsupported authentication scheme(s): {schemes}", local=True
+        )
+
+    def _set_authorization(self, value: str, lifetime: int | None) -> None:
+        self._authorization = value
+        # Renew a little early so a token does not expire between check and use.
+        self._authorization_expires = (
+            float("inf") if lifetime is None else trio.current_time() + max(lifetime - 5, 1)
+        )
+
+    async def _fail(self, response: httpx.Response, what: str) -> NoReturn:
+        try:
+            body = await self._read_bounded(response, _MAX_ERROR_BODY, what="error")
+        except ContainerdError:
+            body = b""
+        finally:
+            await response.aclose()
+        detail = _error_detail(body)
+        status = response.status_code
+        suffix = f" ({detail})" if detail else ""
+        if status == 404:
+            raise NotFound(f"{what}: not found in {self.where}{suffix}", local=True)
+        if status == 403:
+            raise PermissionDenied(f"{what}: access denied by {self.host}{suffix}", local=True)
+        if status == 429:
+            raise ResourceExhausted(f"{what}: {self.host} is rate limiting{suffix}", local=True)
+        if status >= 500:
+            raise Unavailable(f"{what}: {self.host} answered HTTP {status}{suffix}", local=True)
+        raise Unknown(f"{what}: {self.host} answered HTTP {status}{suffix}", local=True)
+
+
+class _RegistryError(msgspec.Struct):
+    code: str = ""
+    message: str = ""
+
+
+class _RegistryErrors(msgspec.Struct):
+    errors: list[_RegistryError] = []
+
+
+def _error_detail(body: bytes) -> str:
+    try:
+        parsed = msgspec.json.decode(body, type=_RegistryErrors)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    parts = [f"{e.code}: {e.message}" if e.message else e.code for e in parsed.errors[:3]]
+    return "; ".join(p for p in parts if p)[:300]
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed (is it a plain-HTTP registry? list it as insecure)"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed ({exc})" if str(exc) else "connection failed"
+    return type(exc).__name__
+
+
+def _doc_type(doc: Manifest | Index) -> str:
+    assert doc.media_type is not None  # decode sets it
+    return doc.media_type
+
+
+@asynccontextmanager
+async def open_registry(
+    reference: str | Reference,
+    *,
+    credentials: Credentials | DockerConfig | None = None,
+    insecure: Iterable[str] = (),
+    platform: Platform | str | None = None,
+    io_timeout: float = 60.0,
+    verify: ssl.SSLContext | bool = True,
+) -> AsyncIterator[Registry]:
+    """A :class:`Registry` for ``reference``'s repository; the connections close on exit."""
+    ref = parse_reference(reference) if isinstance(reference, str) else reference
+    if isinstance(platform, str):
+        want = parse_platform(platform)
+    elif platform is None:
+        want = host_platform()
+    else:
+        want = platform.normalized()
+    async with httpx.AsyncClient(
+        follow_redirects=True,
+        max_redirects=10,
+        timeout=httpx.Timeout(io_timeout),
+        verify=verify,
+        headers={"User-Agent": "containerd-actors"},
+    ) as http:
+        yield Registry(http, ref, credentials=credentials, insecure=tuple(insecure), platform=want)
