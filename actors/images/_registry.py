@@ -6,8 +6,9 @@ then stream the layers::
     async with open_registry("alpine:3.20") as registry:
         image = await registry.resolve()        # ResolvedImage
         for layer in image.layers:
-            async for chunk in registry.blob(layer):
-                ...                             # verified on the fly; see blob()
+            async with registry.blob(layer, offset=0) as stream:
+                async for chunk in stream:      # verified on the fly; see BlobStream
+                    ...
 
 :func:`open_registry` keyword arguments:
 
@@ -90,7 +91,7 @@ from ._media import (
 from ._platform import Platform, choose_manifest, host_platform, match_rank, parse_platform
 from ._reference import Reference, parse_reference
 
-__all__ = ["Registry", "ResolvedImage", "is_plain_http", "open_registry"]
+__all__ = ["BlobStream", "Registry", "ResolvedImage", "is_plain_http", "open_registry"]
 
 _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10
@@ -162,6 +163,161 @@ def is_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:
             except ValueError:
                 continue
     return False
+
+
+class _Body:
+    """A streamed response body, read chunk by chunk, that never abandons httpx's generators.
+
+    httpx streams through a chain of async generators; one left suspended when we stop early
+    is finalised late by Trio's garbage-collection hook, with a ResourceWarning. So
+    :meth:`aclose` closes the response and then drives the chain to its end, which comes at
+    once on the closed connection.
+    """
+
+    def __init__(self, response: httpx.Response, host: str, what: str) -> None:
+        self.response = response
+        self._host = host
+        self._what = what
+        self._chunks = response.aiter_raw(_CHUNK)
+        self._started = False
+        self._finished = False
+
+    async def next(self) -> bytes:
+        """The next chunk, or b"" at the end of the body."""
+        if self._finished:
+            return b""
+        self._started = True
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._finished = True
+            return b""
+        except httpx.TransportError as exc:
+            self._finished = True
+            raise Unavailable(
+                f"{self._what}: connection to {self._host} broke mid-transfer "
+                f"({type(exc).__name__})",
+                local=True,
+            ) from None
+        except BaseException:
+            self._finished = True  # an exception out of a generator finishes it
+            raise
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.response.aclose()
+            while self._started and not self._finished:
+                try:
+                    await self._chunks.__anext__()
+                except Exception:
+                    self._finished = True
+
+
+class BlobStream:
+    """A blob's bytes from a registry, verified as they arrive.
+
+    Use it as ``async with registry.blob(descriptor) as stream: async for chunk in stream``
+    (a plain ``async for`` also works when you read to the end: the connection is released
+    at the end or on any error). The stream fails with DataLoss as soon as it runs past the
+    descriptor's size, and at its end when size or digest differ. With ``offset > 0``
+    (resuming) only the size can be checked here: the caller's content store must check the
+    digest at commit. ``received`` counts the bytes so far, ``offset`` included.
+    """
+
+    def __init__(self, registry: Registry, descriptor: Descriptor, offset: int) -> None:
+        parse_digest(descriptor.digest)
+        if not 0 <= offset <= descriptor.size:
+            raise InvalidArgument(
+                f"offset {offset} is outside blob {descriptor.digest} of {descriptor.size} bytes",
+                local=True,
+            )
+        self.descriptor = descriptor
+        self.offset = offset
+        self._registry = registry
+        self._what = f"blob {descriptor.digest}"
+        self._verifier = BlobVerifier(
+            descriptor.digest, descriptor.size, what=self._what, offset=offset
+        )
+        self._body: _Body | None = None
+        self._skip = 0
+        self._done = False
+
+    @property
+    def received(self) -> int:
+        return self._verifier.received
+
+    async def __aenter__(self) -> BlobStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> BlobStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            if self._body is None:
+                await self._open()
+            assert self._body is not None
+            while True:
+                chunk = await self._body.next()
+                if not chunk:
+                    self._verifier.finish()
+                    await self.aclose()
+                    raise StopAsyncIteration
+                if self._skip:
+                    dropped = min(self._skip, len(chunk))
+                    chunk = chunk[dropped:]
+                    self._skip -= dropped
+                    if not chunk:
+                        continue
+                self._verifier.update(chunk)
+                return chunk
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        self._done = True
+        if self._body is not None:
+            await self._body.aclose()
+
+    async def _open(self) -> None:
+        descriptor, offset, what = self.descriptor, self.offset, self._what
+        if offset == descriptor.size:
+            self._body = None
+            self._verifier.finish()
+            self._done = True
+            raise StopAsyncIteration
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        url = f"{self._registry._base}/blobs/{descriptor.digest}"
+        response = await self._registry._request("GET", url, headers, what=what)
+        self._body = _Body(response, self._registry.host, what)
+        if offset:
+            content_range = response.headers.get("content-range", "")
+            if response.status_code != 206:
+                self._skip = offset  # no range support: discard what we already hold
+            elif not content_range.startswith(f"bytes {offset}-"):
+                raise DataLoss(
+                    f"{what}: registry answered range {content_range!r} for offset {offset}",
+                    local=True,
+                )
+        length = response.headers.get("content-length")
+        if (
+            length is not None
+            and length.isdigit()
+            and response.status_code == 200
+            and int(length) != descriptor.size
+        ):
+            raise DataLoss(
+                f"{what}: registry announces {length} bytes, descriptor says {descriptor.size}",
+                local=True,
+            )
 
 
 class Registry:
@@ -266,70 +422,13 @@ class Registry:
                 f"{limit >> 20} MiB limit",
                 local=True,
             )
-        parts = [chunk async for chunk in self.blob(descriptor)]
+        async with self.blob(descriptor) as stream:
+            parts = [chunk async for chunk in stream]
         return b"".join(parts)
 
-    async def blob(self, descriptor: Descriptor, offset: int = 0) -> AsyncIterator[bytes]:
-        """Stream a blob from ``offset``, verified as it arrives.
-
-        The stream fails with DataLoss as soon as it runs past the descriptor's size and, at
-        its end, when size or digest differ. With ``offset > 0`` (resuming) only the size can
-        be checked here: the caller's content store must check the digest at commit.
-        Stopping early: wrap in ``contextlib.aclosing`` so the connection is released.
-        """
-        parse_digest(descriptor.digest)
-        if not 0 <= offset <= descriptor.size:
-            raise InvalidArgument(
-                f"offset {offset} is outside blob {descriptor.digest} of {descriptor.size} bytes",
-                local=True,
-            )
-        what = f"blob {descriptor.digest}"
-        verifier = BlobVerifier(descriptor.digest, descriptor.size, what=what, offset=offset)
-        if offset == descriptor.size:
-            verifier.finish()
-            return
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        url = f"{self._base}/blobs/{descriptor.digest}"
-        response = await self._request("GET", url, headers, what=what)
-        try:
-            skip = 0
-            if offset:
-                content_range = response.headers.get("content-range", "")
-                if response.status_code == 206:
-                    if not content_range.startswith(f"bytes {offset}-"):
-                        raise DataLoss(
-                            f"{what}: registry answered range {content_range!r} for offset "
-                            f"{offset}",
-                            local=True,
-                        )
-                else:
-                    skip = offset  # no range support: discard what we already hold
-            length = response.headers.get("content-length")
-            if (
-                length is not None
-                and length.isdigit()
-                and response.status_code == 200
-                and int(length) != descriptor.size
-            ):
-                raise DataLoss(
-                    f"{what}: registry announces {length} bytes, descriptor says {descriptor.size}",
-                    local=True,
-                )
-            async for chunk in self._raw_chunks(response, what):
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk = chunk[dropped:]
-                    skip -= dropped
-                    if not chunk:
-                        continue
-                verifier.update(chunk)
-                yield chunk
-            verifier.finish()
-        finally:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
+    def blob(self, descriptor: Descriptor, offset: int = 0) -> BlobStream:
+        """Stream a blob from ``offset``, verified as it arrives (see :class:`BlobStream`)."""
+        return BlobStream(self, descriptor, offset)
 
     # -- HTTP with authentication ------------------------------------------------------------
 
@@ -339,10 +438,7 @@ class Registry:
         url = f"{self._base}/manifests/{pin}"
         what = f"manifest {pin}" if media_type else str(self.reference)
         response = await self._request("GET", url, {"Accept": accept}, what=what)
-        try:
-            body = await self._read_bounded(response, MAX_MANIFEST_BYTES, what=f"manifest {pin}")
-        finally:
-            await response.aclose()
+        body = await self._read_bounded(response, MAX_MANIFEST_BYTES, what=f"manifest {pin}")
         served_type = strip_parameters(response.headers.get("content-type", ""))
         header_digest = response.headers.get("docker-content-digest")
         expected = pin if pin.partition(":")[0] in ("sha256", "sha512") else header_digest
@@ -366,29 +462,24 @@ class Registry:
         return body, served_type, digest
 
     async def _read_bounded(self, response: httpx.Response, limit: int, *, what: str) -> bytes:
-        length = response.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise InvalidArgument(
-                f"{what} is {length} bytes, over the {limit >> 20} MiB limit", local=True
-            )
-        parts: list[bytes] = []
-        total = 0
-        async for chunk in self._raw_chunks(response, what):
-            total += len(chunk)
-            if total > limit:
-                raise InvalidArgument(f"{what} is over the {limit >> 20} MiB limit", local=True)
-            parts.append(chunk)
-        return b"".join(parts)
-
-    async def _raw_chunks(self, response: httpx.Response, what: str) -> AsyncIterator[bytes]:
+        """The whole body, refused as soon as it grows past ``limit``; always closes."""
+        body = _Body(response, self.host, what)
         try:
-            async for chunk in response.aiter_raw(_CHUNK):
-                yield chunk
-        except httpx.TransportError as exc:
-            raise Unavailable(
-                f"{what}: connection to {self.host} broke mid-transfer ({type(exc).__name__})",
-                local=True,
-            ) from None
+            length = response.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise InvalidArgument(
+                    f"{what} is {length} bytes, over the {limit >> 20} MiB limit", local=True
+                )
+            parts: list[bytes] = []
+            total = 0
+            while chunk := await body.next():
+                total += len(chunk)
+                if total > limit:
+                    raise InvalidArgument(f"{what} is over the {limit >> 20} MiB limit", local=True)
+                parts.append(chunk)
+            return b"".join(parts)
+        finally:
+            await body.aclose()
 
     async def _request(
         self, method: str, url: str, headers: dict[str, str], *, what: str
@@ -466,21 +557,18 @@ class Registry:
                 {**request.headers, "Accept": "application/json"},
                 body=request.body,
             )
-            try:
+            if response.status_code >= 400:
+                await response.aclose()
+                who = "the credentials" if credentials is not None else "anonymous access"
                 if response.status_code in (401, 403):
                     raise Unauthenticated(
-                        f"{self.where}: the token service refused "
-                        + ("the credentials" if credentials is not None else "anonymous access"),
-                        local=True,
+                        f"{self.where}: the token service refused {who}", local=True
                     )
-                if response.status_code >= 400:
-                    raise Unauthenticated(
-                        f"{self.where}: the token service answered HTTP {response.status_code}",
-                        local=True,
-                    )
-                body = await self._read_bounded(response, _MAX_TOKEN_BODY, what="token")
-            finally:
-                await response.aclose()
+                raise Unauthenticated(
+                    f"{self.where}: the token service answered HTTP {response.status_code}",
+                    local=True,
+                )
+            body = await self._read_bounded(response, _MAX_TOKEN_BODY, what="token")
             token = parse_token_response(body)
             self._set_authorization(f"Bearer {token.token}", token.expires_in)
             return
@@ -510,8 +598,6 @@ class Registry:
             body = await self._read_bounded(response, _MAX_ERROR_BODY, what="error")
         except ContainerdError:
             body = b""
-        finally:
-            await response.aclose()
         detail = _error_detail(body)
         status = response.status_code
         suffix = f" ({detail})" if detail else ""
