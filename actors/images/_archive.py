@@ -255,7 +255,10 @@ def _read_oci(archive: ImageArchive, want: Platform) -> None:
                 local=True,
             )
     data = archive._read_json_member("index.json", "index.json")
-    root = decode_manifest_or_index(data, OCI_INDEX)
+    try:
+        root = decode_manifest_or_index(data, OCI_INDEX)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"archive index.json: {exc.message}", local=True) from None
     if not isinstance(root, Index):
         raise InvalidArgument("archive index.json is not an image index", local=True)
     for entry in root.manifests:
