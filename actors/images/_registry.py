@@ -341,6 +341,7 @@ class Registry:
         self._credentials_source = credentials
         self._credentials: Credentials | None = None
         self._credentials_loaded = False
+        self._hint = ""
         self._authorization: str | None = None
         self._authorization_expires = float("inf")
         self.where = f"{reference.domain}/{reference.path}"
@@ -397,6 +398,36 @@ class Registry:
             index=index,
             index_bytes=index_bytes,
         )
+
+    async def head(self) -> Descriptor | None:
+        """What the reference points at, from a HEAD (no body moves): a cheap "did the tag
+        change?" check. None when the registry sends no digest or refuses HEAD; use
+        :meth:`resolve` then."""
+        url = f"{self._base}/manifests/{self.reference.pin}"
+        try:
+            response = await self._request(
+                "HEAD", url, {"Accept": MANIFEST_ACCEPT}, what=str(self.reference)
+            )
+        except Unknown:  # 405 and friends: HEAD is optional for old registries
+            return None
+        await response.aclose()
+        digest = response.headers.get("docker-content-digest", "")
+        length = response.headers.get("content-length", "")
+        media_type = strip_parameters(response.headers.get("content-type", ""))
+        if not digest or not length.isdigit() or not media_type:
+            return None
+        try:
+            parse_digest(digest)
+        except InvalidArgument:
+            raise DataLoss(
+                f"{self.reference}: registry sent a malformed Docker-Content-Digest", local=True
+            ) from None
+        pinned = self.reference.digest
+        if pinned is not None and digest != pinned:
+            raise DataLoss(
+                f"{self.reference}: registry says digest {digest}, expected {pinned}", local=True
+            )
+        return Descriptor(media_type=media_type, digest=digest, size=int(length))
 
     async def fetch_manifest(self, descriptor: Descriptor) -> bytes:
         """A manifest or index by its descriptor, checked against digest and size."""
@@ -458,7 +489,7 @@ class Registry:
             raise DataLoss(
                 f"{what}: registry says digest {header_digest}, expected {expected}", local=True
             )
-        digest = expected if expected and expected.startswith("sha256:") else digest_of(body)
+        digest = expected or digest_of(body)
         return body, served_type, digest
 
     async def _read_bounded(self, response: httpx.Response, limit: int, *, what: str) -> bytes:
@@ -508,7 +539,7 @@ class Registry:
             )
         raise Unauthenticated(
             f"{self.where}: the registry requires authentication (docker login, or pass "
-            "credentials)",
+            f"credentials){self._hint}",
             local=True,
         )
 
@@ -538,6 +569,13 @@ class Registry:
             else:
                 config = source if source is not None else load_docker_config()
                 self._credentials = lookup_credentials(config, self.reference.domain)
+                if self._credentials is None and (
+                    config.credsStore or self.reference.domain in config.credHelpers
+                ):
+                    self._hint = (
+                        "; the docker config names a credential helper, which is not "
+                        "supported: pass credentials"
+                    )
             self._credentials_loaded = True
         return self._credentials
 
@@ -576,7 +614,7 @@ class Registry:
             if credentials is None or not credentials.has_password:
                 raise Unauthenticated(
                     f"{self.where}: the registry requires a username and password "
-                    "(docker login, or pass credentials)",
+                    f"(docker login, or pass credentials){self._hint}",
                     local=True,
                 )
             self._set_authorization(basic_authorization(credentials), None)

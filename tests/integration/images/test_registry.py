@@ -237,3 +237,27 @@ async def test_docker_config_credentials(
     with trio.fail_after(30):
         async with open_registry(pushed_auth.reference) as registry:
             assert (await registry.resolve()).target == pushed_auth.image.target
+
+
+async def test_head_reports_the_target_without_a_body(pushed: Pushed) -> None:
+    with trio.fail_after(30):
+        async with open_registry(pushed.reference, credentials=DockerConfig()) as registry:
+            assert await registry.head() == pushed.image.target
+        async with open_registry(
+            pushed.reference.rsplit(":", 1)[0] + ":missing", credentials=DockerConfig()
+        ) as registry:
+            with pytest.raises(NotFound):
+                await registry.head()
+
+
+async def test_credential_helpers_are_named_in_the_error(
+    auth_registry: LocalRegistry, pushed_auth: Pushed, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"credHelpers": {auth_registry.host: "secretservice"}}))
+    with trio.fail_after(30):
+        async with open_registry(
+            pushed_auth.reference, credentials=load_docker_config(path)
+        ) as registry:
+            with pytest.raises(Unauthenticated, match="credential helper, which is not supported"):
+                await registry.resolve()
