@@ -79,7 +79,9 @@ _READ_CHUNK = 1 << 20
 
 class ArchiveImage(msgspec.Struct, frozen=True):
     """One image of an archive. ``name`` is the normalised reference when the archive names
-    one; ``tag`` the bare ref name of an OCI layout (``latest``) when it only has that."""
+    one; ``tag`` is the raw ``org.opencontainers.image.ref.name`` of an OCI layout (by
+    convention a bare tag such as ``latest``; then ``name`` is None and the importer picks
+    the repository), or the tag of a docker ``RepoTags`` entry."""
 
     name: str | None
     tag: str | None
@@ -265,7 +267,9 @@ def _read_oci(archive: ImageArchive, want: Platform) -> None:
         annotations = entry.annotations or {}
         name = annotations.get(ANNOTATION_IMAGE_NAME)
         tag = annotations.get(ANNOTATION_REF_NAME)
-        full = _full_name(name) if name else _full_name(tag) if tag and "/" in tag else None
+        # A ref name with "/" or ":" cannot be a bare tag: it names the image itself.
+        named = tag is not None and ("/" in tag or ":" in tag)
+        full = _full_name(name) if name else _full_name(tag) if named else None
         archive.images.append(_resolve_entry(archive, entry, want, full, tag))
 
 

@@ -245,3 +245,15 @@ def test_archive_limits() -> None:
         read_archive(many)
     with pytest.raises(InvalidArgument, match="invalid RepoTag"):
         read_archive(_docker_save([layer], repo_tags=["Bad Tag"]))
+
+
+def test_ref_names_that_are_full_names(image: BuiltImage, tmp_path: Path) -> None:
+    for ref_name, name in [
+        ("busybox:1.36", "docker.io/library/busybox:1.36"),
+        ("quay.io/x/y:2", "quay.io/x/y:2"),
+        ("v1.0", None),
+    ]:
+        write_layout(image, tmp_path / ref_name.replace("/", "_"), ref_name)
+        archive = read_archive(io.BytesIO(layout_tar(tmp_path / ref_name.replace("/", "_"))))
+        assert archive.images[0].name == name
+        assert archive.images[0].tag == ref_name
