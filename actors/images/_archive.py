@@ -25,7 +25,8 @@ API::
         with archive.open_blob(layer) as stream: ...      # verifying reader
 
     write_oci_archive(out, [named_descriptor(target, "docker.io/library/x:1")],
-                      blobs=[...descriptors...], open_blob=lambda desc: reader)
+                      blobs=[...descriptors...], open_blob=lambda desc: reader,
+                      docker=[DockerSaveEntry(config, layers, ["docker.io/library/x:1"])])
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from ._reference import Reference, parse_reference
 
 __all__ = [
     "ArchiveImage",
+    "DockerSaveEntry",
     "ImageArchive",
     "named_descriptor",
     "read_archive",
@@ -372,6 +374,14 @@ def _docker_layer(archive: ImageArchive, path: str) -> Descriptor:
     return Descriptor(media_type=media_type, digest=digest, size=size)
 
 
+class DockerSaveEntry(msgspec.Struct, frozen=True):
+    """One image for a docker-compatible ``manifest.json``: its config, layers and names."""
+
+    config: Descriptor
+    layers: list[Descriptor]
+    names: list[str]
+
+
 def named_descriptor(target: Descriptor, name: str | Reference) -> Descriptor:
     """``target`` annotated for an archive's index.json with the image's name and tag."""
     ref = parse_reference(name) if isinstance(name, str) else name
@@ -397,11 +407,14 @@ def write_oci_archive(
     *,
     blobs: Iterable[Descriptor],
     open_blob: Callable[[Descriptor], BinaryIO],
+    docker: Sequence[DockerSaveEntry] = (),
 ) -> None:
     """Write an OCI image layout tar: ``manifests`` become index.json, ``blobs`` the files.
 
     Each blob is streamed from ``open_blob(descriptor)`` and verified on the way; a blob that
-    does not match its descriptor fails the export with DataLoss.
+    does not match its descriptor fails the export with DataLoss. ``docker`` entries add a
+    ``manifest.json`` so that ``docker load`` (before Docker 25) reads the archive too, as
+    containerd's exporter does; their config and layers must be among ``blobs``.
     """
     index = Index(schema_version=2, media_type=OCI_INDEX, manifests=list(manifests))
     index_bytes = encode(index)
@@ -423,9 +436,36 @@ def write_oci_archive(
             try:
                 reader = _VerifyingReader(source, descriptor)
                 tar.addfile(_tar_info(f"blobs/{algorithm}/{encoded}", descriptor.size), reader)
-                # tarfile stops at the size: drain to let the verifier see EOF and the digest.
-                if reader.read(1):
-                    reader.read()
+                # tarfile stops at the size: one more read lets the verifier see the end (and
+                # check the digest) or the excess.
+                reader.read(1)
             finally:
                 source.close()
         tar.addfile(_tar_info("index.json", len(index_bytes)), io.BytesIO(index_bytes))
+        if docker:
+            listing = [
+                {
+                    "Config": _blob_name(entry.config),
+                    "RepoTags": [
+                        ref.familiar_name + ":" + ref.tag
+                        for ref in map(parse_reference, entry.names)
+                        if ref.tag is not None
+                    ],
+                    "Layers": [_blob_name(layer) for layer in entry.layers],
+                }
+                for entry in docker
+            ]
+            for entry in docker:
+                for blob in (entry.config, *entry.layers):
+                    if blob.digest not in seen:
+                        raise InvalidArgument(
+                            f"docker manifest.json refers to {blob.digest}, not exported",
+                            local=True,
+                        )
+            data = msgspec.json.encode(listing)
+            tar.addfile(_tar_info("manifest.json", len(data)), io.BytesIO(data))
+
+
+def _blob_name(descriptor: Descriptor) -> str:
+    algorithm, encoded = parse_digest(descriptor.digest)
+    return f"blobs/{algorithm}/{encoded}"

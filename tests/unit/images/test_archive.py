@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from actors.errors import DataLoss, InvalidArgument, NotFound, Unimplemented
-from actors.images._archive import named_descriptor, read_archive, write_oci_archive
+from actors.images._archive import (
+    DockerSaveEntry,
+    named_descriptor,
+    read_archive,
+    write_oci_archive,
+)
 from actors.images._digest import digest_of
 from actors.images._media import (
     DOCKER_LAYER,
@@ -257,3 +262,55 @@ def test_ref_names_that_are_full_names(image: BuiltImage, tmp_path: Path) -> Non
         archive = read_archive(io.BytesIO(layout_tar(tmp_path / ref_name.replace("/", "_"))))
         assert archive.images[0].name == name
         assert archive.images[0].tag == ref_name
+
+
+def test_export_with_docker_manifest(image: BuiltImage) -> None:
+    manifest = image.manifests[HOST]
+    config = _config_of(image, manifest)
+    blobs = [Descriptor(media_type="x", digest=d, size=len(b)) for d, b in image.blobs.items()]
+    out = io.BytesIO()
+    write_oci_archive(
+        out,
+        [named_descriptor(image.target, "busybox:v9")],
+        blobs=blobs,
+        open_blob=lambda desc: io.BytesIO(image.blobs[desc.digest]),
+        docker=[
+            DockerSaveEntry(
+                config, image.layers, ["busybox:v9", "quay.io/a/b:c", f"x@{manifest.digest}"]
+            )
+        ],
+    )
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        listing = json.loads(member.read())
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert listing == [
+        {
+            "Config": f"blobs/sha256/{config.digest[7:]}",
+            "RepoTags": ["busybox:v9", "quay.io/a/b:c"],
+            "Layers": [f"blobs/sha256/{layer.digest[7:]}" for layer in image.layers],
+        }
+    ]
+    # What an old `docker load` sees: only manifest.json and the files it names.
+    del members["index.json"], members["oci-layout"]
+    archive = read_archive(_tar(members))
+    assert archive.kind == "docker"
+    assert [i.name for i in archive.images] == ["docker.io/library/busybox:v9", "quay.io/a/b:c"]
+    assert [layer.digest for layer in archive.images[0].layers] == [
+        layer.digest for layer in image.layers
+    ]
+    assert archive.images[0].layers[0].media_type == DOCKER_LAYER_GZIP
+    with pytest.raises(InvalidArgument, match="not exported"):
+        write_oci_archive(
+            io.BytesIO(),
+            [image.target],
+            blobs=[],
+            open_blob=lambda desc: io.BytesIO(image.blobs[desc.digest]),
+            docker=[DockerSaveEntry(config, image.layers, ["busybox:v9"])],
+        )
+
+
+def _config_of(image: BuiltImage, manifest: Descriptor) -> Descriptor:
+    config = json.loads(image.blob(manifest))["config"]
+    return Descriptor(media_type=config["mediaType"], digest=config["digest"], size=config["size"])
