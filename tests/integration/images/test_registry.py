@@ -261,3 +261,29 @@ async def test_credential_helpers_are_named_in_the_error(
         ) as registry:
             with pytest.raises(Unauthenticated, match="credential helper, which is not supported"):
                 await registry.resolve()
+
+
+async def test_concurrent_layers_and_cancel_mid_blob(pushed: Pushed) -> None:
+    image = pushed.image
+    fetched: dict[str, bytes] = {}
+    with trio.fail_after(30):
+        async with open_registry(pushed.reference, credentials=DockerConfig()) as registry:
+            resolved = await registry.resolve()
+
+            async def fetch(layer: Descriptor) -> None:
+                fetched[layer.digest] = await _fetch(registry, layer)
+
+            async with trio.open_nursery() as nursery:
+                for layer in resolved.layers:
+                    nursery.start_soon(fetch, layer)
+            assert fetched == {layer.digest: image.blob(layer) for layer in resolved.layers}
+            # Cancelled after the first chunk: the connection is released, the client still works.
+            big = max(resolved.layers, key=lambda d: d.size)
+            with trio.CancelScope() as scope:
+                async with registry.blob(big) as stream:
+                    async for _chunk in stream:
+                        assert 0 < stream.received <= big.size
+                        scope.cancel()
+                        await trio.lowlevel.checkpoint()  # cancelled here
+            assert scope.cancelled_caught
+            assert await _fetch(registry, big) == image.blob(big)
