@@ -436,3 +436,40 @@ async def test_reference_is_parsed_before_any_io() -> None:
             pass
     # Docker's rule: an uppercase first component can only be a registry host.
     assert parse_reference("UPPER/case").domain == "UPPER"
+
+
+async def test_identity_token_and_registry_token() -> None:
+    def token_service(request: Request) -> Reply:
+        if request.method != "POST" or b"refresh_token=idt-secret" not in request.body:
+            return Reply(401)
+        return Reply(200, {}, b'{"access_token":"from-refresh"}')
+
+    async with http_stub(token_service) as auth:
+        accepted = {"Bearer from-refresh", "Bearer direct-token"}
+        base = registry_handler()
+
+        def handle(request: Request) -> Reply:
+            if request.headers.get("authorization") not in accepted:
+                challenge = f'Bearer realm="http://{auth.host}/token",service="svc"'
+                return Reply(401, {"WWW-Authenticate": challenge})
+            return base(request)
+
+        with trio.fail_after(10):
+            async with http_stub(handle) as server:
+                reference = f"{server.host}/ns/app:v1"
+                async with open_registry(
+                    reference, credentials=Credentials(identity_token="idt-secret")
+                ) as registry:
+                    assert (await registry.resolve()).digest == MANIFEST_DIGEST
+                assert len(auth.requests) == 1
+                form = auth.requests[0].body.decode()
+                assert (
+                    "grant_type=refresh_token" in form
+                    and "scope=repository%3Ans%2Fapp%3Apull" in form
+                )
+                # A registry token from docker's config goes straight to the registry.
+                async with open_registry(
+                    reference, credentials=Credentials(registry_token="direct-token")
+                ) as registry:
+                    assert (await registry.resolve()).digest == MANIFEST_DIGEST
+                assert len(auth.requests) == 1
