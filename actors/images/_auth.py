@@ -25,7 +25,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -34,6 +34,8 @@ import msgspec
 from ..errors import InvalidArgument, Unauthenticated
 
 __all__ = [
+    "AuthPlan",
+    "Authenticator",
     "Challenge",
     "Credentials",
     "DockerConfig",
@@ -344,3 +346,103 @@ def credentials_from_mapping(values: Mapping[str, Credentials], host: str) -> Cr
             if key in values:
                 return values[key]
     return None
+
+
+class AuthPlan(msgspec.Struct, frozen=True):
+    """What to do after a 401: fetch ``token_request`` first (then call
+    :meth:`Authenticator.token_response`), or simply retry with the new header."""
+
+    token_request: HttpRequest | None = None
+
+
+class Authenticator:
+    """Sans-IO: the ``Authorization`` header for one repository, and the answer to a 401.
+
+    ``credentials`` is called at most once, on the first challenge, so a registry that never
+    asks never makes us read docker's config file. It returns the credentials (or None) and
+    a hint to append to "requires authentication" errors. ``now`` is any monotonic clock.
+    """
+
+    def __init__(
+        self,
+        repository: str,
+        where: str,
+        credentials: Callable[[], tuple[Credentials | None, str]],
+    ) -> None:
+        self._repository = repository
+        self._where = where
+        self._loader = credentials
+        self._credentials: Credentials | None = None
+        self._hint = ""
+        self._loaded = False
+        self._header: str | None = None
+        self._expires = float("inf")
+
+    def header(self, now: float) -> str | None:
+        """The header to send now (a token past its lifetime is dropped)."""
+        if self._header is not None and now >= self._expires:
+            self._header = None
+        return self._header
+
+    def _load(self) -> Credentials | None:
+        if not self._loaded:
+            self._credentials, self._hint = self._loader()
+            self._loaded = True
+        return self._credentials
+
+    def challenged(self, header_values: Iterable[str]) -> AuthPlan:
+        """React to a 401 carrying these ``WWW-Authenticate`` values."""
+        challenges = {c.scheme: c for c in parse_www_authenticate(header_values)}
+        if not challenges:
+            raise self.refused()
+        credentials = self._load()
+        bearer = challenges.get("bearer")
+        if bearer is not None:
+            if credentials is not None and credentials.registry_token:
+                self._set(f"Bearer {credentials.registry_token}", None, 0.0)
+                return AuthPlan()
+            scopes = merge_scopes(bearer.scopes, [pull_scope(self._repository)])
+            return AuthPlan(token_request=token_request(bearer, scopes, credentials))
+        if "basic" in challenges:
+            if credentials is None or not credentials.has_password:
+                raise Unauthenticated(
+                    f"{self._where}: the registry requires a username and password "
+                    f"(docker login, or pass credentials){self._hint}",
+                    local=True,
+                )
+            self._set(basic_authorization(credentials), None, 0.0)
+            return AuthPlan()
+        schemes = ", ".join(sorted(challenges))
+        raise Unauthenticated(
+            f"{self._where}: unsupported authentication scheme(s): {schemes}", local=True
+        )
+
+    def token_response(self, status: int, body: bytes, now: float) -> None:
+        """Take the token endpoint's answer (raises when it refused)."""
+        if status >= 400:
+            who = "the credentials" if self._credentials is not None else "anonymous access"
+            if status in (401, 403):
+                raise Unauthenticated(f"{self._where}: the token service refused {who}", local=True)
+            raise Unauthenticated(
+                f"{self._where}: the token service answered HTTP {status}", local=True
+            )
+        token = parse_token_response(body)
+        self._set(f"Bearer {token.token}", token.expires_in, now)
+
+    def refused(self) -> Unauthenticated:
+        """The error for a request still refused after authenticating."""
+        if self._credentials is not None:
+            who = self._credentials.username or "the token"
+            return Unauthenticated(
+                f"{self._where}: the registry refused the credentials for {who}", local=True
+            )
+        return Unauthenticated(
+            f"{self._where}: the registry requires authentication (docker login, or pass "
+            f"credentials){self._hint}",
+            local=True,
+        )
+
+    def _set(self, header: str, lifetime: int | None, now: float) -> None:
+        self._header = header
+        # Renew a little early so a token does not expire between check and use.
+        self._expires = float("inf") if lifetime is None else now + max(lifetime - 5, 1)

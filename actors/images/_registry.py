@@ -57,22 +57,16 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
-    Unauthenticated,
     Unavailable,
     Unknown,
 )
 from ._auth import (
-    Challenge,
+    Authenticator,
     Credentials,
     DockerConfig,
-    basic_authorization,
+    HttpRequest,
     load_docker_config,
     lookup_credentials,
-    merge_scopes,
-    parse_token_response,
-    parse_www_authenticate,
-    pull_scope,
-    token_request,
 )
 from ._digest import BlobVerifier, digest_of, parse_digest
 from ._media import (
@@ -339,12 +333,8 @@ class Registry:
         scheme = "http" if is_plain_http(self.host, insecure) else "https"
         self._base = f"{scheme}://{self.host}/v2/{reference.path}"
         self._credentials_source = credentials
-        self._credentials: Credentials | None = None
-        self._credentials_loaded = False
-        self._hint = ""
-        self._authorization: str | None = None
-        self._authorization_expires = float("inf")
         self.where = f"{reference.domain}/{reference.path}"
+        self._auth = Authenticator(reference.path, self.where, self._credentials)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -518,7 +508,7 @@ class Registry:
         """Send with our authorization; on 401 authenticate from the challenge, retry once."""
         for attempt in range(2):
             sent = dict(headers)
-            authorization = self._current_authorization()
+            authorization = self._auth.header(trio.current_time())
             if authorization:
                 sent["Authorization"] = authorization
             response = await self._send(method, url, sent)
@@ -526,27 +516,24 @@ class Registry:
                 if response.status_code >= 400:
                     await self._fail(response, what)
                 return response
-            challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
+            challenge = response.headers.get_list("www-authenticate")
             await response.aclose()
-            if attempt == 1 or not challenges:
+            if attempt == 1:
                 break
-            await self._authenticate(challenges)
-        if self._credentials is not None:
-            raise Unauthenticated(
-                f"{self.where}: the registry refused the credentials for "
-                f"{self._credentials.username or 'the token'!s}",
-                local=True,
-            )
-        raise Unauthenticated(
-            f"{self.where}: the registry requires authentication (docker login, or pass "
-            f"credentials){self._hint}",
-            local=True,
-        )
+            plan = self._auth.challenged(challenge)
+            if plan.token_request is not None:
+                await self._fetch_token(plan.token_request)
+        raise self._auth.refused()
 
-    def _current_authorization(self) -> str | None:
-        if self._authorization is not None and trio.current_time() >= self._authorization_expires:
-            self._authorization = None
-        return self._authorization
+    async def _fetch_token(self, request: HttpRequest) -> None:
+        headers = {**request.headers, "Accept": "application/json"}
+        response = await self._send(request.method, request.url, headers, body=request.body)
+        body = b""
+        if response.status_code < 400:
+            body = await self._read_bounded(response, _MAX_TOKEN_BODY, what="token")
+        else:
+            await response.aclose()
+        self._auth.token_response(response.status_code, body, trio.current_time())
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], *, body: bytes = b""
@@ -561,75 +548,19 @@ class Registry:
                 f"cannot reach registry {self.host}: {_transport_reason(exc)}", local=True
             ) from None
 
-    def _load_credentials(self) -> Credentials | None:
-        if not self._credentials_loaded:
-            source = self._credentials_source
-            if isinstance(source, Credentials):
-                self._credentials = source
-            else:
-                config = source if source is not None else load_docker_config()
-                self._credentials = lookup_credentials(config, self.reference.domain)
-                if self._credentials is None and (
-                    config.credsStore or self.reference.domain in config.credHelpers
-                ):
-                    self._hint = (
-                        "; the docker config names a credential helper, which is not "
-                        "supported: pass credentials"
-                    )
-            self._credentials_loaded = True
-        return self._credentials
-
-    async def _authenticate(self, challenges: list[Challenge]) -> None:
-        credentials = self._load_credentials()
-        by_scheme = {c.scheme: c for c in challenges}
-        bearer = by_scheme.get("bearer")
-        if bearer is not None:
-            if credentials is not None and credentials.registry_token:
-                self._set_authorization(f"Bearer {credentials.registry_token}", None)
-                return
-            scopes = merge_scopes(bearer.scopes, [pull_scope(self.reference.path)])
-            request = token_request(bearer, scopes, credentials)
-            response = await self._send(
-                request.method,
-                request.url,
-                {**request.headers, "Accept": "application/json"},
-                body=request.body,
+    def _credentials(self) -> tuple[Credentials | None, str]:
+        """Ours or docker's (read only when a registry first asks), and an error hint."""
+        source = self._credentials_source
+        if isinstance(source, Credentials):
+            return source, ""
+        config = source if source is not None else load_docker_config()
+        found = lookup_credentials(config, self.reference.domain)
+        if found is None and (config.credsStore or self.reference.domain in config.credHelpers):
+            return None, (
+                "; the docker config names a credential helper, which is not supported: "
+                "pass credentials"
             )
-            if response.status_code >= 400:
-                await response.aclose()
-                who = "the credentials" if credentials is not None else "anonymous access"
-                if response.status_code in (401, 403):
-                    raise Unauthenticated(
-                        f"{self.where}: the token service refused {who}", local=True
-                    )
-                raise Unauthenticated(
-                    f"{self.where}: the token service answered HTTP {response.status_code}",
-                    local=True,
-                )
-            body = await self._read_bounded(response, _MAX_TOKEN_BODY, what="token")
-            token = parse_token_response(body)
-            self._set_authorization(f"Bearer {token.token}", token.expires_in)
-            return
-        if "basic" in by_scheme:
-            if credentials is None or not credentials.has_password:
-                raise Unauthenticated(
-                    f"{self.where}: the registry requires a username and password "
-                    f"(docker login, or pass credentials){self._hint}",
-                    local=True,
-                )
-            self._set_authorization(basic_authorization(credentials), None)
-            return
-        schemes = ", ".join(sorted(by_scheme))
-        raise Unauthenticated(
-            f"{self.where}: unsupported authentication scheme(s): {schemes}", local=True
-        )
-
-    def _set_authorization(self, value: str, lifetime: int | None) -> None:
-        self._authorization = value
-        # Renew a little early so a token does not expire between check and use.
-        self._authorization_expires = (
-            float("inf") if lifetime is None else trio.current_time() + max(lifetime - 5, 1)
-        )
+        return found, ""
 
     async def _fail(self, response: httpx.Response, what: str) -> NoReturn:
         try:

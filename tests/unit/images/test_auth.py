@@ -12,6 +12,7 @@ import pytest
 
 from actors.errors import InvalidArgument, Unauthenticated
 from actors.images._auth import (
+    Authenticator,
     Challenge,
     Credentials,
     DockerConfig,
@@ -182,3 +183,46 @@ def test_credentials_never_print_their_secret() -> None:
     assert SECRET not in repr(creds) and SECRET not in str(creds) and SECRET not in f"{creds}"
     assert "me" in repr(creds)
     assert basic_authorization(Credentials("a", "b")) == "Basic " + _b64("a:b")
+
+
+def test_authenticator_bearer_flow_and_expiry() -> None:
+    loads: list[int] = []
+
+    def loader() -> tuple[Credentials | None, str]:
+        loads.append(1)
+        return Credentials("me", SECRET), ""
+
+    auth = Authenticator("ns/app", "reg/ns/app", loader)
+    assert auth.header(0.0) is None and loads == []  # nothing read until a registry asks
+    plan = auth.challenged(['Bearer realm="https://t.example/token",service="svc"'])
+    assert plan.token_request is not None
+    assert parse_qs(urlsplit(plan.token_request.url).query)["scope"] == ["repository:ns/app:pull"]
+    auth.token_response(200, b'{"token":"tok","expires_in":100}', now=1000.0)
+    assert auth.header(1000.0) == "Bearer tok"
+    assert auth.header(1094.0) == "Bearer tok"
+    assert auth.header(1095.0) is None  # renewed 5 s before the end of its lifetime
+    auth.challenged(['Bearer realm="https://t.example/token"'])
+    assert loads == [1]  # credentials read once
+    with pytest.raises(Unauthenticated, match="token service refused the credentials"):
+        auth.token_response(401, b"", now=0.0)
+    with pytest.raises(Unauthenticated, match="answered HTTP 500"):
+        auth.token_response(500, b"", now=0.0)
+    refused = auth.refused()
+    assert "refused the credentials for me" in str(refused) and SECRET not in _rendered(refused)
+
+
+def test_authenticator_basic_and_errors() -> None:
+    anonymous = Authenticator("a", "reg/a", lambda: (None, "; hint"))
+    with pytest.raises(Unauthenticated, match=r"requires a username and password.*; hint"):
+        anonymous.challenged(['Basic realm="r"'])
+    assert "requires authentication" in str(anonymous.refused())
+    with pytest.raises(Unauthenticated, match="unsupported authentication scheme"):
+        anonymous.challenged(['Negotiate abc="1"'])
+    with pytest.raises(Unauthenticated, match="requires authentication"):
+        anonymous.challenged([])
+    basic = Authenticator("a", "reg/a", lambda: (Credentials("u", "p"), ""))
+    assert basic.challenged(['Basic realm="r"']).token_request is None
+    assert basic.header(0.0) == basic_authorization(Credentials("u", "p"))
+    direct = Authenticator("a", "reg/a", lambda: (Credentials(registry_token="rt"), ""))
+    assert direct.challenged(['Bearer realm="https://t"']).token_request is None
+    assert direct.header(0.0) == "Bearer rt"
