@@ -6,6 +6,9 @@
   (``GET realm?service=S&scope=A&scope=B``, HTTP Basic when we hold a username and password,
   or a ``POST`` refresh-token grant for an identity token); :func:`parse_token_response` reads
   ``token``/``access_token`` and ``expires_in``.
+- :class:`Authenticator` is the whole flow for one repository: the header to send, what a
+  401 asks for (:class:`AuthPlan`: a token request, or just retry), the token answer, and the
+  error once a registry still refuses; tokens are dropped 5 s before ``expires_in`` runs out.
 - :func:`pull_scope` is ``repository:NAME:pull``; :func:`merge_scopes` joins the challenge's
   scopes with ours, sorted and de-duplicated like containerd.
 - :func:`load_docker_config` and :func:`lookup_credentials` read ``~/.docker/config.json``
