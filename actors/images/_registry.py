@@ -21,8 +21,8 @@ then stream the layers::
   are, like docker; everything else is HTTPS with certificate verification.
 - ``platform``: the platform to pick from an index (default :func:`host_platform`).
 - ``io_timeout``: seconds for connecting and between reads (not for a whole blob).
-- ``verify``: an ``ssl.SSLContext`` for private CAs (default: the system's trust store via
-  certifi).
+- ``verify``: an ``ssl.SSLContext`` for private CAs (default: certifi's CA bundle, or
+  ``$SSL_CERT_FILE``).
 
 Authentication follows the registry's ``WWW-Authenticate`` challenge: on a 401 we fetch a
 Bearer token for ``repository:NAME:pull`` (plus the challenge's scopes), or use Basic, and retry
