@@ -15,8 +15,10 @@
   (``$DOCKER_CONFIG`` honoured): ``auths`` entries with a base64 ``auth`` or
   ``username``/``password``, ``identitytoken``, ``registrytoken``; the Hub's key is
   ``https://index.docker.io/v1/`` (``docker.io``, ``index.docker.io`` and
-  ``registry-1.docker.io`` find it). Credential helpers (``credsStore``, ``credHelpers``) are
-  not run.
+  ``registry-1.docker.io`` find it). Credential helpers (``credHelpers`` for the host, else
+  ``credsStore``) take precedence, like docker: :func:`credential_helper` names the program,
+  :func:`helper_server_url` is its stdin and :func:`parse_helper_response` reads its answer
+  (the Trio shell runs it).
 
 Secrets never appear in ``repr``, ``str`` or any error message: :class:`Credentials` redacts
 itself, and errors about a malformed entry name the registry, not the value.
@@ -45,10 +47,13 @@ __all__ = [
     "HttpRequest",
     "Token",
     "basic_authorization",
+    "credential_helper",
     "docker_config_path",
+    "helper_server_url",
     "load_docker_config",
     "lookup_credentials",
     "merge_scopes",
+    "parse_helper_response",
     "parse_token_response",
     "parse_www_authenticate",
     "pull_scope",
@@ -338,6 +343,49 @@ def _entry_credentials(entry: _AuthEntry, key: str) -> Credentials | None:
         identity_token=entry.identitytoken,
         registry_token=entry.registrytoken,
     )
+
+
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def credential_helper(config: DockerConfig, host: str) -> str | None:
+    """The program docker would ask for ``host``'s credentials (``docker-credential-NAME``):
+    ``credHelpers[host]`` first, then ``credsStore``; None when the config names none."""
+    keys = [host, *(sorted(_HUB_HOSTS | {HUB_CONFIG_KEY}) if host in _HUB_HOSTS else [])]
+    name = next((config.credHelpers[k] for k in keys if k in config.credHelpers), None)
+    name = name or config.credsStore or None
+    if name is None:
+        return None
+    if not _HELPER_NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"docker config: invalid credential helper name {name[:64]!r}", local=True
+        )
+    return f"docker-credential-{name}"
+
+
+def helper_server_url(host: str) -> bytes:
+    """What a credential helper is given on stdin: the Hub's legacy URL, else the host."""
+    return (HUB_CONFIG_KEY if host in _HUB_HOSTS else host).encode()
+
+
+class _HelperAnswer(msgspec.Struct):
+    Username: str = ""
+    Secret: str = ""
+
+
+def parse_helper_response(stdout: bytes) -> Credentials | None:
+    """A helper's ``get`` answer; the username ``<token>`` means an identity token."""
+    try:
+        answer = msgspec.json.decode(stdout, type=_HelperAnswer)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise Unauthenticated(
+            "the docker credential helper answered with malformed JSON", local=True
+        ) from None
+    if not answer.Secret:
+        return None
+    if answer.Username == "<token>":
+        return Credentials(identity_token=answer.Secret)
+    return Credentials(answer.Username, answer.Secret)
 
 
 def credentials_from_mapping(values: Mapping[str, Credentials], host: str) -> Credentials | None:

@@ -14,8 +14,9 @@ then stream the layers::
 
 - ``credentials``: a :class:`~actors.images._auth.Credentials` for this registry, a
   :class:`~actors.images._auth.DockerConfig`, or None to read docker's
-  ``~/.docker/config.json`` (only when the registry asks for authentication). Pass
-  ``DockerConfig()`` for anonymous access only.
+  ``~/.docker/config.json`` (only when the registry asks for authentication; a credential
+  helper it names is run as ``docker-credential-NAME get``). Pass ``DockerConfig()`` for
+  anonymous access only.
 - ``insecure``: registries reached over plain HTTP (``host``, ``host:port`` or an IP network
   such as ``10.0.0.0/8``). Loopback registries (``localhost``, ``127.0.0.0/8``, ``::1``) always
   are, like docker; everything else is HTTPS with certificate verification.
@@ -57,6 +58,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     Unknown,
 )
@@ -65,8 +67,11 @@ from ._auth import (
     Credentials,
     DockerConfig,
     HttpRequest,
+    credential_helper,
+    helper_server_url,
     load_docker_config,
     lookup_credentials,
+    parse_helper_response,
 )
 from ._digest import BlobVerifier, digest_of, parse_digest
 from ._media import (
@@ -90,6 +95,7 @@ __all__ = ["BlobStream", "Registry", "ResolvedImage", "is_plain_http", "open_reg
 _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10
 _MAX_TOKEN_BODY = 1 << 20
+_HELPER_TIMEOUT = 30
 # An index may point at an index; more nesting than this is refused.
 _MAX_INDEX_DEPTH = 3
 
@@ -333,6 +339,7 @@ class Registry:
         scheme = "http" if is_plain_http(self.host, insecure) else "https"
         self._base = f"{scheme}://{self.host}/v2/{reference.path}"
         self._credentials_source = credentials
+        self._loaded_credentials: tuple[Credentials | None, str] | None = None
         self.where = f"{reference.domain}/{reference.path}"
         self._auth = Authenticator(reference.path, self.where, self._credentials)
 
@@ -520,6 +527,7 @@ class Registry:
             await response.aclose()
             if attempt == 1:
                 break
+            await self._load_credentials()
             plan = self._auth.challenged(challenge)
             if plan.token_request is not None:
                 await self._fetch_token(plan.token_request)
@@ -549,18 +557,47 @@ class Registry:
             ) from None
 
     def _credentials(self) -> tuple[Credentials | None, str]:
-        """Ours or docker's (read only when a registry first asks), and an error hint."""
+        return self._loaded_credentials or (None, "")
+
+    async def _load_credentials(self) -> None:
+        """Ours, or docker's (read only when a registry first asks): a credential helper
+        when the config names one, else the config's ``auths``."""
+        if self._loaded_credentials is not None:
+            return
         source = self._credentials_source
         if isinstance(source, Credentials):
-            return source, ""
+            self._loaded_credentials = (source, "")
+            return
         config = source if source is not None else load_docker_config()
-        found = lookup_credentials(config, self.reference.domain)
-        if found is None and (config.credsStore or self.reference.domain in config.credHelpers):
-            return None, (
-                "; the docker config names a credential helper, which is not supported: "
-                "pass credentials"
+        domain = self.reference.domain
+        helper = credential_helper(config, domain)
+        found = await self._run_helper(helper) if helper else None
+        self._loaded_credentials = (found or lookup_credentials(config, domain), "")
+
+    async def _run_helper(self, program: str) -> Credentials | None:
+        try:
+            with trio.move_on_after(_HELPER_TIMEOUT) as scope:
+                result = await trio.run_process(
+                    [program, "get"],
+                    stdin=helper_server_url(self.reference.domain),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+        except FileNotFoundError:
+            raise Unauthenticated(
+                f"{self.where}: the docker config names the credential helper {program}, "
+                "which is not installed",
+                local=True,
+            ) from None
+        if scope.cancelled_caught:
+            raise Unauthenticated(
+                f"{self.where}: the credential helper {program} did not answer", local=True
             )
-        return found, ""
+        if result.returncode != 0:
+            # "credentials not found": anonymous, like docker. Its output is never shown.
+            return None
+        return parse_helper_response(result.stdout)
 
     async def _fail(self, response: httpx.Response, what: str) -> NoReturn:
         try:

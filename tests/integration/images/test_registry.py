@@ -250,16 +250,60 @@ async def test_head_reports_the_target_without_a_body(pushed: Pushed) -> None:
                 await registry.head()
 
 
-async def test_credential_helpers_are_named_in_the_error(
-    auth_registry: LocalRegistry, pushed_auth: Pushed, tmp_path: Path
+async def test_docker_credential_helpers(
+    auth_registry: LocalRegistry,
+    pushed_auth: Pushed,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"credHelpers": {auth_registry.host: "secretservice"}}))
+    assert auth_registry.username and auth_registry.password
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A helper that answers only for our registry (its stdin is the server URL).
+    helper = bin_dir / "docker-credential-fake"
+    helper.write_text(
+        "#!/bin/sh\n"
+        "read -r url\n"
+        f'[ "$url" = "{auth_registry.host}" ] || {{ echo "credentials not found"; exit 1; }}\n'
+        f'printf \'{{"Username":"{auth_registry.username}","Secret":"{auth_registry.password}"}}\'\n'
+    )
+    helper.chmod(0o755)
+    (bin_dir / "docker-credential-empty").write_text(
+        "#!/bin/sh\necho 'credentials not found'\nexit 1\n"
+    )
+    (bin_dir / "docker-credential-empty").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    def config(**values: object) -> DockerConfig:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(values))
+        return load_docker_config(path)
+
     with trio.fail_after(30):
+        # credHelpers for this host wins over credsStore and over auths.
+        chosen = config(
+            credHelpers={auth_registry.host: "fake"},
+            credsStore="missing",
+            auths={auth_registry.host: {"username": "wrong", "password": "wrong"}},
+        )
+        async with open_registry(pushed_auth.reference, credentials=chosen) as registry:
+            assert (await registry.resolve()).target == pushed_auth.image.target
         async with open_registry(
-            pushed_auth.reference, credentials=load_docker_config(path)
+            pushed_auth.reference, credentials=config(credsStore="fake")
         ) as registry:
-            with pytest.raises(Unauthenticated, match="credential helper, which is not supported"):
+            assert (await registry.resolve()).target == pushed_auth.image.target
+        async with open_registry(
+            pushed_auth.reference, credentials=config(credsStore="missing")
+        ) as registry:
+            with pytest.raises(
+                Unauthenticated, match="docker-credential-missing, which is not installed"
+            ):
+                await registry.resolve()
+        # "credentials not found" means anonymous, like docker.
+        async with open_registry(
+            pushed_auth.reference, credentials=config(credsStore="empty")
+        ) as registry:
+            with pytest.raises(Unauthenticated, match="requires a username and password"):
                 await registry.resolve()
 
 

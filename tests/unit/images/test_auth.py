@@ -17,10 +17,13 @@ from actors.images._auth import (
     Credentials,
     DockerConfig,
     basic_authorization,
+    credential_helper,
     credentials_from_mapping,
+    helper_server_url,
     load_docker_config,
     lookup_credentials,
     merge_scopes,
+    parse_helper_response,
     parse_token_response,
     parse_www_authenticate,
     pull_scope,
@@ -226,3 +229,27 @@ def test_authenticator_basic_and_errors() -> None:
     direct = Authenticator("a", "reg/a", lambda: (Credentials(registry_token="rt"), ""))
     assert direct.challenged(['Bearer realm="https://t"']).token_request is None
     assert direct.header(0.0) == "Bearer rt"
+
+
+def test_credential_helpers() -> None:
+    config = DockerConfig(
+        credsStore="desktop", credHelpers={"gcr.io": "gcloud", "docker.io": "hub"}
+    )
+    assert credential_helper(config, "gcr.io") == "docker-credential-gcloud"
+    assert credential_helper(config, "quay.io") == "docker-credential-desktop"
+    assert credential_helper(config, "registry-1.docker.io") == "docker-credential-hub"
+    assert credential_helper(DockerConfig(), "quay.io") is None
+    for bad in ("../../bin/sh", "a b", "-x", "x" * 65):
+        with pytest.raises(InvalidArgument, match="invalid credential helper name"):
+            credential_helper(DockerConfig(credsStore=bad), "quay.io")
+    assert helper_server_url("docker.io") == b"https://index.docker.io/v1/"
+    assert helper_server_url("host:5000") == b"host:5000"
+    assert parse_helper_response(b'{"ServerURL":"x","Username":"u","Secret":"s"}') == Credentials(
+        "u", "s"
+    )
+    token = parse_helper_response(b'{"Username":"<token>","Secret":"idt"}')
+    assert token == Credentials(identity_token="idt")
+    assert parse_helper_response(b'{"Username":"u"}') is None
+    with pytest.raises(Unauthenticated, match="malformed JSON") as caught:
+        parse_helper_response(b'{"Secret": "' + SECRET.encode() + b'"')
+    assert SECRET not in _rendered(caught.value)
