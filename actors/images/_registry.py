@@ -25,6 +25,10 @@ then stream the layers::
 - ``verify``: an ``ssl.SSLContext`` for private CAs (default: certifi's CA bundle, or
   ``$SSL_CERT_FILE``).
 
+Requests that fail to connect or get 408, 429, 502, 503 or 504 are retried twice (after 0.5 s
+and 2 s, or the server's ``Retry-After`` up to 10 s); a blob that breaks mid-stream is not
+retried here: resume it with ``offset``.
+
 Authentication follows the registry's ``WWW-Authenticate`` challenge: on a 401 we fetch a
 Bearer token for ``repository:NAME:pull`` (plus the challenge's scopes), or use Basic, and retry
 once; a second 401 is :class:`~actors.errors.Unauthenticated`. Tokens are cached for their
@@ -96,6 +100,10 @@ _CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10
 _MAX_TOKEN_BODY = 1 << 20
 _HELPER_TIMEOUT = 30
+# Transient answers are retried after these pauses (seconds); then the error stands.
+_RETRY_DELAYS = (0.5, 2.0)
+_RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+_MAX_RETRY_AFTER = 10.0
 # An index may point at an index; more nesting than this is refused.
 _MAX_INDEX_DEPTH = 3
 
@@ -518,7 +526,7 @@ class Registry:
             authorization = self._auth.header(trio.current_time())
             if authorization:
                 sent["Authorization"] = authorization
-            response = await self._send(method, url, sent)
+            response = await self._send_retrying(method, url, sent)
             if response.status_code != 401:
                 if response.status_code >= 400:
                     await self._fail(response, what)
@@ -532,6 +540,26 @@ class Registry:
             if plan.token_request is not None:
                 await self._fetch_token(plan.token_request)
         raise self._auth.refused()
+
+    async def _send_retrying(
+        self, method: str, url: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        """Send, retrying a refused connection and 408/429/5xx-gateway answers a few times."""
+        for delay in (*_RETRY_DELAYS, None):
+            try:
+                response = await self._send(method, url, headers)
+            except Unavailable:
+                if delay is None:
+                    raise
+            else:
+                if response.status_code not in _RETRY_STATUSES or delay is None:
+                    return response
+                after = response.headers.get("retry-after", "")
+                if after.isdigit():
+                    delay = min(float(after), _MAX_RETRY_AFTER)
+                await response.aclose()
+            await trio.sleep(delay)
+        raise AssertionError("unreachable")  # the last round returns or raises
 
     async def _fetch_token(self, request: HttpRequest) -> None:
         headers = {**request.headers, "Accept": "application/json"}

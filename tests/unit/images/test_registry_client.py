@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from actors.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from actors.images import _registry as registry_module
 from actors.images._auth import Credentials, DockerConfig
 from actors.images._digest import digest_of
 from actors.images._media import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor
@@ -41,6 +42,11 @@ MANIFEST = json.dumps(
 ).encode()
 MANIFEST_DIGEST = digest_of(MANIFEST)
 SECRET = "pa55-word-not-to-show"
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_module, "_RETRY_DELAYS", (0.0, 0.0))
 
 
 def registry_handler(
@@ -473,3 +479,29 @@ async def test_identity_token_and_registry_token() -> None:
                 ) as registry:
                     assert (await registry.resolve()).digest == MANIFEST_DIGEST
                 assert len(auth.requests) == 1
+
+
+async def test_transient_answers_are_retried() -> None:
+    answers = iter([Reply(503), Reply(429, {"Retry-After": "0"})])
+    base = registry_handler()
+
+    def flaky(request: Request) -> Reply:
+        if request.path.endswith("/manifests/v1"):
+            return next(answers, None) or base(request)
+        return base(request)
+
+    with trio.fail_after(10):
+        async with (
+            http_stub(flaky) as server,
+            open_registry(f"{server.host}/ns/app:v1", credentials=DockerConfig()) as registry,
+        ):
+            assert (await registry.resolve()).digest == MANIFEST_DIGEST
+        manifest_calls = [r for r in server.requests if r.path.endswith("/manifests/v1")]
+        assert len(manifest_calls) == 3
+        async with (
+            http_stub(lambda _r: Reply(503)) as server,
+            open_registry(f"{server.host}/ns/app:v1", credentials=DockerConfig()) as registry,
+        ):
+            with pytest.raises(Unavailable, match="answered HTTP 503"):
+                await registry.resolve()
+        assert len(server.requests) == 3  # the first try and two retries, then the error
