@@ -45,7 +45,6 @@ DataLoss (wrong digest, wrong size, a stream longer than its descriptor), Invali
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -78,6 +77,7 @@ from ._auth import (
     parse_helper_response,
 )
 from ._digest import BlobVerifier, digest_of, parse_digest
+from ._http import Body, error_detail, is_plain_http, transport_reason
 from ._media import (
     MANIFEST_ACCEPT,
     MAX_CONFIG_BYTES,
@@ -96,7 +96,6 @@ from ._reference import Reference, parse_reference
 
 __all__ = ["BlobStream", "Registry", "ResolvedImage", "is_plain_http", "open_registry"]
 
-_CHUNK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10
 _MAX_TOKEN_BODY = 1 << 20
 _HELPER_TIMEOUT = 30
@@ -137,90 +136,6 @@ class ResolvedImage(msgspec.Struct, frozen=True):
         return self.target.digest
 
 
-def _is_loopback(host: str) -> bool:
-    hostname = _hostname(host)
-    if hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return False
-
-
-def _hostname(host: str) -> str:
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
-
-
-def is_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:
-    """Whether registry ``host`` (``host[:port]``) is spoken to over plain HTTP."""
-    if _is_loopback(host):
-        return True
-    hostname = _hostname(host)
-    for entry in insecure:
-        if entry in (host, hostname):
-            return True
-        if "/" in entry:
-            try:
-                network = ipaddress.ip_network(entry, strict=False)
-                if ipaddress.ip_address(hostname) in network:
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-class _Body:
-    """A streamed response body, read chunk by chunk, that never abandons httpx's generators.
-
-    httpx streams through a chain of async generators; one left suspended when we stop early
-    is finalised late by Trio's garbage-collection hook, with a ResourceWarning. So
-    :meth:`aclose` closes the response and then drives the chain to its end, which comes at
-    once on the closed connection.
-    """
-
-    def __init__(self, response: httpx.Response, host: str, what: str) -> None:
-        self.response = response
-        self._host = host
-        self._what = what
-        self._chunks = response.aiter_raw(_CHUNK)
-        self._started = False
-        self._finished = False
-
-    async def next(self) -> bytes:
-        """The next chunk, or b"" at the end of the body."""
-        if self._finished:
-            return b""
-        self._started = True
-        try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            self._finished = True
-            return b""
-        except httpx.TransportError as exc:
-            self._finished = True
-            raise Unavailable(
-                f"{self._what}: connection to {self._host} broke mid-transfer "
-                f"({type(exc).__name__})",
-                local=True,
-            ) from None
-        except BaseException:
-            self._finished = True  # an exception out of a generator finishes it
-            raise
-
-    async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            await self.response.aclose()
-            while self._started and not self._finished:
-                try:
-                    await self._chunks.__anext__()
-                except Exception:
-                    self._finished = True
-
-
 class BlobStream:
     """A blob's bytes from a registry, verified as they arrive.
 
@@ -246,7 +161,7 @@ class BlobStream:
         self._verifier = BlobVerifier(
             descriptor.digest, descriptor.size, what=self._what, offset=offset
         )
-        self._body: _Body | None = None
+        self._body: Body | None = None
         self._skip = 0
         self._done = False
 
@@ -305,7 +220,7 @@ class BlobStream:
             headers["Range"] = f"bytes={offset}-"
         url = f"{self._registry._base}/blobs/{descriptor.digest}"
         response = await self._registry._request("GET", url, headers, what=what)
-        self._body = _Body(response, self._registry.host, what)
+        self._body = Body(response, self._registry.host, what)
         if offset:
             content_range = response.headers.get("content-range", "")
             if response.status_code != 206:
@@ -499,7 +414,7 @@ class Registry:
 
     async def _read_bounded(self, response: httpx.Response, limit: int, *, what: str) -> bytes:
         """The whole body, refused as soon as it grows past ``limit``; always closes."""
-        body = _Body(response, self.host, what)
+        body = Body(response, self.host, what)
         try:
             length = response.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > limit:
@@ -581,7 +496,7 @@ class Registry:
             raise Unavailable(f"{self.host}: too many redirects", local=True) from None
         except httpx.TransportError as exc:
             raise Unavailable(
-                f"cannot reach registry {self.host}: {_transport_reason(exc)}", local=True
+                f"cannot reach registry {self.host}: {transport_reason(exc)}", local=True
             ) from None
 
     def _credentials(self) -> tuple[Credentials | None, str]:
@@ -632,7 +547,7 @@ class Registry:
             body = await self._read_bounded(response, _MAX_ERROR_BODY, what="error")
         except ContainerdError:
             body = b""
-        detail = _error_detail(body)
+        detail = error_detail(body)
         status = response.status_code
         suffix = f" ({detail})" if detail else ""
         if status == 404:
@@ -644,39 +559,6 @@ class Registry:
         if status >= 500:
             raise Unavailable(f"{what}: {self.host} answered HTTP {status}{suffix}", local=True)
         raise Unknown(f"{what}: {self.host} answered HTTP {status}{suffix}", local=True)
-
-
-class _RegistryError(msgspec.Struct):
-    code: str = ""
-    message: str = ""
-
-
-class _RegistryErrors(msgspec.Struct):
-    errors: list[_RegistryError] = []
-
-
-def _error_detail(body: bytes) -> str:
-    try:
-        parsed = msgspec.json.decode(body, type=_RegistryErrors)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ""
-    parts = [f"{e.code}: {e.message}" if e.message else e.code for e in parsed.errors[:3]]
-    return "; ".join(p for p in parts if p)[:300]
-
-
-def _transport_reason(exc: httpx.TransportError) -> str:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verification failed ({cause.verify_message})"
-        if isinstance(cause, ssl.SSLError):
-            return "TLS handshake failed (is it a plain-HTTP registry? list it as insecure)"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return f"connection failed ({exc})" if str(exc) else "connection failed"
-    return type(exc).__name__
 
 
 def _doc_type(doc: Manifest | Index) -> str:
