@@ -13,7 +13,7 @@ then stream the layers::
 :func:`open_registry` keyword arguments:
 
 - ``credentials``: a :class:`~actors.images._auth.Credentials` for this registry, a
-  :class:`~actors.images._auth.DockerConfig`, or None to read docker's
+  :class:`~actors.images._dockerconfig.DockerConfig`, or None to read docker's
   ``~/.docker/config.json`` (only when the registry asks for authentication; a credential
   helper it names is run as ``docker-credential-NAME get``). Pass ``DockerConfig()`` for
   anonymous access only.
@@ -65,18 +65,16 @@ from ..errors import (
     Unavailable,
     Unknown,
 )
-from ._auth import (
-    Authenticator,
-    Credentials,
+from ._auth import Authenticator, Credentials, HttpRequest
+from ._digest import BlobVerifier, digest_of, parse_digest
+from ._dockerconfig import (
     DockerConfig,
-    HttpRequest,
     credential_helper,
     helper_server_url,
     load_docker_config,
     lookup_credentials,
     parse_helper_response,
 )
-from ._digest import BlobVerifier, digest_of, parse_digest
 from ._http import Body, error_detail, is_plain_http, transport_reason
 from ._media import (
     MANIFEST_ACCEPT,

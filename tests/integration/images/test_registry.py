@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from actors.errors import DataLoss, NotFound, Unauthenticated
-from actors.images._auth import Credentials, DockerConfig, load_docker_config
+from actors.images._auth import Credentials
+from actors.images._dockerconfig import DockerConfig, load_docker_config
 from actors.images._media import Descriptor
 from actors.images._platform import host_platform
 from actors.images._registry import Registry, open_registry

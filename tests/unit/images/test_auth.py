@@ -15,19 +15,21 @@ from actors.images._auth import (
     Authenticator,
     Challenge,
     Credentials,
-    DockerConfig,
     basic_authorization,
+    merge_scopes,
+    parse_token_response,
+    parse_www_authenticate,
+    pull_scope,
+    token_request,
+)
+from actors.images._dockerconfig import (
+    DockerConfig,
     credential_helper,
     credentials_from_mapping,
     helper_server_url,
     load_docker_config,
     lookup_credentials,
-    merge_scopes,
     parse_helper_response,
-    parse_token_response,
-    parse_www_authenticate,
-    pull_scope,
-    token_request,
 )
 
 SECRET = "hunter2-very-secret"

@@ -15,8 +15,9 @@ import trio
 
 from actors.errors import DataLoss, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from actors.images import _registry as registry_module
-from actors.images._auth import Credentials, DockerConfig
+from actors.images._auth import Credentials
 from actors.images._digest import digest_of
+from actors.images._dockerconfig import DockerConfig
 from actors.images._media import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor
 from actors.images._reference import parse_reference
 from actors.images._registry import Registry, is_plain_http, open_registry
