@@ -1,4 +1,4 @@
-"""Registry authentication, sans-IO: challenges, token requests, docker's config.json.
+"""Registry authentication, sans-IO: challenges, token requests and answers, credentials.
 
 - :func:`parse_www_authenticate` reads ``WWW-Authenticate`` headers (``Bearer realm=...,
   service=..., scope=...`` and ``Basic realm=...``; several challenges in one header).
@@ -14,7 +14,7 @@
 - docker's ``config.json`` and credential helpers live in :mod:`._dockerconfig`.
 
 Secrets never appear in ``repr``, ``str`` or any error message: :class:`Credentials` redacts
-itself, and errors about a malformed entry name the registry, not the value.
+itself, and no error quotes a token, a password or a token endpoint's answer.
 """
 
 from __future__ import annotations
