@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := containerd runc busybox-static criu
+APT_PACKAGES := containerd runc busybox-static criu docker-registry skopeo apache2-utils
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup venv system-deps serve test unit check lint format-check typecheck imports proto proto-check bench bench-quick clean
@@ -15,7 +15,7 @@ venv: $(STAMP)
 # Install the host packages only when something is missing (apt-get update once).
 system-deps:
 	@missing=""; \
-	for tool in containerd runc busybox criu ctr; do command -v $$tool >/dev/null 2>&1 || missing=yes; done; \
+	for tool in containerd runc busybox criu ctr docker-registry skopeo htpasswd; do command -v $$tool >/dev/null 2>&1 || missing=yes; done; \
 	[ -x /bin/busybox ] || missing=yes; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing=yes; \
 	if [ -n "$$missing" ]; then \

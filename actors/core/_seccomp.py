@@ -71,7 +71,6 @@ class LinuxSeccomp(msgspec.Struct, kw_only=True, omit_defaults=True):
     syscalls: list[LinuxSyscall] = msgspec.field(default_factory=list)
 
 
-
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
