@@ -1,0 +1,1 @@
+"""Images: containerd's content, image, lease, snapshot and diff services, and registries."""
