@@ -30,6 +30,7 @@ from proto.containerd.services.tasks.v1 import tasks_pb2
 
 from . import _commands as cmd
 from ._mailbox import Mailbox, MailboxStatistics
+from ._mounts import Mount, mounts_to_proto
 from .errors import (
     ActorCrashed,
     AlreadyExists,
@@ -146,6 +147,11 @@ class ContainerRecord(msgspec.Struct, frozen=True, kw_only=True):
     spec: bytes
     terminal: bool
     runtime_options: bytes = b""
+    # An image-based container: its snapshot, and the snapshot's mounts for Tasks.Create.
+    image: str = ""
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    rootfs: tuple[Mount, ...] = ()
 
 
 def _validate_signal(value: object) -> int:
@@ -485,6 +491,7 @@ class ContainerActor:
             stderr=io.fifos.stderr,
             terminal=terminal,
         )
+        request.rootfs.extend(mounts_to_proto(self.record.rootfs))
         if command.checkpoint_dir is not None:
             options = oci_pb2.Options()
             if self.record.runtime_options:
