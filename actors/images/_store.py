@@ -46,7 +46,15 @@ import datetime
 import re
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
@@ -250,25 +258,47 @@ def config_gc_labels(snapshotter: str, top_chain_id: str) -> dict[str, str]:
 # -- sources --------------------------------------------------------------------------------
 
 
-async def _open_source(source: BlobSource, offset: int) -> AsyncIterator[bytes]:
-    """The source's bytes from ``offset`` on."""
+@contextlib.asynccontextmanager
+async def _open_source(
+    source: BlobSource, offset: int, size: int
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The source's bytes from ``offset`` on, in pieces of at most ``size`` bytes.
+
+    Every async generator involved is closed on the way out (also the source's own, once we
+    started reading it), so an abandoned ingest leaves no generator for the GC to finalise.
+    """
     if callable(source) and not hasattr(source, "__aiter__"):
-        async for chunk in source(offset):
+        iterable = source(offset)
+        skip = 0
+    else:
+        iterable = source
+        skip = offset
+    iterator = aiter(iterable)
+
+    async def skipped() -> AsyncGenerator[bytes, None]:
+        remaining = skip
+        async for chunk in iterator:
+            if remaining:
+                if len(chunk) <= remaining:
+                    remaining -= len(chunk)
+                    continue
+                chunk = chunk[remaining:]
+                remaining = 0
             yield chunk
-        return
-    assert not callable(source) or hasattr(source, "__aiter__")
-    skip = offset
-    async for chunk in source:
-        if skip:
-            if len(chunk) <= skip:
-                skip -= len(chunk)
-                continue
-            chunk = chunk[skip:]
-            skip = 0
-        yield chunk
+
+    async with (
+        contextlib.aclosing(skipped()) as pieces,
+        contextlib.aclosing(_rechunk(pieces, size)) as chunks,
+    ):
+        try:
+            yield chunks
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
-async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
     """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
     buffer = bytearray()
     async for chunk in chunks:
@@ -454,10 +484,11 @@ class ContentStore:
     ) -> IngestResult:
         # Read it all, then one COMMIT message (which truncates any earlier partial ingest).
         data = bytearray()
-        async for chunk in _open_source(source, 0):
-            data += chunk
-            if len(data) > desc.size:
-                raise _too_long(desc)
+        async with _open_source(source, 0, CHUNK_SIZE) as chunks:
+            async for chunk in chunks:
+                data += chunk
+                if len(data) > desc.size:
+                    raise _too_long(desc)
         _check_complete(desc, len(data))
         async with self.services.content_write(lease=lease) as writer:
             response = await _commit(
@@ -497,21 +528,22 @@ class ContentStore:
             pending = b""
             if offset < desc.size:
                 # One piece held back, so the last one travels with the COMMIT.
-                async for piece in _rechunk(_open_source(source, offset), CHUNK_SIZE):
-                    if pending:
-                        response = await writer.exchange(
-                            request(action=content_pb2.WRITE, offset=offset, data=pending)
-                        )
-                        offset += len(pending)
-                        if int(response.offset) != offset:
-                            raise _Mismatch(
-                                f"blob {desc.digest}: containerd holds {response.offset} bytes,"
-                                f" expected {offset}",
-                                local=True,
+                async with _open_source(source, offset, CHUNK_SIZE) as pieces:
+                    async for piece in pieces:
+                        if pending:
+                            response = await writer.exchange(
+                                request(action=content_pb2.WRITE, offset=offset, data=pending)
                             )
-                    pending = piece
-                    if offset + len(pending) > desc.size:
-                        raise _too_long(desc)
+                            offset += len(pending)
+                            if int(response.offset) != offset:
+                                raise _Mismatch(
+                                    f"blob {desc.digest}: containerd holds {response.offset}"
+                                    f" bytes, expected {offset}",
+                                    local=True,
+                                )
+                        pending = piece
+                        if offset + len(pending) > desc.size:
+                            raise _too_long(desc)
             # A short but clean end keeps the bytes, for a resume from where they stop.
             _check_complete(desc, offset + len(pending))
             response = await _commit(

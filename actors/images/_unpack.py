@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 import trio
 
-from ..errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
 from .._mounts import Mount, mounts_from_proto
+from ..errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
 from ._store import Descriptor, DescriptorLike, config_gc_labels, validate_digest
 
 if TYPE_CHECKING:

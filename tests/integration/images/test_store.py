@@ -1,0 +1,359 @@
+"""The containerd side of images, against the real containerd: content, images, leases, unpack.
+
+Each test works in a namespace of its own and checks with ``ctr`` (an independent client)
+that what it wrote is there, and that nothing is left once it is deleted and collected.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from actors import Client, build_spec, open_client
+from actors._embedded import PrivateContainerd
+from actors.errors import DataLoss, InvalidArgument
+from actors.images._store import (
+    CHUNK_SIZE,
+    ContentStore,
+    Descriptor,
+    manifest_gc_labels,
+)
+from actors.images._unpack import NATIVE, OVERLAYFS, chain_ids
+from actors.spec import Root
+
+from ...conftest import unique_id
+from .store_image import Image, build_image, descriptor, digest_of
+
+LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def ctr(daemon: PrivateContainerd, namespace: str, *args: str) -> list[str]:
+    out = subprocess.run(
+        ["ctr", "-a", daemon.address, "-n", namespace, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+def rpc_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        await trio.lowlevel.checkpoint()
+        yield data[start : start + size]
+
+
+@pytest.fixture
+async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
+    """A client on a namespace of the test's own; after the test nothing may be left in it."""
+    namespace = unique_id("ca-store")
+    async with open_client(containerd.address, namespace, state_dir=str(io_dir)) as client:
+        yield client
+        store = ContentStore(client._remote)
+        await store.collect_garbage()
+    for kind in (("leases", "ls", "-q"), ("content", "ls", "-q"), ("images", "ls", "-q")):
+        assert ctr(containerd, namespace, *kind) == [], kind
+    for snapshotter in (OVERLAYFS, NATIVE):
+        listed = ctr(containerd, namespace, "snapshots", "--snapshotter", snapshotter, "ls")
+        assert listed[:3] == ["KEY", "PARENT", "KIND"] and len(listed) == 3
+
+
+@pytest.fixture(scope="module")
+def image(rootfs: Path) -> Image:
+    return build_image(rootfs, {"hello.txt": b"hello from layer 2\n"})
+
+
+async def test_image_round_trip_runs_a_container(
+    ns_client: Client, containerd: PrivateContainerd, image: Image, tmp_path: Path
+) -> None:
+    client = ns_client
+    ns = client.namespace
+    store = ContentStore(client._remote)
+    name = "docker.io/library/store-test:1"
+    manifest_desc, _ = image.manifest
+    config_desc, _ = image.config
+    layer_descs = [d for d, _ in image.layers]
+    assert layer_descs[0].size > CHUNK_SIZE  # the chunked path (STAT, WRITE, COMMIT)
+
+    with trio.fail_after(60):
+        snapshotter = await store.snapshotter()
+        before = client.statistics().rpc.calls
+        async with store.open_lease() as lease:
+            assert ctr(containerd, ns, "leases", "ls", "-q") == [lease]
+            for desc, data in image.blobs():
+                labels = (
+                    manifest_gc_labels(config_desc, layer_descs) if desc is manifest_desc else None
+                )
+                result = await store.ingest(desc, chunks_of(data), labels=labels, lease=lease)
+                assert not result.present
+                assert result.written == desc.size
+            record = await store.create_image(name, manifest_desc, {"origin": "test"})
+            unpacked = await store.unpack(
+                layer_descs, image.diff_ids, config_digest=config_desc.digest, lease=lease
+            )
+        after = client.statistics().rpc.calls
+    assert rpc_delta(before, after) == {
+        "Leases.Create": 1,
+        "Content.Info": 4,  # one per blob: absent
+        "Content.Write": 4,  # one stream per blob
+        "Images.Create": 1,
+        "Snapshots.List": 1,  # which chain IDs exist already
+        "Snapshots.Prepare": 2,
+        "Diff.Apply": 2,
+        "Snapshots.Commit": 2,
+        "Content.Update": 1,  # the config's gc.ref.snapshot label
+        "Leases.Delete": 1,
+    }
+    chain = chain_ids(image.diff_ids)
+    assert unpacked.chain_id == chain[-1]
+    assert (unpacked.applied, unpacked.skipped) == (2, 0)
+    assert record.name == name and record.target.digest == manifest_desc.digest
+    assert record.labels == {"origin": "test"}
+
+    # What ctr sees.
+    assert ctr(containerd, ns, "images", "ls", "-q") == [name]
+    assert sorted(ctr(containerd, ns, "content", "ls", "-q")) == sorted(
+        d.digest for d, _ in image.blobs()
+    )
+    snapshots = ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
+    assert set(chain) <= set(snapshots)
+    assert ctr(containerd, ns, "leases", "ls", "-q") == []
+    config_info = await store.has(config_desc.digest)
+    assert config_info is not None
+    assert config_info.labels[f"containerd.io/gc.ref.snapshot.{snapshotter}"] == chain[-1]
+
+    # A second unpack finds everything in place: one RPC.
+    before = client.statistics().rpc.calls
+    again = await store.unpack(layer_descs, image.diff_ids)
+    assert (again.applied, again.skipped) == (0, 2)
+    assert rpc_delta(before, client.statistics().rpc.calls) == {"Snapshots.List": 1}
+
+    # A container on a snapshot of the image, run through the library.
+    cid = unique_id("img")
+    spec = build_spec(tmp_path, ["/bin/sh", "-c", "cat /hello.txt; ls /bin/busybox"])
+    spec = msgspec.structs.replace(spec, root=Root(path="rootfs"))
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            mounts = await store.prepare_container_snapshot(cid, unpacked.chain_id, lease=lease)
+            container = await client.new_container(
+                cid,
+                spec,
+                rootfs=mounts,
+                snapshotter=snapshotter,
+                snapshot_key=cid,
+                image=name,
+            )
+        assert ctr(containerd, ns, "leases", "ls", "-q") == []
+        task = await container.start()
+        assert task.io is not None and task.io.stdout is not None
+        output = await task.io.stdout.read_all()
+        status = await task.wait()
+        await task.delete()
+        await container.delete()
+        before = client.statistics().rpc.calls
+        await store.remove_snapshot(cid)
+        assert rpc_delta(before, client.statistics().rpc.calls) == {"Snapshots.Remove": 1}
+    assert status.code == 0
+    assert output == b"hello from layer 2\n/bin/busybox\n"
+
+    # rmi: the record goes, and containerd's GC (run by the sync delete) takes the rest.
+    before = client.statistics().rpc.calls
+    await store.delete_image(name)
+    assert rpc_delta(before, client.statistics().rpc.calls) == {"Images.Delete": 1}
+    assert ctr(containerd, ns, "images", "ls", "-q") == []
+    assert ctr(containerd, ns, "content", "ls", "-q") == []
+    snapshots = ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
+    assert not set(chain) & set(snapshots)
+
+
+async def test_present_blob_is_not_written_again(
+    ns_client: Client, containerd: PrivateContainerd, image: Image
+) -> None:
+    store = ContentStore(ns_client._remote)
+    desc, data = image.config
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            first = await store.ingest(desc, chunks_of(data), labels={"a": "1"}, lease=lease)
+            before = ns_client.statistics().rpc.calls
+
+            async def never() -> AsyncIterator[bytes]:
+                raise AssertionError("a present blob's source must not be read")
+                yield b""  # pragma: no cover
+
+            second = await store.ingest(desc, never(), labels={"a": "1"}, lease=lease)
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Content.Info": 1,
+                "Leases.AddResource": 1,  # held by our lease until something refers to it
+            }
+            # A missing label is added, nothing else.
+            before = ns_client.statistics().rpc.calls
+            third = await store.ingest(desc, never(), labels={"a": "1", "b": "2"}, lease=lease)
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Content.Info": 1,
+                "Leases.AddResource": 1,
+                "Content.Update": 1,
+            }
+    assert not first.present and second.present and third.present
+    assert "Content.Write" not in rpc_delta(before, ns_client.statistics().rpc.calls)
+    info = await store.has(desc.digest)
+    assert info is not None and info.labels == {"a": "1", "b": "2"}
+
+
+async def test_interrupted_ingest_resumes_from_its_offset(
+    ns_client: Client, containerd: PrivateContainerd
+) -> None:
+    store = ContentStore(ns_client._remote)
+    data = os.urandom(3 * CHUNK_SIZE + 123)
+    desc = descriptor(LAYER, data)
+    ref = f"actors-{desc.digest}"
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            with trio.CancelScope() as scope:
+
+                async def half() -> AsyncIterator[bytes]:
+                    yield data[: 3 * CHUNK_SIZE]
+                    # Asked for more: two 1 MiB WRITEs are acknowledged by now (the third
+                    # piece is held back to travel with the COMMIT).
+                    yield data[3 * CHUNK_SIZE : 3 * CHUNK_SIZE + 10]
+                    scope.cancel()
+                    await trio.sleep_forever()
+
+                await store.ingest(desc, half(), lease=lease)
+            assert scope.cancelled_caught
+            assert await store.ingest_status(ref) == 2 * CHUNK_SIZE
+            assert ctr(containerd, ns_client.namespace, "content", "ls", "-q") == []
+
+            offsets: list[int] = []
+
+            def from_offset(offset: int) -> AsyncIterator[bytes]:
+                offsets.append(offset)
+                return chunks_of(data[offset:])
+
+            before = ns_client.statistics().rpc.calls
+            result = await store.ingest(desc, from_offset, lease=lease)
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Content.Info": 1,
+                "Content.Write": 1,
+            }
+    assert offsets == [2 * CHUNK_SIZE]
+    assert result.resumed_from == 2 * CHUNK_SIZE
+    assert result.written == len(data) - 2 * CHUNK_SIZE
+    assert ctr(containerd, ns_client.namespace, "content", "ls", "-q") == [desc.digest]
+    assert await store.ingest_status(ref) is None
+    # Resuming from an iterable that starts at 0: the held prefix is skipped.
+    other = os.urandom(2 * CHUNK_SIZE + 7)
+    other_desc = descriptor(LAYER, other)
+    async with store.open_lease() as lease:
+        with trio.CancelScope() as scope:
+
+            async def cut() -> AsyncIterator[bytes]:
+                yield other[: 2 * CHUNK_SIZE + 5]
+                yield other[2 * CHUNK_SIZE + 5 : 2 * CHUNK_SIZE + 6]
+                scope.cancel()
+                await trio.sleep_forever()
+
+            await store.ingest(other_desc, cut(), lease=lease)
+        assert await store.ingest_status(f"actors-{other_desc.digest}") == CHUNK_SIZE
+        resumed = await store.ingest(other_desc, chunks_of(other, 1000), lease=lease)
+        assert resumed.resumed_from == CHUNK_SIZE
+        info = await store.has(other_desc.digest)
+        assert info is not None and info.size == len(other)
+
+
+@pytest.mark.parametrize("size", [100, 2 * CHUNK_SIZE + 1])
+async def test_wrong_digest_commits_nothing(
+    ns_client: Client, containerd: PrivateContainerd, size: int
+) -> None:
+    store = ContentStore(ns_client._remote)
+    data = os.urandom(size)
+    lie = Descriptor(media_type=LAYER, digest=digest_of(b"something else"), size=size)
+    ns = ns_client.namespace
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            before = ns_client.statistics().rpc.calls
+            with pytest.raises(DataLoss, match="does not match its digest"):
+                await store.ingest(lie, chunks_of(data), lease=lease)
+            delta = rpc_delta(before, ns_client.statistics().rpc.calls)
+            assert delta == {"Content.Info": 1, "Content.Write": 1, "Content.Abort": 1}
+            assert ctr(containerd, ns, "content", "active") == ["REF", "SIZE", "AGE"]
+        assert ctr(containerd, ns, "leases", "ls", "-q") == []
+    assert ctr(containerd, ns, "content", "ls", "-q") == []
+
+
+@pytest.mark.parametrize("size", [100, 2 * CHUNK_SIZE + 1])
+async def test_too_many_bytes_are_refused(
+    ns_client: Client, containerd: PrivateContainerd, size: int
+) -> None:
+    store = ContentStore(ns_client._remote)
+    data = os.urandom(size)
+    desc = descriptor(LAYER, data)
+    endless = data + b"x" * (3 * CHUNK_SIZE)
+    ns = ns_client.namespace
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            with pytest.raises(DataLoss, match="more than the descriptor"):
+                await store.ingest(desc, chunks_of(endless), lease=lease)
+            assert ctr(containerd, ns, "content", "active") == ["REF", "SIZE", "AGE"]
+            # A short source is refused too (and, being maybe a cut download, kept to resume).
+            with pytest.raises(DataLoss, match="ended after"):
+                await store.ingest(desc, chunks_of(data[:-1]), lease=lease)
+        assert ctr(containerd, ns, "leases", "ls", "-q") == []
+        # What the lease held goes with it at the next collection.
+        await store.collect_garbage()
+    assert ctr(containerd, ns, "content", "active") == ["REF", "SIZE", "AGE"]
+    assert ctr(containerd, ns, "content", "ls", "-q") == []
+
+
+async def test_bad_input_sends_nothing(ns_client: Client, image: Image) -> None:
+    store = ContentStore(ns_client._remote)
+    before = ns_client.statistics().rpc.calls
+    bad = Descriptor(media_type=LAYER, digest="sha256:nothex", size=1)
+    with pytest.raises(InvalidArgument, match="invalid digest"):
+        await store.ingest(bad, chunks_of(b"x"))
+    with pytest.raises(InvalidArgument, match="invalid size"):
+        await store.ingest(
+            Descriptor(media_type=LAYER, digest=digest_of(b""), size=-1), chunks_of(b"")
+        )
+    layers = [d for d, _ in image.layers]
+    with pytest.raises(InvalidArgument, match="3 layers but the config 2 diff IDs"):
+        await store.unpack([*layers, layers[0]], image.diff_ids, snapshotter=NATIVE)
+    with pytest.raises(InvalidArgument, match="invalid digest"):
+        await store.unpack(layers, ["sha256:x", "sha256:y"], snapshotter=NATIVE)
+    with pytest.raises(InvalidArgument, match="longer than 4096"):
+        await store.ingest(image.config[0], chunks_of(b""), labels={"k": "v" * 5000})
+    assert rpc_delta(before, ns_client.statistics().rpc.calls) == {}
+
+
+async def test_wrong_diff_id_leaves_no_snapshot(
+    ns_client: Client, containerd: PrivateContainerd, image: Image
+) -> None:
+    store = ContentStore(ns_client._remote)
+    layer, data = image.layers[1]
+    wrong = [digest_of(b"not this layer")]
+    ns = ns_client.namespace
+    with trio.fail_after(30):
+        snapshotter = await store.snapshotter()
+        async with store.open_lease() as lease:
+            await store.ingest(layer, chunks_of(data), lease=lease)
+            before = ns_client.statistics().rpc.calls
+            with pytest.raises(DataLoss, match="the image config says"):
+                await store.unpack([layer], wrong, lease=lease)
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Snapshots.List": 1,
+                "Snapshots.Prepare": 1,
+                "Diff.Apply": 1,
+                "Snapshots.Remove": 1,
+            }
+            listed = ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
+            assert len(listed) == 3  # the header only
+        assert ctr(containerd, ns, "leases", "ls", "-q") == []
