@@ -73,12 +73,38 @@ def image(rootfs: Path) -> Image:
     return build_image(rootfs, {"hello.txt": b"hello from layer 2\n"})
 
 
+def test_chain_ids() -> None:
+    a, b = digest_of(b"a"), digest_of(b"b")
+    assert chain_ids([a]) == [a]
+    assert chain_ids([a, b]) == [a, digest_of(f"{a} {b}".encode())]
+
+
+async def test_snapshotter_is_probed_once(ns_client: Client) -> None:
+    store = ContentStore(ns_client._remote)
+    before = ns_client.statistics().rpc.calls
+    first = await store.snapshotter()
+    assert await store.snapshotter() == first
+    assert rpc_delta(before, ns_client.statistics().rpc.calls) == {"Snapshots.Stat": 1}
+    filesystems = Path("/proc/filesystems").read_text().split()
+    overlay = "overlay" in filesystems
+    # Without overlay in the kernel containerd cannot load overlayfs: native it is.
+    assert first in (OVERLAYFS, NATIVE)
+    if not overlay:
+        assert first == NATIVE
+    assert await ContentStore(ns_client._remote, snapshotter=NATIVE).snapshotter() == NATIVE
+
+
+@pytest.mark.parametrize("choice", [None, NATIVE])
 async def test_image_round_trip_runs_a_container(
-    ns_client: Client, containerd: PrivateContainerd, image: Image, tmp_path: Path
+    ns_client: Client,
+    containerd: PrivateContainerd,
+    image: Image,
+    tmp_path: Path,
+    choice: str | None,
 ) -> None:
     client = ns_client
     ns = client.namespace
-    store = ContentStore(client._remote)
+    store = ContentStore(client._remote, snapshotter=choice)
     name = "docker.io/library/store-test:1"
     manifest_desc, _ = image.manifest
     config_desc, _ = image.config
