@@ -761,12 +761,25 @@ class ContainerActor:
             )
         await self._remote.containers_delete(self.container_id)
         self._deleted = True
+        if self.record.snapshot_key:
+            await self._remove_snapshot()
         try:
             os.rmdir(self._io_dir)  # the FIFOs went with their processes; usually empty
         except FileNotFoundError:
             pass
         except OSError:
             shutil.rmtree(self._io_dir, ignore_errors=True)
+
+    async def _remove_snapshot(self) -> None:
+        # The record was what kept the snapshot from containerd's GC; remove it now rather
+        # than at the next collection. A failure here is logged: the GC takes it anyway.
+        from .images._content import remove_snapshot
+
+        record = self.record
+        try:
+            await remove_snapshot(self._remote, record.snapshotter, record.snapshot_key)
+        except ContainerdError as exc:
+            log.warning("container %s: snapshot not removed: %s", self.container_id, exc)
 
     # -- events ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from ..errors import NotFound
 from ._pb import (
     content_grpc,
     content_pb2,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .._remote import Remote
     from .._streams import Duplex, ResponseStream
 
-__all__ = ["LEASE_HEADER", "ContainerdImageServices"]
+__all__ = ["LEASE_HEADER", "ContainerdImageServices", "remove_snapshot"]
 
 LEASE_HEADER: Final = "containerd-lease"
 
@@ -301,3 +302,11 @@ class ContainerdImageServices:
             headers=_lease_headers(lease),
         )
         return response.applied
+
+
+async def remove_snapshot(remote: Remote, snapshotter: str, key: str) -> None:
+    """Snapshots.Remove of a container's snapshot; one RPC, a missing one is fine."""
+    stub = snapshots_grpc.SnapshotsStub(remote.channel)
+    request = snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key)
+    with contextlib.suppress(NotFound):
+        await remote.call("Snapshots.Remove", stub.Remove, request)

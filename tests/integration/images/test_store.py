@@ -169,6 +169,7 @@ async def test_image_round_trip_runs_a_container(
     spec = build_spec(tmp_path, ["/bin/sh", "-c", "cat /hello.txt; ls /bin/busybox"])
     spec = msgspec.structs.replace(spec, root=Root(path="rootfs"))
     with trio.fail_after(30):
+        lifecycle_before = client.statistics().rpc.calls
         async with store.open_lease() as lease:
             mounts = await store.prepare_container_snapshot(cid, unpacked.chain_id, lease=lease)
             container = await client.new_container(
@@ -185,10 +186,29 @@ async def test_image_round_trip_runs_a_container(
         output = await task.io.stdout.read_all()
         status = await task.wait()
         await task.delete()
-        await container.delete()
+        assert cid in ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
         before = client.statistics().rpc.calls
+        await container.delete()
+        assert rpc_delta(before, client.statistics().rpc.calls) == {
+            "Containers.Delete": 1,
+            "Snapshots.Remove": 1,
+        }
+        assert cid not in ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
+        # The image-based lifecycle: the 5 RPCs of a plain one, plus Prepare and Remove
+        # (and here a lease around the Prepare, which a caller may amortise).
+        assert rpc_delta(lifecycle_before, client.statistics().rpc.calls) == {
+            "Leases.Create": 1,
+            "Snapshots.Prepare": 1,
+            "Containers.Create": 1,
+            "Leases.Delete": 1,
+            "Tasks.Create": 1,
+            "Tasks.Start": 1,
+            "Tasks.Delete": 1,
+            "Containers.Delete": 1,
+            "Snapshots.Remove": 1,
+        }
+        # Removing it again is harmless.
         await store.remove_snapshot(cid)
-        assert rpc_delta(before, client.statistics().rpc.calls) == {"Snapshots.Remove": 1}
     assert status.code == 0
     assert output == b"hello from layer 2\n/bin/busybox\n"
 
