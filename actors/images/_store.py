@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import re
 import secrets
 import time
@@ -50,18 +51,27 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import msgspec
 import trio
 
 from .._mounts import Mount
-from ..errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from ..errors import (
+    AlreadyExists,
+    ContainerdActorsError,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from ._content import ContainerdImageServices
 from ._pb import content_pb2, descriptor_pb2, images_pb2
 
@@ -94,6 +104,8 @@ GC_EXPIRE_LABEL: Final = "containerd.io/gc.expire"
 GC_REF_CONTENT: Final = "containerd.io/gc.ref.content"
 GC_REF_SNAPSHOT: Final = "containerd.io/gc.ref.snapshot"
 DEFAULT_LEASE_SECONDS: Final = 3600.0
+LOCK_RETRIES: Final = 10
+LOCK_BACKOFF: Final = 0.05
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -351,6 +363,36 @@ def _too_long(desc: Descriptor) -> _Mismatch:
     )
 
 
+async def _read_small(desc: Descriptor, source: BlobSource) -> bytes:
+    data = bytearray()
+    async with _open_source(source, 0, CHUNK_SIZE) as chunks:
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > desc.size:
+                raise _too_long(desc)
+    _check_complete(desc, len(data))
+    return bytes(data)
+
+
+_T = TypeVar("_T")
+
+
+async def _retry_locked(fn: Callable[..., Awaitable[_T]], *args: object) -> _T:
+    """Run ``fn`` again while containerd says another writer holds the ingest's ref.
+
+    Two ingests of one blob (two pulls sharing a layer) meet on the ref; the second waits for
+    the first, then usually finds the blob committed (AlreadyExists: present).
+    """
+    for attempt in itertools.count():
+        try:
+            return await fn(*args)
+        except Unavailable as exc:
+            if "locked" not in exc.message or attempt >= LOCK_RETRIES:
+                raise
+        await trio.sleep(min(LOCK_BACKOFF * 2**attempt, 2.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class ContentStore:
     """containerd's content, image, lease, snapshot and diff services for one namespace.
 
@@ -467,8 +509,10 @@ class ContentStore:
     ) -> IngestResult:
         try:
             if desc.size <= CHUNK_SIZE:
-                return await self._write_small(desc, source, labels, lease, ref)
-            return await self._write_chunks(desc, source, labels, lease, ref)
+                data = await _read_small(desc, source)
+                return await _retry_locked(self._write_small, desc, data, labels, lease, ref)
+            # The source is opened only once the ref is ours, so a retry reads it afresh.
+            return await _retry_locked(self._write_chunks, desc, source, labels, lease, ref)
         except _Mismatch:
             # After the stream is gone (it holds the ref's lock): drop the bytes.
             await self._abort_shielded(ref)
@@ -477,19 +521,12 @@ class ContentStore:
     async def _write_small(
         self,
         desc: Descriptor,
-        source: BlobSource,
+        data: bytes,
         labels: dict[str, str],
         lease: str | None,
         ref: str,
     ) -> IngestResult:
-        # Read it all, then one COMMIT message (which truncates any earlier partial ingest).
-        data = bytearray()
-        async with _open_source(source, 0, CHUNK_SIZE) as chunks:
-            async for chunk in chunks:
-                data += chunk
-                if len(data) > desc.size:
-                    raise _too_long(desc)
-        _check_complete(desc, len(data))
+        # One COMMIT message (which truncates any earlier partial ingest of the ref).
         async with self.services.content_write(lease=lease) as writer:
             response = await _commit(
                 writer,
@@ -500,7 +537,7 @@ class ContentStore:
                     total=desc.size,
                     expected=desc.digest,
                     offset=0,
-                    data=bytes(data),
+                    data=data,
                     labels=labels,
                 ),
             )
@@ -598,9 +635,14 @@ class ContentStore:
         lease = await self.services.leases_create(new_id, label_map)
         try:
             yield lease.id
-        finally:
-            with trio.CancelScope(shield=True), contextlib.suppress(NotFound):
+        except BaseException:
+            # The block's failure is what the caller must see; a failed delete only means
+            # the lease lasts until its expiry label lets GC take it.
+            with trio.CancelScope(shield=True), contextlib.suppress(ContainerdActorsError):
                 await self.services.leases_delete(lease.id)
+            raise
+        with trio.CancelScope(shield=True), contextlib.suppress(NotFound):
+            await self.services.leases_delete(lease.id)
 
     async def leases(self) -> list[Lease]:
         """Every lease in this namespace. One RPC."""

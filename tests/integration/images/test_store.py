@@ -63,6 +63,7 @@ async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterato
         await store.collect_garbage()
     for kind in (("leases", "ls", "-q"), ("content", "ls", "-q"), ("images", "ls", "-q")):
         assert ctr(containerd, namespace, *kind) == [], kind
+    assert ctr(containerd, namespace, "content", "active") == ["REF", "SIZE", "AGE"]
     for snapshotter in (OVERLAYFS, NATIVE):
         listed = ctr(containerd, namespace, "snapshots", "--snapshotter", snapshotter, "ls")
         assert listed[:3] == ["KEY", "PARENT", "KIND"] and len(listed) == 3
@@ -403,3 +404,51 @@ async def test_wrong_diff_id_leaves_no_snapshot(
             listed = ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
             assert len(listed) == 3  # the header only
         assert ctr(containerd, ns, "leases", "ls", "-q") == []
+
+
+async def test_two_ingests_of_one_blob_meet_on_its_ref(
+    ns_client: Client, containerd: PrivateContainerd
+) -> None:
+    store = ContentStore(ns_client._remote)
+    data = os.urandom(2 * CHUNK_SIZE + 1)
+    desc = descriptor(LAYER, data)
+    release = trio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield data[: CHUNK_SIZE + 1]
+        await release.wait()
+        yield data[CHUNK_SIZE + 1 :]
+
+    results = {}
+    with trio.fail_after(60):
+        async with store.open_lease() as lease:
+
+            async def ingest(name: str, source: AsyncIterator[bytes]) -> None:
+                results[name] = await store.ingest(desc, source, lease=lease)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ingest, "first", slow())
+                while await store.ingest_status(f"actors-{desc.digest}") is None:
+                    await trio.sleep(0.01)
+                nursery.start_soon(ingest, "second", chunks_of(data))
+                # The second is refused while the first holds the ref ...
+                while ns_client.statistics().rpc.failures.get("Content.Write", 0) == 0:
+                    await trio.sleep(0.01)
+                release.set()
+    # ... and then finds the blob the first committed.
+    assert not results["first"].present
+    assert results["second"].present
+    assert ctr(containerd, ns_client.namespace, "content", "ls", "-q") == [desc.digest]
+
+
+async def test_read_returns_the_blob_within_its_limit(ns_client: Client, image: Image) -> None:
+    store = ContentStore(ns_client._remote)
+    desc, data = image.manifest
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            await store.ingest(desc, chunks_of(data), lease=lease, check_present=False)
+            before = ns_client.statistics().rpc.calls
+            assert await store.read(desc.digest, limit=len(data)) == data
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {"Content.Read": 1}
+            with pytest.raises(InvalidArgument, match="larger than"):
+                await store.read(desc.digest, limit=len(data) - 1)
