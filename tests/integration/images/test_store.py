@@ -6,6 +6,7 @@ that what it wrote is there, and that nothing is left once it is deleted and col
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from actors.images._store import (
     CHUNK_SIZE,
     ContentStore,
     Descriptor,
+    config_gc_labels,
+    index_gc_labels,
     manifest_gc_labels,
 )
 from actors.images._unpack import NATIVE, OVERLAYFS, chain_ids
@@ -31,6 +34,7 @@ from ...conftest import unique_id
 from .store_image import Image, build_image, descriptor, digest_of
 
 LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def ctr(daemon: PrivateContainerd, namespace: str, *args: str) -> list[str]:
@@ -452,3 +456,60 @@ async def test_read_returns_the_blob_within_its_limit(ns_client: Client, image: 
             assert rpc_delta(before, ns_client.statistics().rpc.calls) == {"Content.Read": 1}
             with pytest.raises(InvalidArgument, match="larger than"):
                 await store.read(desc.digest, limit=len(data) - 1)
+
+
+async def test_gc_keeps_what_an_index_references_until_the_image_goes(
+    ns_client: Client, containerd: PrivateContainerd, image: Image
+) -> None:
+    store = ContentStore(ns_client._remote)
+    manifest_desc, _ = image.manifest
+    config_desc, _ = image.config
+    layer_descs = [d for d, _ in image.layers]
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": manifest_desc.media_type,
+                    "digest": manifest_desc.digest,
+                    "size": manifest_desc.size,
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+    ).encode()
+    index_desc = descriptor(OCI_INDEX, index)
+    labels = {
+        index_desc.digest: index_gc_labels([manifest_desc]),
+        manifest_desc.digest: manifest_gc_labels(config_desc, layer_descs),
+        config_desc.digest: config_gc_labels(await store.snapshotter(), "sha256:" + "1" * 64),
+    }
+    ns = ns_client.namespace
+    name = "registry.example:5000/ns/indexed:latest"
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            for desc, data in [*image.blobs(), (index_desc, index)]:
+                await store.ingest(
+                    desc, chunks_of(data), labels=labels.get(desc.digest), lease=lease
+                )
+            await store.create_image(name, index_desc)
+        # No lease any more: only the labels, from the image down, keep the blobs.
+        await store.collect_garbage()
+        assert sorted(ctr(containerd, ns, "content", "ls", "-q")) == sorted(
+            [index_desc.digest, *(d.digest for d, _ in image.blobs())]
+        )
+        # Updating an existing name re-points it (Images.Update), same record.
+        before = ns_client.statistics().rpc.calls
+        record = await store.create_image(name, manifest_desc, {"k": "v"})
+        assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+            "Images.Create": 1,
+            "Images.Update": 1,
+        }
+        assert record.target.digest == manifest_desc.digest
+        assert (await store.get_image(name)).labels == {"k": "v"}
+        assert [i.name for i in await store.list_images()] == [name]
+        await store.collect_garbage()
+        assert index_desc.digest not in ctr(containerd, ns, "content", "ls", "-q")
+        await store.delete_image(name)
+    assert ctr(containerd, ns, "content", "ls", "-q") == []
