@@ -477,6 +477,8 @@ class ContainerActor:
                 f"container {self.container_id} already has a task; delete it first", local=True
             )
         terminal = self.record.terminal
+        if self.record.snapshot_key and not self.record.rootfs:
+            await self._load_rootfs()
         io = await self._open_io(
             self.container_id,
             stdin=command.with_stdin,
@@ -769,6 +771,15 @@ class ContainerActor:
             pass
         except OSError:
             shutil.rmtree(self._io_dir, ignore_errors=True)
+
+    async def _load_rootfs(self) -> None:
+        # A container adopted from containerd knows its snapshot but not its mounts (one
+        # RPC, once; the mounts of a snapshot do not change).
+        from .images._content import snapshot_mounts
+
+        record = self.record
+        mounts = await snapshot_mounts(self._remote, record.snapshotter, record.snapshot_key)
+        self.record = msgspec.structs.replace(record, rootfs=tuple(mounts))
 
     async def _remove_snapshot(self) -> None:
         # The record was what kept the snapshot from containerd's GC; remove it now rather

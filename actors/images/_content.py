@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from .._mounts import Mount, mounts_from_proto
 from ..errors import NotFound
 from ._pb import (
     content_grpc,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .._remote import Remote
     from .._streams import Duplex, ResponseStream
 
-__all__ = ["LEASE_HEADER", "ContainerdImageServices", "remove_snapshot"]
+__all__ = ["LEASE_HEADER", "ContainerdImageServices", "remove_snapshot", "snapshot_mounts"]
 
 LEASE_HEADER: Final = "containerd-lease"
 
@@ -310,3 +311,13 @@ async def remove_snapshot(remote: Remote, snapshotter: str, key: str) -> None:
     request = snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key)
     with contextlib.suppress(NotFound):
         await remote.call("Snapshots.Remove", stub.Remove, request)
+
+
+async def snapshot_mounts(remote: Remote, snapshotter: str, key: str) -> list[Mount]:
+    """Snapshots.Mounts of a container's snapshot (for a task of an adopted container)."""
+    stub = snapshots_grpc.SnapshotsStub(remote.channel)
+    request = snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key)
+    response: snapshots_pb2.MountsResponse = await remote.call(
+        "Snapshots.Mounts", stub.Mounts, request
+    )
+    return mounts_from_proto(response.mounts)

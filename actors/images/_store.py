@@ -733,6 +733,49 @@ class ContentStore:
             lease=lease,
         )
 
+    async def unpacked_layers(
+        self, diff_ids: Sequence[str], *, snapshotter: str | None = None
+    ) -> int:
+        """How many bottom layers of an image are unpacked already (one Snapshots.List).
+
+        With :meth:`apply_layer` this lets a pull apply each layer as soon as its blob is
+        in, while the next one downloads.
+        """
+        from ._unpack import chain_ids, unpacked_layers
+
+        ids = chain_ids(diff_ids)
+        return await unpacked_layers(self.services, snapshotter or await self.snapshotter(), ids)
+
+    async def apply_layer(
+        self,
+        layer: DescriptorLike,
+        diff_ids: Sequence[str],
+        index: int,
+        *,
+        snapshotter: str | None = None,
+        lease: str | None = None,
+    ) -> bool:
+        """Apply layer ``index`` (its parents unpacked) as the snapshot of its chain ID.
+
+        Three RPCs (Prepare, Diff.Apply, Commit); False if another unpack committed it
+        first. DataLoss when the layer's content is not ``diff_ids[index]``.
+        """
+        from ._unpack import apply_layer, chain_ids
+
+        if not 0 <= index < len(diff_ids):
+            raise InvalidArgument(f"no layer {index} in {len(diff_ids)} diff IDs", local=True)
+        validate_digest(layer.digest)
+        ids = chain_ids(diff_ids)
+        return await apply_layer(
+            self.services,
+            layer,
+            diff_ids[index],
+            ids[index],
+            ids[index - 1] if index else "",
+            snapshotter=snapshotter or await self.snapshotter(),
+            lease=lease,
+        )
+
     async def prepare_container_snapshot(
         self,
         key: str,

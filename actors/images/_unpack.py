@@ -50,6 +50,7 @@ __all__ = [
     "prepare_container_snapshot",
     "probe_snapshotter",
     "unpack",
+    "unpacked_layers",
 ]
 
 OVERLAYFS: Final = "overlayfs"
@@ -100,7 +101,9 @@ async def probe_snapshotter(services: ContainerdImageServices) -> str:
     return OVERLAYFS
 
 
-async def _unpacked(services: ContainerdImageServices, snapshotter: str, ids: Sequence[str]) -> int:
+async def unpacked_layers(
+    services: ContainerdImageServices, snapshotter: str, ids: Sequence[str]
+) -> int:
     """How many bottom layers are unpacked already (one Snapshots.List, filters ORed)."""
     found = {
         info.name
@@ -187,7 +190,7 @@ async def unpack(
     if config_digest is not None:
         validate_digest(config_digest)
     ids = chain_ids(diff_ids)
-    done = await _unpacked(services, snapshotter, ids)
+    done = await unpacked_layers(services, snapshotter, ids)
     applied = 0
     for index in range(done, len(ids)):
         parent = ids[index - 1] if index else ""

@@ -513,3 +513,86 @@ async def test_gc_keeps_what_an_index_references_until_the_image_goes(
         assert index_desc.digest not in ctr(containerd, ns, "content", "ls", "-q")
         await store.delete_image(name)
     assert ctr(containerd, ns, "content", "ls", "-q") == []
+
+
+async def test_an_adopted_image_container_gets_its_mounts_from_its_snapshot(
+    containerd: PrivateContainerd, io_dir: Path, image: Image, tmp_path: Path
+) -> None:
+    namespace = unique_id("ca-adopt")
+    name = "docker.io/library/adopt:1"
+    cid = unique_id("adopted")
+    spec = build_spec(tmp_path, ["/bin/cat", "/hello.txt"])
+    spec = msgspec.structs.replace(spec, root=Root(path="rootfs"))
+    layer_descs = [d for d, _ in image.layers]
+    with trio.fail_after(60):
+        async with open_client(containerd.address, namespace, state_dir=str(io_dir)) as first:
+            store = ContentStore(first._remote)
+            snapshotter = await store.snapshotter()
+            async with store.open_lease() as lease:
+                for desc, data in image.blobs():
+                    await store.ingest(desc, chunks_of(data), lease=lease)
+                await store.create_image(name, image.manifest[0])
+                unpacked = await store.unpack(
+                    layer_descs, image.diff_ids, config_digest=image.config[0].digest, lease=lease
+                )
+                mounts = await store.prepare_container_snapshot(cid, unpacked.chain_id, lease=lease)
+                await first.new_container(
+                    cid, spec, rootfs=mounts, snapshotter=snapshotter, snapshot_key=cid
+                )
+        # Our own restart: the new client adopts the container, snapshot and all.
+        async with open_client(containerd.address, namespace, state_dir=str(io_dir)) as second:
+            container = await second.load_container(cid)
+            before = second.statistics().rpc.calls
+            task = await container.start()
+            assert task.io is not None and task.io.stdout is not None
+            output = await task.io.stdout.read_all()
+            assert (await task.wait()).code == 0
+            await task.delete()
+            await container.delete()
+            assert rpc_delta(before, second.statistics().rpc.calls) == {
+                "Snapshots.Mounts": 1,
+                "Tasks.Create": 1,
+                "Tasks.Start": 1,
+                "Tasks.Delete": 1,
+                "Containers.Delete": 1,
+                "Snapshots.Remove": 1,
+            }
+            store = ContentStore(second._remote)
+            await store.delete_image(name)
+    assert output == b"hello from layer 2\n"
+    assert ctr(containerd, namespace, "content", "ls", "-q") == []
+    listed = ctr(containerd, namespace, "snapshots", "--snapshotter", snapshotter, "ls")
+    assert len(listed) == 3  # the header only
+
+
+async def test_layer_by_layer_for_a_pipelined_pull(
+    ns_client: Client, containerd: PrivateContainerd, image: Image
+) -> None:
+    store = ContentStore(ns_client._remote)
+    ns = ns_client.namespace
+    chain = chain_ids(image.diff_ids)
+    with trio.fail_after(60):
+        snapshotter = await store.snapshotter()
+        async with store.open_lease() as lease:
+            assert await store.unpacked_layers(image.diff_ids) == 0
+            for index, (desc, data) in enumerate(image.layers):
+                await store.ingest(desc, chunks_of(data), lease=lease)
+                assert await store.apply_layer(desc, image.diff_ids, index, lease=lease)
+            assert await store.unpacked_layers(image.diff_ids) == 2
+            # Committed meanwhile by someone else: the work is dropped, nothing is left over.
+            before = ns_client.statistics().rpc.calls
+            desc = image.layers[1][0]
+            assert not await store.apply_layer(desc, image.diff_ids, 1, lease=lease)
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Snapshots.Prepare": 1,
+                "Diff.Apply": 1,
+                "Snapshots.Commit": 1,
+                "Snapshots.Remove": 1,
+            }
+            listed = ctr(containerd, ns, "snapshots", "--snapshotter", snapshotter, "ls")
+            assert sorted(name for name in listed if name.startswith("sha256:")) == sorted(
+                chain + chain[:1]  # each chain ID once as a key, the bottom once as a parent
+            )
+            assert not any(name.startswith("extract-") for name in listed)
+            with pytest.raises(InvalidArgument, match="no layer 2"):
+                await store.apply_layer(desc, image.diff_ids, 2, lease=lease)
