@@ -5,12 +5,22 @@ own image store, so what it writes is what ``ctr``/``nerdctl`` see, and vice ver
 
     store = ContentStore(remote)                  # remote: actors._remote.Remote
     async with store.open_lease() as lease:       # Leases.Create ... Leases.Delete
-        for blob, source in blobs:                # manifest, config and layers
+        for blob, source in blobs:                # layers, config, then the manifest
             await store.ingest(blob, source, labels=..., lease=lease)
         await store.create_image("docker.io/library/app:1", manifest_descriptor)
         result = await store.unpack(manifest.layers, config.diff_ids,
                                     config_digest=config_descriptor.digest, lease=lease)
-    mounts = await store.prepare_container_snapshot("ctr-1", result.chain_id, lease=lease2)
+
+    # A container on the image: its snapshot is leased until its record names it.
+    async with store.open_lease() as lease:
+        mounts = await store.prepare_container_snapshot("c1", result.chain_id, lease=lease)
+        container = await client.new_container(
+            "c1", spec, rootfs=mounts, snapshotter=result.snapshotter, snapshot_key="c1")
+    ...
+    await container.delete()                      # Containers.Delete + Snapshots.Remove
+
+A pull that overlaps downloads with unpacking uses :meth:`ContentStore.unpacked_layers`
+once, then :meth:`ContentStore.apply_layer` per layer as each blob lands.
 
 RPCs (counted by the remote's statistics):
 
