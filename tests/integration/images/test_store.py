@@ -596,3 +596,56 @@ async def test_layer_by_layer_for_a_pipelined_pull(
             assert not any(name.startswith("extract-") for name in listed)
             with pytest.raises(InvalidArgument, match="no layer 2"):
                 await store.apply_layer(desc, image.diff_ids, 2, lease=lease)
+
+
+async def test_present_blob_found_by_the_write_itself(
+    ns_client: Client, containerd: PrivateContainerd, image: Image
+) -> None:
+    store = ContentStore(ns_client._remote)
+    desc, data = image.config
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            await store.ingest(desc, chunks_of(data), lease=lease)
+            before = ns_client.statistics().rpc.calls
+            again = await store.ingest(
+                desc, chunks_of(data), labels={"x": "y"}, lease=lease, check_present=False
+            )
+            # Write answers AlreadyExists (and leases the blob); our labels follow.
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Content.Write": 1,
+                "Content.Update": 1,
+            }
+    assert again.present
+    info = await store.has(desc.digest)
+    assert info is not None and info.labels == {"x": "y"}
+
+
+async def test_a_blob_of_another_namespace_is_linked_without_its_bytes(
+    ns_client: Client, containerd: PrivateContainerd, io_dir: Path
+) -> None:
+    data = os.urandom(2 * CHUNK_SIZE + 3)
+    desc = descriptor(LAYER, data)
+    store = ContentStore(ns_client._remote)
+    other_ns = unique_id("ca-other")
+    with trio.fail_after(30):
+        async with open_client(containerd.address, other_ns, state_dir=str(io_dir)) as other:
+            other_store = ContentStore(other._remote)
+            async with other_store.open_lease() as lease:
+                await other_store.ingest(desc, chunks_of(data), lease=lease)
+                # containerd shares content between namespaces: the ingest starts complete.
+                async with store.open_lease() as ours:
+
+                    def unread(offset: int) -> AsyncIterator[bytes]:
+                        raise AssertionError("no byte needs to travel")
+
+                    result = await store.ingest(desc, unread, lease=ours)
+                    assert (result.present, result.resumed_from, result.written) == (
+                        False,
+                        desc.size,
+                        0,
+                    )
+                    assert ctr(containerd, ns_client.namespace, "content", "ls", "-q") == [
+                        desc.digest
+                    ]
+            await other_store.collect_garbage()
+        assert ctr(containerd, other_ns, "content", "ls", "-q") == []
