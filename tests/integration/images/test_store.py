@@ -19,6 +19,7 @@ import trio
 from actors import Client, build_spec, open_client
 from actors._embedded import PrivateContainerd
 from actors.errors import DataLoss, InvalidArgument
+from actors.images._pb import snapshots_pb2
 from actors.images._store import (
     CHUNK_SIZE,
     ContentStore,
@@ -649,3 +650,46 @@ async def test_a_blob_of_another_namespace_is_linked_without_its_bytes(
                     ]
             await other_store.collect_garbage()
         assert ctr(containerd, other_ns, "content", "ls", "-q") == []
+
+
+async def test_typed_calls_one_rpc_each(
+    ns_client: Client, containerd: PrivateContainerd, image: Image
+) -> None:
+    store = ContentStore(ns_client._remote)
+    services = store.services
+    layer, data = image.layers[1]
+    with trio.fail_after(30):
+        snapshotter = await store.snapshotter()
+        async with store.open_lease() as lease:
+            await store.ingest(layer, chunks_of(data), lease=lease)
+            await store.apply_layer(layer, image.diff_ids[1:], 0, lease=lease)
+            chain = image.diff_ids[1]
+            before = ns_client.statistics().rpc.calls
+            assert [i.digest for i in await services.content_list()] == [layer.digest]
+            assert await services.content_list_statuses() == []
+            info = await services.snapshots_stat(snapshotter, chain)
+            assert info.kind == snapshots_pb2.COMMITTED and info.parent == ""
+            view = await services.snapshots_view(snapshotter, "a-view", chain, lease=lease)
+            assert view and await services.snapshots_mounts(snapshotter, "a-view")
+            assert {i.name for i in await services.snapshots_list(snapshotter)} == {
+                chain,
+                "a-view",
+            }
+            await services.snapshots_remove(snapshotter, "a-view")
+            leases = await store.leases()
+            assert [entry.id for entry in leases] == [lease]
+            assert "containerd.io/gc.expire" in leases[0].labels
+            await services.content_delete(layer.digest)
+            assert await store.has(layer.digest) is None
+            assert rpc_delta(before, ns_client.statistics().rpc.calls) == {
+                "Content.List": 1,
+                "Content.ListStatuses": 1,
+                "Snapshots.Stat": 1,
+                "Snapshots.View": 1,
+                "Snapshots.Mounts": 1,
+                "Snapshots.List": 1,
+                "Snapshots.Remove": 1,
+                "Leases.List": 1,
+                "Content.Delete": 1,
+                "Content.Info": 1,
+            }
