@@ -132,9 +132,15 @@ async def apply_layer(
     meanwhile (someone else committed it). Removes its extract snapshot on any failure."""
     blob = Descriptor.of(layer)
     key = f"extract-{time.time_ns()}-{secrets.token_hex(3)} {chain_id}"
-    mounts = await services.snapshots_prepare(snapshotter, key, parent, lease=lease)
-    committed = False
+    remove_key = True
     try:
+        try:
+            mounts = await services.snapshots_prepare(snapshotter, key, parent, lease=lease)
+        except trio.Cancelled:
+            raise  # containerd may have made it: remove it below
+        except BaseException:
+            remove_key = False  # refused: nothing was made
+            raise
         applied = await services.diff_apply(
             blob.to_proto(), mounts, lease=lease, deadline=APPLY_DEADLINE
         )
@@ -148,10 +154,10 @@ async def apply_layer(
             await services.snapshots_commit(snapshotter, chain_id, key, lease=lease)
         except AlreadyExists:
             return False  # committed meanwhile by another unpack; ours goes below
-        committed = True
+        remove_key = False
         return True
     finally:
-        if not committed:
+        if remove_key:
             with trio.CancelScope(shield=True), contextlib.suppress(NotFound):
                 await services.snapshots_remove(snapshotter, key)
 
