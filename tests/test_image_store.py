@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.errors import InvalidArgument
+from actors.images._ingest import open_source
 from actors.images._store import (
     Descriptor,
-    _open_source,
     config_gc_labels,
     index_gc_labels,
     manifest_gc_labels,
@@ -25,7 +25,7 @@ async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
 
 
 async def collect(source: object, offset: int, size: int) -> list[bytes]:
-    async with _open_source(source, offset, size) as chunks:  # type: ignore[arg-type]
+    async with open_source(source, offset, size) as chunks:  # type: ignore[arg-type]
         return [chunk async for chunk in chunks]
 
 
@@ -59,7 +59,7 @@ async def test_source_generator_is_closed_when_abandoned() -> None:
         finally:
             closed.append(True)
 
-    async with _open_source(endless(), 0, 4) as chunks:
+    async with open_source(endless(), 0, 4) as chunks:
         async for _ in chunks:
             break
     assert closed == [True]

@@ -53,41 +53,36 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import itertools
-import re
 import secrets
 import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-    Sequence,
-)
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
-import msgspec
 import trio
 
 from .._mounts import Mount
-from ..errors import (
-    AlreadyExists,
-    ContainerdActorsError,
-    DataLoss,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
+from ..errors import AlreadyExists, ContainerdActorsError, InvalidArgument, NotFound
 from ._content import ContainerdImageServices
-from ._pb import content_pb2, descriptor_pb2, images_pb2
+from ._ingest import CHUNK_SIZE, write_blob
+from ._pb import images_pb2
+from ._types import (
+    BlobSource,
+    ContentInfo,
+    Descriptor,
+    DescriptorLike,
+    ImageRecord,
+    IngestResult,
+    Lease,
+    config_gc_labels,
+    index_gc_labels,
+    manifest_gc_labels,
+    validate_descriptor,
+    validate_digest,
+    validate_labels,
+)
 
 if TYPE_CHECKING:
     from .._remote import Remote
-    from .._streams import Duplex
     from ._unpack import UnpackResult
 
 __all__ = [
@@ -107,131 +102,8 @@ __all__ = [
     "validate_digest",
 ]
 
-CHUNK_SIZE: Final = 1 << 20
-"""Bytes per Content.Write message (containerd's limit per message is 16 MiB)."""
-
 GC_EXPIRE_LABEL: Final = "containerd.io/gc.expire"
-GC_REF_CONTENT: Final = "containerd.io/gc.ref.content"
-GC_REF_SNAPSHOT: Final = "containerd.io/gc.ref.snapshot"
 DEFAULT_LEASE_SECONDS: Final = 3600.0
-LOCK_RETRIES: Final = 10
-LOCK_BACKOFF: Final = 0.05
-
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class DescriptorLike(Protocol):
-    """Anything with a descriptor's three fields (ours, or the registry side's structs)."""
-
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def digest(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-
-
-class Descriptor(msgspec.Struct, frozen=True, kw_only=True):
-    """An OCI content descriptor."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = {}
-
-    @classmethod
-    def of(cls, descriptor: DescriptorLike) -> Descriptor:
-        if isinstance(descriptor, Descriptor):
-            return descriptor
-        annotations = getattr(descriptor, "annotations", None) or {}
-        return cls(
-            media_type=descriptor.media_type,
-            digest=descriptor.digest,
-            size=descriptor.size,
-            annotations=dict(annotations),
-        )
-
-    def to_proto(self) -> descriptor_pb2.Descriptor:
-        return descriptor_pb2.Descriptor(
-            media_type=self.media_type,
-            digest=self.digest,
-            size=self.size,
-            annotations=self.annotations,
-        )
-
-
-class ContentInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A committed blob in this namespace."""
-
-    digest: str
-    size: int
-    labels: dict[str, str]
-
-
-class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What :meth:`ContentStore.ingest` did.
-
-    Attributes:
-        digest: the blob.
-        present: it was already committed here; nothing was written.
-        resumed_from: bytes a previous, interrupted ingest had already written (0 if none).
-        written: bytes sent by this call.
-    """
-
-    digest: str
-    present: bool
-    resumed_from: int = 0
-    written: int = 0
-
-
-class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A containerd image record: a name pointing at a manifest or index."""
-
-    name: str
-    target: Descriptor
-    labels: dict[str, str]
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-
-class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    labels: dict[str, str]
-
-
-BlobSource = AsyncIterable[bytes] | Callable[[int], AsyncIterable[bytes]]
-"""A blob's bytes: an async iterable from byte 0, or a callable that starts at an offset.
-
-The callable form (e.g. an HTTP ``Range`` request) lets a resumed ingest skip the bytes
-containerd already holds; an iterable is read from 0 and the held prefix is discarded.
-"""
-
-
-def validate_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex>", local=True)
-    return digest
-
-
-def _validate_descriptor(descriptor: DescriptorLike) -> Descriptor:
-    desc = Descriptor.of(descriptor)
-    validate_digest(desc.digest)
-    if not isinstance(desc.size, int) or isinstance(desc.size, bool) or desc.size < 0:
-        raise InvalidArgument(f"blob {desc.digest}: invalid size {desc.size!r}", local=True)
-    if not desc.media_type:
-        raise InvalidArgument(f"blob {desc.digest}: empty media type", local=True)
-    return desc
-
-
-def _validate_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in (labels or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str) or not key:
-            raise InvalidArgument(f"invalid label {key!r}={value!r}", local=True)
-        if len(key) + len(value) > 4096:
-            raise InvalidArgument(f"label {key!r} is longer than 4096 bytes", local=True)
-        result[key] = value
-    return result
 
 
 def _timestamp(ts: object) -> float:
@@ -254,153 +126,6 @@ def _image_record(image: images_pb2.Image) -> ImageRecord:
         created_at=_timestamp(image.created_at),
         updated_at=_timestamp(image.updated_at),
     )
-
-
-# -- GC labels ------------------------------------------------------------------------------
-
-
-def manifest_gc_labels(config: DescriptorLike, layers: Sequence[DescriptorLike]) -> dict[str, str]:
-    """Labels for a manifest blob: it keeps its config and layers (``…config``, ``…l.<i>``)."""
-    labels = {f"{GC_REF_CONTENT}.config": config.digest}
-    for i, layer in enumerate(layers):
-        labels[f"{GC_REF_CONTENT}.l.{i}"] = layer.digest
-    return labels
-
-
-def index_gc_labels(manifests: Sequence[DescriptorLike]) -> dict[str, str]:
-    """Labels for an index blob: it keeps every manifest it lists (``…m.<i>``)."""
-    return {f"{GC_REF_CONTENT}.m.{i}": m.digest for i, m in enumerate(manifests)}
-
-
-def config_gc_labels(snapshotter: str, top_chain_id: str) -> dict[str, str]:
-    """Label for a config blob: it keeps the unpacked snapshot chain (as containerd does)."""
-    return {f"{GC_REF_SNAPSHOT}.{snapshotter}": top_chain_id}
-
-
-# -- sources --------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _open_source(
-    source: BlobSource, offset: int, size: int
-) -> AsyncIterator[AsyncIterator[bytes]]:
-    """The source's bytes from ``offset`` on, in pieces of at most ``size`` bytes.
-
-    Every async generator involved is closed on the way out (also the source's own, once we
-    started reading it), so an abandoned ingest leaves no generator for the GC to finalise.
-    """
-    if callable(source) and not hasattr(source, "__aiter__"):
-        iterable = source(offset)
-        skip = 0
-    else:
-        iterable = source
-        skip = offset
-    iterator = aiter(iterable)
-
-    async def skipped() -> AsyncGenerator[bytes, None]:
-        remaining = skip
-        async for chunk in iterator:
-            if remaining:
-                if len(chunk) <= remaining:
-                    remaining -= len(chunk)
-                    continue
-                chunk = chunk[remaining:]
-                remaining = 0
-            yield chunk
-
-    async with (
-        contextlib.aclosing(skipped()) as pieces,
-        contextlib.aclosing(_rechunk(pieces, size)) as chunks,
-    ):
-        try:
-            yield chunks
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
-async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
-    buffer = bytearray()
-    async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
-
-
-class _Mismatch(DataLoss):
-    """Bytes that can never become the blob: the ingest is aborted."""
-
-
-async def _commit(
-    writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
-    desc: Descriptor,
-    message: content_pb2.WriteContentRequest,
-) -> content_pb2.WriteContentResponse:
-    try:
-        return await writer.exchange(message, end=True)
-    except FailedPrecondition as exc:
-        # containerd refused the commit: the size or the digest differ.
-        raise _Mismatch(
-            f"blob {desc.digest}: content does not match its digest or size ({exc.message})",
-            local=True,
-        ) from None
-
-
-def _check_committed(desc: Descriptor, response: content_pb2.WriteContentResponse) -> None:
-    if response.digest != desc.digest or int(response.offset) != desc.size:
-        raise DataLoss(
-            f"blob {desc.digest}: containerd committed {response.digest} ({response.offset} bytes)",
-            local=True,
-        )
-
-
-def _check_complete(desc: Descriptor, got: int) -> None:
-    if got != desc.size:
-        raise DataLoss(
-            f"blob {desc.digest}: the source ended after {got} of {desc.size} bytes", local=True
-        )
-
-
-def _too_long(desc: Descriptor) -> _Mismatch:
-    return _Mismatch(
-        f"blob {desc.digest}: the source has more than the descriptor's {desc.size} bytes",
-        local=True,
-    )
-
-
-async def _read_small(desc: Descriptor, source: BlobSource) -> bytes:
-    data = bytearray()
-    async with _open_source(source, 0, CHUNK_SIZE) as chunks:
-        async for chunk in chunks:
-            data += chunk
-            if len(data) > desc.size:
-                raise _too_long(desc)
-    _check_complete(desc, len(data))
-    return bytes(data)
-
-
-_T = TypeVar("_T")
-
-
-async def _retry_locked(fn: Callable[..., Awaitable[_T]], *args: object) -> _T:
-    """Run ``fn`` again while containerd says another writer holds the ingest's ref.
-
-    Two ingests of one blob (two pulls sharing a layer) meet on the ref; the second waits for
-    the first, then usually finds the blob committed (AlreadyExists: present).
-    """
-    for attempt in itertools.count():
-        try:
-            return await fn(*args)
-        except Unavailable as exc:
-            if "locked" not in exc.message or attempt >= LOCK_RETRIES:
-                raise
-        await trio.sleep(min(LOCK_BACKOFF * 2**attempt, 2.0))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ContentStore:
@@ -449,7 +174,7 @@ class ContentStore:
     ) -> None:
         """Set these labels on a blob (others stay); an empty value removes one. One RPC."""
         validate_digest(digest)
-        checked = _validate_labels(labels)
+        checked = validate_labels(labels)
         if checked:
             await self.services.content_update_labels(digest, checked, lease=lease)
 
@@ -478,8 +203,8 @@ class ContentStore:
             InvalidArgument: bad descriptor or labels (nothing sent).
             DataLoss: the bytes do not match the descriptor (nothing committed).
         """
-        desc = _validate_descriptor(descriptor)
-        label_map = _validate_labels(labels)
+        desc = validate_descriptor(descriptor)
+        label_map = validate_labels(labels)
         if check_present:
             info = await self.has(desc.digest)
             if info is not None:
@@ -487,7 +212,7 @@ class ContentStore:
                 return IngestResult(digest=desc.digest, present=True)
         ingest_ref = ref or f"actors-{desc.digest}"
         try:
-            return await self._write(desc, source, label_map, lease, ingest_ref)
+            return await write_blob(self.services, desc, source, label_map, lease, ingest_ref)
         except AlreadyExists:
             # Committed meanwhile, or present before (check_present=False): containerd has
             # added it to our lease already; our labels were not applied.
@@ -508,111 +233,6 @@ class ContentStore:
         missing = {k: v for k, v in wanted.items() if current.get(k) != v}
         if missing:
             await self.services.content_update_labels(digest, missing, lease=lease)
-
-    async def _write(
-        self,
-        desc: Descriptor,
-        source: BlobSource,
-        labels: dict[str, str],
-        lease: str | None,
-        ref: str,
-    ) -> IngestResult:
-        try:
-            if desc.size <= CHUNK_SIZE:
-                data = await _read_small(desc, source)
-                return await _retry_locked(self._write_small, desc, data, labels, lease, ref)
-            # The source is opened only once the ref is ours, so a retry reads it afresh.
-            return await _retry_locked(self._write_chunks, desc, source, labels, lease, ref)
-        except _Mismatch:
-            # After the stream is gone (it holds the ref's lock): drop the bytes.
-            await self._abort_shielded(ref)
-            raise
-
-    async def _write_small(
-        self,
-        desc: Descriptor,
-        data: bytes,
-        labels: dict[str, str],
-        lease: str | None,
-        ref: str,
-    ) -> IngestResult:
-        # One COMMIT message (which truncates any earlier partial ingest of the ref).
-        async with self.services.content_write(lease=lease) as writer:
-            response = await _commit(
-                writer,
-                desc,
-                content_pb2.WriteContentRequest(
-                    action=content_pb2.COMMIT,
-                    ref=ref,
-                    total=desc.size,
-                    expected=desc.digest,
-                    offset=0,
-                    data=data,
-                    labels=labels,
-                ),
-            )
-        _check_committed(desc, response)
-        return IngestResult(digest=desc.digest, present=False, written=len(data))
-
-    async def _write_chunks(
-        self,
-        desc: Descriptor,
-        source: BlobSource,
-        labels: dict[str, str],
-        lease: str | None,
-        ref: str,
-    ) -> IngestResult:
-        request = content_pb2.WriteContentRequest
-        async with self.services.content_write(lease=lease) as writer:
-            # STAT opens (or resumes) the ingest and says how many bytes it already holds.
-            status = await writer.exchange(
-                request(action=content_pb2.STAT, ref=ref, total=desc.size, expected=desc.digest)
-            )
-            start = int(status.offset)
-            if start > desc.size:
-                start = 0  # not this blob's bytes; a WRITE at 0 truncates them
-            offset = start
-            pending = b""
-            if offset < desc.size:
-                # One piece held back, so the last one travels with the COMMIT.
-                async with _open_source(source, offset, CHUNK_SIZE) as pieces:
-                    async for piece in pieces:
-                        if pending:
-                            response = await writer.exchange(
-                                request(action=content_pb2.WRITE, offset=offset, data=pending)
-                            )
-                            offset += len(pending)
-                            if int(response.offset) != offset:
-                                raise _Mismatch(
-                                    f"blob {desc.digest}: containerd holds {response.offset}"
-                                    f" bytes, expected {offset}",
-                                    local=True,
-                                )
-                        pending = piece
-                        if offset + len(pending) > desc.size:
-                            raise _too_long(desc)
-            # A short but clean end keeps the bytes, for a resume from where they stop.
-            _check_complete(desc, offset + len(pending))
-            response = await _commit(
-                writer,
-                desc,
-                request(
-                    action=content_pb2.COMMIT,
-                    offset=offset,
-                    data=pending,
-                    total=desc.size,
-                    expected=desc.digest,
-                    labels=labels,
-                ),
-            )
-        _check_committed(desc, response)
-        return IngestResult(
-            digest=desc.digest, present=False, resumed_from=start, written=desc.size - start
-        )
-
-    async def _abort_shielded(self, ref: str) -> None:
-        with trio.CancelScope(shield=True), contextlib.suppress(NotFound):
-            await self.services.content_abort(ref)
 
     async def ingest_status(self, ref: str) -> int | None:
         """Bytes an unfinished ingest holds (None if there is none). One RPC."""
@@ -638,7 +258,7 @@ class ContentStore:
         that outlives it) and Leases.Delete when the block ends, whatever way it ends.
         Yields the lease id, to pass as ``lease=`` to the other methods.
         """
-        label_map = _validate_labels(labels)
+        label_map = validate_labels(labels)
         expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=expire_after)
         label_map[GC_EXPIRE_LABEL] = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
         new_id = lease_id or f"actors-{time.time_ns()}-{secrets.token_hex(3)}"
@@ -683,10 +303,10 @@ class ContentStore:
         """Create the image record, or point an existing one at ``target`` (1 or 2 RPCs)."""
         if not isinstance(name, str) or not name or len(name) > 4096:
             raise InvalidArgument(f"invalid image name {name!r}", local=True)
-        desc = _validate_descriptor(target)
+        desc = validate_descriptor(target)
         if desc.size <= 0:
             raise InvalidArgument(f"image {name}: target size must be positive", local=True)
-        image = images_pb2.Image(name=name, labels=_validate_labels(labels), target=desc.to_proto())
+        image = images_pb2.Image(name=name, labels=validate_labels(labels), target=desc.to_proto())
         try:
             created = await self.services.images_create(image, lease=lease)
         except AlreadyExists:
@@ -808,7 +428,7 @@ class ContentStore:
             chain_id,
             snapshotter=snapshotter or await self.snapshotter(),
             lease=lease,
-            labels=_validate_labels(labels),
+            labels=validate_labels(labels),
         )
 
     async def remove_snapshot(self, key: str, *, snapshotter: str | None = None) -> None:

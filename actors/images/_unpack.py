@@ -36,7 +36,7 @@ import trio
 
 from .._mounts import Mount, mounts_from_proto
 from ..errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
-from ._store import Descriptor, DescriptorLike, config_gc_labels, validate_digest
+from ._types import Descriptor, DescriptorLike, config_gc_labels, validate_digest
 
 if TYPE_CHECKING:
     from ._content import ContainerdImageServices
