@@ -693,3 +693,28 @@ async def test_typed_calls_one_rpc_each(
                 "Content.Delete": 1,
                 "Content.Info": 1,
             }
+
+
+async def test_a_failing_source_keeps_what_was_written_for_a_resume(
+    ns_client: Client, containerd: PrivateContainerd
+) -> None:
+    store = ContentStore(ns_client._remote)
+    data = os.urandom(3 * CHUNK_SIZE)
+    desc = descriptor(LAYER, data)
+
+    class NetworkDown(Exception):
+        pass
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield data[: 2 * CHUNK_SIZE + 1]
+        raise NetworkDown
+
+    with trio.fail_after(30):
+        async with store.open_lease() as lease:
+            # The source's own error comes through unchanged (the caller's to classify).
+            with pytest.raises(NetworkDown):
+                await store.ingest(desc, broken(), lease=lease)
+            assert await store.ingest_status(f"actors-{desc.digest}") == CHUNK_SIZE
+            resumed = await store.ingest(desc, chunks_of(data), lease=lease)
+            assert resumed.resumed_from == CHUNK_SIZE
+            assert await store.has(desc.digest) is not None
