@@ -34,6 +34,7 @@ from actors.spec import Root
 from ...conftest import unique_id
 from .store_image import Image, build_image, descriptor, digest_of
 
+NAMESPACE = "ca-store"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -61,7 +62,9 @@ async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
 @pytest.fixture
 async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
     """A client on a namespace of the test's own; after the test nothing may be left in it."""
-    namespace = unique_id("ca-store")
+    # A fixed name (the session's containerd is fresh, and each test must leave it empty):
+    # the runc shim keeps one directory per namespace under /run/containerd/runc.
+    namespace = NAMESPACE
     async with open_client(containerd.address, namespace, state_dir=str(io_dir)) as client:
         yield client
         store = ContentStore(client._remote)
@@ -519,7 +522,7 @@ async def test_gc_keeps_what_an_index_references_until_the_image_goes(
 async def test_an_adopted_image_container_gets_its_mounts_from_its_snapshot(
     containerd: PrivateContainerd, io_dir: Path, image: Image, tmp_path: Path
 ) -> None:
-    namespace = unique_id("ca-adopt")
+    namespace = NAMESPACE + "-adopt"
     name = "docker.io/library/adopt:1"
     cid = unique_id("adopted")
     spec = build_spec(tmp_path, ["/bin/cat", "/hello.txt"])
@@ -627,7 +630,7 @@ async def test_a_blob_of_another_namespace_is_linked_without_its_bytes(
     data = os.urandom(2 * CHUNK_SIZE + 3)
     desc = descriptor(LAYER, data)
     store = ContentStore(ns_client._remote)
-    other_ns = unique_id("ca-other")
+    other_ns = NAMESPACE + "-other"
     with trio.fail_after(30):
         async with open_client(containerd.address, other_ns, state_dir=str(io_dir)) as other:
             other_store = ContentStore(other._remote)
