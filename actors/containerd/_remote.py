@@ -23,6 +23,7 @@ from actors.containerd.pb.containerd.services.version.v1 import version_grpc, ve
 from actors.containerd.pb.grpc.health.v1 import health_grpc, health_pb2
 
 from ..errors import ClientClosed, from_grpc_exception
+from ._streams import Duplex, RequestSlot, ResponseStream, duplex_messages
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -163,6 +164,11 @@ class Remote:
         bridge.add_shutdown_callback(close_channel)
         return cls(bridge, channel, namespace, default_deadline=default_deadline)
 
+    @property
+    def channel(self) -> Channel:
+        """The grpclib channel, for building stubs of further services (see :meth:`call`)."""
+        return self._channel
+
     def statistics(self) -> RemoteStatistics:
         return RemoteStatistics(
             calls=dict(self._calls),
@@ -170,7 +176,17 @@ class Remote:
             total=sum(self._calls.values()),
         )
 
-    async def _unary(self, name: str, method: Any, request: object, deadline: float | None) -> Any:
+    def _with_headers(self, headers: Mapping[str, str] | None) -> Mapping[str, str]:
+        return self._metadata if not headers else {**headers, **self._metadata}
+
+    async def _unary(
+        self,
+        name: str,
+        method: Any,
+        request: object,
+        deadline: float | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         self._calls[name] += 1
         try:
             return await self._bridge.run(
@@ -178,7 +194,7 @@ class Remote:
                 method,
                 request,
                 self.default_deadline if deadline is None else deadline,
-                self._metadata,
+                self._with_headers(headers),
             )
         except trio.ClosedResourceError as exc:
             self._failures[name] += 1
@@ -189,6 +205,69 @@ class Remote:
             if mapped is None:
                 raise
             raise mapped from exc
+
+    # -- Generic calls (for services typed elsewhere, e.g. actors.images) --------------------
+
+    async def call(
+        self,
+        name: str,
+        method: Any,
+        request: object,
+        *,
+        deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One unary RPC on a stub method of :attr:`channel`, counted as ``name``.
+
+        ``headers`` are extra gRPC metadata (e.g. ``containerd-lease``); the namespace header
+        is always ours.
+        """
+        return await self._unary(name, method, request, deadline, headers)
+
+    @contextlib.asynccontextmanager
+    async def open_server_stream(
+        self,
+        name: str,
+        method: Any,
+        request: object,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[ResponseStream[Any]]:
+        """A server-streaming RPC (one counted call); responses come from the yielded stream."""
+        self._calls[name] += 1
+        try:
+            async with self._bridge.open_stream(
+                _stream_messages, method, request, self._with_headers(headers)
+            ) as stream:
+                yield ResponseStream(stream, name, self._failures)
+        except trio.ClosedResourceError as exc:
+            self._failures[name] += 1
+            raise ClientClosed(f"{name}: the client is closed") from exc
+
+    @contextlib.asynccontextmanager
+    async def open_duplex(
+        self,
+        name: str,
+        method: Any,
+        *,
+        deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Duplex[Any, Any]]:
+        """A lock-step bidirectional RPC (one counted call); see :class:`actors._streams.Duplex`.
+
+        ``deadline`` bounds the whole stream (none by default: a long upload is bounded by the
+        caller's Trio cancel scope instead).
+        """
+        self._calls[name] += 1
+        slot = RequestSlot()
+        try:
+            async with self._bridge.open_stream(
+                duplex_messages, method, slot, self._with_headers(headers), deadline
+            ) as stream:
+                yield Duplex(stream, slot, name, self._failures)
+        except trio.ClosedResourceError as exc:
+            self._failures[name] += 1
+            raise ClientClosed(f"{name}: the client is closed") from exc
 
     # -- Version / health ---------------------------------------------------------------
 

@@ -42,7 +42,9 @@ from .events import EventRouter, EventType, RouterStatistics, TaskEvent
 from .spec import SPEC_TYPE_URL, Spec, decode_spec, encode_spec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection, Mapping
+    from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+
+    from ..containerd._mounts import Mount
 
 log = logging.getLogger("containerd_actors.client")
 
@@ -327,6 +329,10 @@ class Client:
         shim: str = DEFAULT_SHIM,
         runtime_options: RuncOptions | None = None,
         labels: Mapping[str, str] | None = None,
+        rootfs: Sequence[Mount] = (),
+        snapshotter: str = "",
+        snapshot_key: str = "",
+        image: str = "",
     ) -> Container:
         """Create a container record (one RPC: Containers.Create) and its actor.
 
@@ -336,6 +342,12 @@ class Client:
             shim: runtime name, ``io.containerd.runc.v2`` by default.
             runtime_options: runc options kept with the container and reused at restore.
             labels: containerd labels.
+            rootfs: mounts of the container's root filesystem (a snapshot's, see
+                ``actors.images``), passed to Tasks.Create; the spec's ``root.path`` is then
+                ``rootfs`` (relative to the bundle).
+            snapshotter, snapshot_key: the container's snapshot, recorded so containerd's GC
+                keeps it while the container exists.
+            image: the image name, recorded for information.
 
         Raises:
             InvalidArgument: bad id, spec or labels (nothing sent).
@@ -353,6 +365,13 @@ class Client:
         if options:
             record_pb.runtime.options.CopyFrom(AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options))
         record_pb.spec.CopyFrom(AnyPb(type_url=SPEC_TYPE_URL, value=spec_bytes))
+        if snapshot_key and not snapshotter:
+            raise InvalidArgument("a snapshot_key needs its snapshotter", local=True)
+        record_pb.snapshotter, record_pb.snapshot_key, record_pb.image = (
+            snapshotter,
+            snapshot_key,
+            image,
+        )
         created = await self._remote.containers_create(record_pb)
         record = ContainerRecord(
             id=created.id,
@@ -361,6 +380,10 @@ class Client:
             spec=spec_bytes,
             terminal=terminal,
             runtime_options=options,
+            image=image,
+            snapshotter=snapshotter,
+            snapshot_key=snapshot_key,
+            rootfs=tuple(rootfs),
         )
         actor = await self._spawn_actor(record)
         container: Container = Container._create(actor, record)
@@ -412,6 +435,9 @@ def _record_from_proto(container: Any) -> ContainerRecord:
         spec=spec_bytes,
         terminal=terminal,
         runtime_options=bytes(container.runtime.options.value),
+        image=container.image,
+        snapshotter=container.snapshotter,
+        snapshot_key=container.snapshot_key,
     )
 
 

@@ -28,6 +28,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 from actors.containerd.pb.containerd.runc.options import oci_pb2
 from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 
+from ..containerd._mounts import Mount, mounts_to_proto
 from ..errors import (
     ActorCrashed,
     AlreadyExists,
@@ -146,6 +147,11 @@ class ContainerRecord(msgspec.Struct, frozen=True, kw_only=True):
     spec: bytes
     terminal: bool
     runtime_options: bytes = b""
+    # An image-based container: its snapshot, and the snapshot's mounts for Tasks.Create.
+    image: str = ""
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    rootfs: tuple[Mount, ...] = ()
 
 
 def _validate_signal(value: object) -> int:
@@ -471,6 +477,8 @@ class ContainerActor:
                 f"container {self.container_id} already has a task; delete it first", local=True
             )
         terminal = self.record.terminal
+        if self.record.snapshot_key and not self.record.rootfs:
+            await self._load_rootfs()
         io = await self._open_io(
             self.container_id,
             stdin=command.with_stdin,
@@ -485,6 +493,7 @@ class ContainerActor:
             stderr=io.fifos.stderr,
             terminal=terminal,
         )
+        request.rootfs.extend(mounts_to_proto(self.record.rootfs))
         if command.checkpoint_dir is not None:
             options = oci_pb2.Options()
             if self.record.runtime_options:
@@ -754,12 +763,34 @@ class ContainerActor:
             )
         await self._remote.containers_delete(self.container_id)
         self._deleted = True
+        if self.record.snapshot_key:
+            await self._remove_snapshot()
         try:
             os.rmdir(self._io_dir)  # the FIFOs went with their processes; usually empty
         except FileNotFoundError:
             pass
         except OSError:
             shutil.rmtree(self._io_dir, ignore_errors=True)
+
+    async def _load_rootfs(self) -> None:
+        # A container adopted from containerd knows its snapshot but not its mounts (one
+        # RPC, once; the mounts of a snapshot do not change).
+        from ..images._content import snapshot_mounts
+
+        record = self.record
+        mounts = await snapshot_mounts(self._remote, record.snapshotter, record.snapshot_key)
+        self.record = msgspec.structs.replace(record, rootfs=tuple(mounts))
+
+    async def _remove_snapshot(self) -> None:
+        # The record was what kept the snapshot from containerd's GC; remove it now rather
+        # than at the next collection. A failure here is logged: the GC takes it anyway.
+        from ..images._content import remove_snapshot
+
+        record = self.record
+        try:
+            await remove_snapshot(self._remote, record.snapshotter, record.snapshot_key)
+        except ContainerdError as exc:
+            log.warning("container %s: snapshot not removed: %s", self.container_id, exc)
 
     # -- events ---------------------------------------------------------------------------
 

@@ -313,7 +313,11 @@ class Container(metaclass=_NoPublicConstructor):
         return task
 
     async def delete(self) -> None:
-        """Delete the container record (1 RPC). FailedPrecondition while a task exists."""
+        """Delete the container record (1 RPC). FailedPrecondition while a task exists.
+
+        A container with a snapshot (created with ``snapshot_key``) also removes it (one
+        more RPC, Snapshots.Remove), as ``ctr run --rm`` does.
+        """
         await call_actor(self._actor, cmd.DeleteContainer())
 
     async def _crash_actor_for_tests(self, reason: str = "crash requested") -> None:

@@ -69,6 +69,7 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    Unimplemented,
 )
 from ._filters import ContainerdFilter
 from ._state import (
@@ -85,7 +86,7 @@ from ._state import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
     from google.protobuf.message import Message
 
@@ -981,6 +982,51 @@ class FakeRemote:
         if not topic.startswith("/") or not all(is_valid_id(part) for part in topic[1:].split("/")):
             raise InvalidArgument(f"invalid topic {topic!r}")
         self.fake.publish_envelope(make_envelope(self.namespace, topic, type_url, value))
+
+    # -- generic calls: the fake has no image store (content, snapshots...) --------------------
+
+    def _no_image_store(self, name: str) -> Unimplemented:
+        self._calls[name] += 1
+        self._failures[name] += 1
+        return Unimplemented(f"{name}: the in-memory fake has no image store")
+
+    async def call(
+        self,
+        name: str,
+        method: Any,
+        request: object,
+        *,
+        deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise self._no_image_store(name)
+
+    @contextlib.asynccontextmanager
+    async def open_server_stream(
+        self,
+        name: str,
+        method: Any,
+        request: object,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Any]:
+        await trio.lowlevel.checkpoint()
+        raise self._no_image_store(name)
+        yield  # type: ignore[unreachable]  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def open_duplex(
+        self,
+        name: str,
+        method: Any,
+        *,
+        deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Any]:
+        await trio.lowlevel.checkpoint()
+        raise self._no_image_store(name)
+        yield  # type: ignore[unreachable]  # pragma: no cover
 
 
 def _copy(container: containers_pb2.Container) -> containers_pb2.Container:

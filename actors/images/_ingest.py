@@ -1,0 +1,269 @@
+"""Blobs into containerd's content store through Content.Write (see ContentStore.ingest).
+
+A blob of at most :data:`CHUNK_SIZE` is one COMMIT message. A bigger one is a STAT (which
+opens the ingest, or finds how far an interrupted one of the same ref got), WRITEs of
+:data:`CHUNK_SIZE` from there, and a COMMIT carrying the last bytes and the labels; containerd
+checks size and digest before committing. Bytes that can never become the blob (a digest or
+size mismatch, a source longer than the descriptor) abort the ingest once the stream is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import trio
+
+from ..errors import DataLoss, FailedPrecondition, NotFound, Unavailable
+from ._pb import content_pb2
+from ._types import BlobSource, Descriptor, IngestResult
+
+if TYPE_CHECKING:
+    from ..containerd._streams import Duplex
+    from ._content import ContainerdImageServices
+
+__all__ = ["CHUNK_SIZE", "write_blob"]
+
+CHUNK_SIZE: Final = 1 << 20
+"""Bytes per Content.Write message (containerd's limit per message is 16 MiB)."""
+LOCK_RETRIES: Final = 10
+LOCK_BACKOFF: Final = 0.05
+
+
+@contextlib.asynccontextmanager
+async def open_source(
+    source: BlobSource, offset: int, size: int
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """The source's bytes from ``offset`` on, in pieces of at most ``size`` bytes.
+
+    Every async generator involved is closed on the way out (also the source's own, once we
+    started reading it), so an abandoned ingest leaves no generator for the GC to finalise.
+    """
+    if callable(source) and not hasattr(source, "__aiter__"):
+        iterable = source(offset)
+        skip = 0
+    else:
+        iterable = source
+        skip = offset
+    iterator = aiter(iterable)
+
+    async def skipped() -> AsyncGenerator[bytes, None]:
+        remaining = skip
+        async for chunk in iterator:
+            if remaining:
+                if len(chunk) <= remaining:
+                    remaining -= len(chunk)
+                    continue
+                chunk = chunk[remaining:]
+                remaining = 0
+            yield chunk
+
+    async with (
+        contextlib.aclosing(skipped()) as pieces,
+        contextlib.aclosing(_rechunk(pieces, size)) as chunks,
+    ):
+        try:
+            yield chunks
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
+    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+class _Mismatch(DataLoss):
+    """Bytes that can never become the blob: the ingest is aborted."""
+
+
+async def _commit(
+    writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
+    desc: Descriptor,
+    message: content_pb2.WriteContentRequest,
+) -> content_pb2.WriteContentResponse:
+    try:
+        return await writer.exchange(message, end=True)
+    except FailedPrecondition as exc:
+        # containerd refused the commit: the size or the digest differ.
+        raise _Mismatch(
+            f"blob {desc.digest}: content does not match its digest or size ({exc.message})",
+            local=True,
+        ) from None
+
+
+def _check_committed(desc: Descriptor, response: content_pb2.WriteContentResponse) -> None:
+    if response.digest != desc.digest or int(response.offset) != desc.size:
+        raise DataLoss(
+            f"blob {desc.digest}: containerd committed {response.digest} ({response.offset} bytes)",
+            local=True,
+        )
+
+
+def _check_complete(desc: Descriptor, got: int) -> None:
+    if got != desc.size:
+        raise DataLoss(
+            f"blob {desc.digest}: the source ended after {got} of {desc.size} bytes", local=True
+        )
+
+
+def _too_long(desc: Descriptor) -> _Mismatch:
+    return _Mismatch(
+        f"blob {desc.digest}: the source has more than the descriptor's {desc.size} bytes",
+        local=True,
+    )
+
+
+async def _read_small(desc: Descriptor, source: BlobSource) -> bytes:
+    data = bytearray()
+    async with open_source(source, 0, CHUNK_SIZE) as chunks:
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > desc.size:
+                raise _too_long(desc)
+    _check_complete(desc, len(data))
+    return bytes(data)
+
+
+_T = TypeVar("_T")
+
+
+async def _retry_locked(fn: Callable[..., Awaitable[_T]], *args: object) -> _T:
+    """Run ``fn`` again while containerd says another writer holds the ingest's ref.
+
+    Two ingests of one blob (two pulls sharing a layer) meet on the ref; the second waits for
+    the first, then usually finds the blob committed (AlreadyExists: present).
+    """
+    for attempt in itertools.count():
+        try:
+            return await fn(*args)
+        except Unavailable as exc:
+            if "locked" not in exc.message or attempt >= LOCK_RETRIES:
+                raise
+        await trio.sleep(min(LOCK_BACKOFF * 2**attempt, 2.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def write_blob(
+    services: ContainerdImageServices,
+    desc: Descriptor,
+    source: BlobSource,
+    labels: dict[str, str],
+    lease: str | None,
+    ref: str,
+) -> IngestResult:
+    """Write and commit one blob under ``ref`` (one Content.Write stream, see above).
+
+    Raises DataLoss when the bytes cannot be the blob; AlreadyExists when containerd has it
+    committed already (it then holds it for ``lease``).
+    """
+    try:
+        if desc.size <= CHUNK_SIZE:
+            data = await _read_small(desc, source)
+            return await _retry_locked(_write_small, services, desc, data, labels, lease, ref)
+        # The source is opened only once the ref is ours, so a retry reads it afresh.
+        return await _retry_locked(_write_chunks, services, desc, source, labels, lease, ref)
+    except _Mismatch:
+        # After the stream is gone (it holds the ref's lock): drop the bytes.
+        await _abort_shielded(services, ref)
+        raise
+
+
+async def _write_small(
+    services: ContainerdImageServices,
+    desc: Descriptor,
+    data: bytes,
+    labels: dict[str, str],
+    lease: str | None,
+    ref: str,
+) -> IngestResult:
+    # One COMMIT message (which truncates any earlier partial ingest of the ref).
+    async with services.content_write(lease=lease) as writer:
+        response = await _commit(
+            writer,
+            desc,
+            content_pb2.WriteContentRequest(
+                action=content_pb2.COMMIT,
+                ref=ref,
+                total=desc.size,
+                expected=desc.digest,
+                offset=0,
+                data=data,
+                labels=labels,
+            ),
+        )
+    _check_committed(desc, response)
+    return IngestResult(digest=desc.digest, present=False, written=len(data))
+
+
+async def _write_chunks(
+    services: ContainerdImageServices,
+    desc: Descriptor,
+    source: BlobSource,
+    labels: dict[str, str],
+    lease: str | None,
+    ref: str,
+) -> IngestResult:
+    request = content_pb2.WriteContentRequest
+    async with services.content_write(lease=lease) as writer:
+        # STAT opens (or resumes) the ingest and says how many bytes it already holds.
+        status = await writer.exchange(
+            request(action=content_pb2.STAT, ref=ref, total=desc.size, expected=desc.digest)
+        )
+        start = int(status.offset)
+        if start > desc.size:
+            start = 0  # not this blob's bytes; a WRITE at 0 truncates them
+        offset = start
+        pending = b""
+        if offset < desc.size:
+            # One piece held back, so the last one travels with the COMMIT.
+            async with open_source(source, offset, CHUNK_SIZE) as pieces:
+                async for piece in pieces:
+                    if pending:
+                        response = await writer.exchange(
+                            request(action=content_pb2.WRITE, offset=offset, data=pending)
+                        )
+                        offset += len(pending)
+                        if int(response.offset) != offset:
+                            raise _Mismatch(
+                                f"blob {desc.digest}: containerd holds {response.offset}"
+                                f" bytes, expected {offset}",
+                                local=True,
+                            )
+                    pending = piece
+                    if offset + len(pending) > desc.size:
+                        raise _too_long(desc)
+        # A short but clean end keeps the bytes, for a resume from where they stop.
+        _check_complete(desc, offset + len(pending))
+        response = await _commit(
+            writer,
+            desc,
+            request(
+                action=content_pb2.COMMIT,
+                offset=offset,
+                data=pending,
+                total=desc.size,
+                expected=desc.digest,
+                labels=labels,
+            ),
+        )
+    _check_committed(desc, response)
+    return IngestResult(
+        digest=desc.digest, present=False, resumed_from=start, written=desc.size - start
+    )
+
+
+async def _abort_shielded(services: ContainerdImageServices, ref: str) -> None:
+    with trio.CancelScope(shield=True), contextlib.suppress(NotFound):
+        await services.content_abort(ref)
