@@ -3,7 +3,7 @@
 :class:`ContentStore` is what the pull, import and run paths call. It talks to containerd's
 own image store, so what it writes is what ``ctr``/``nerdctl`` see, and vice versa::
 
-    store = ContentStore(remote)                  # remote: actors._remote.Remote
+    store = ContentStore(remote)                  # remote: actors.containerd._remote.Remote
     async with store.open_lease() as lease:       # Leases.Create ... Leases.Delete
         for blob, source in blobs:                # layers, config, then the manifest
             await store.ingest(blob, source, labels=..., lease=lease)
@@ -132,7 +132,7 @@ class ContentStore:
     """containerd's content, image, lease, snapshot and diff services for one namespace.
 
     Args:
-        remote: the client's :class:`~actors._remote.Remote` (namespace and RPC counters).
+        remote: the client's :class:`~actors.containerd._remote.Remote` (namespace and RPC counters).
         snapshotter: the snapshotter for unpack and container snapshots; by default
             ``overlayfs``, or ``native`` when containerd cannot use overlayfs (probed once,
             one RPC, on first use).
