@@ -19,6 +19,8 @@ from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
 from .core._seccomp import default_seccomp_profile as default_seccomp_profile
+from .core._shimgroups import ShimGroups as ShimGroups
+from .core._shimgroups import ShimGroupStatistics as ShimGroupStatistics
 from .core._subscribers import EventStreamLagged as EventStreamLagged
 from .core._subscribers import Subscription as Subscription
 from .core._supervision import RestartLimitExceeded as RestartLimitExceeded
@@ -88,6 +90,8 @@ __all__ = [
     "RestartLimitExceeded",
     "RestartPolicy",
     "RuncOptions",
+    "ShimGroupStatistics",
+    "ShimGroups",
     "Spec",
     "Subscription",
     "Task",

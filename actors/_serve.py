@@ -28,6 +28,7 @@ from .containerd._remote import DEFAULT_ADDRESS
 from .control._cli import _say, load_or_create_token, run_cli, serve_policy
 from .control.gateway import Gateway, GatewayConfig
 from .core._client import Client, open_client
+from .core._shimgroups import ShimGroups
 from .core._supervision import RestartPolicy
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ async def open_supervisor(
     state_dir: str | None = None,
     restart_policy: RestartPolicy | None = None,
     rpc_deadline: float = 30.0,
+    shim_groups: ShimGroups | None = None,
 ) -> AsyncIterator[Client]:
     """The root of the actor tree: restore every container of ``namespace``, then supervise.
 
@@ -54,8 +56,10 @@ async def open_supervisor(
     is restored with Containers.List + Tasks.List (stdio re-opened, missed exits reported
     once); a crashing actor is restarted from containerd's state under ``restart_policy``
     (one-for-one) and past its limit the supervisor fails upward with
-    :class:`RestartLimitExceeded`. Cancelling or leaving the block stops supervising: the
-    containers keep running and the next supervisor picks them up.
+    :class:`RestartLimitExceeded`. ``shim_groups`` packs containers into shared runc shims
+    (the annotation is set here only: control-plane requests carry none). Cancelling or
+    leaving the block stops supervising: the containers keep running and the next
+    supervisor picks them up.
 
     Today this is :func:`actors.open_client` with ``restore=True`` and a restart policy
     (both its defaults) and the program's default namespace.
@@ -68,6 +72,7 @@ async def open_supervisor(
         rpc_deadline=rpc_deadline,
         restore=True,
         restart_policy=restart_policy or RestartPolicy(),
+        shim_groups=shim_groups,
     ) as client:
         yield client
 
@@ -91,7 +96,12 @@ async def serve(args: argparse.Namespace) -> int:
     )
     async with (
         containerd_address(args.address, state_root, progress=_say) as address,
-        open_supervisor(address, args.namespace, state_dir=str(state_root / "io")) as client,
+        open_supervisor(
+            address,
+            args.namespace,
+            state_dir=str(state_root / "io"),
+            shim_groups=shim_groups_from(args),
+        ) as client,
         trio.open_nursery() as nursery,
     ):
         gateway = await nursery.start(Gateway(client, config).serve)
@@ -119,6 +129,14 @@ async def serve(args: argparse.Namespace) -> int:
                 break
         nursery.cancel_scope.cancel()
     return 0
+
+
+def shim_groups_from(args: argparse.Namespace) -> ShimGroups | None:
+    """``--shim-groups K --shim-group-size N`` as a policy (None: one shim per container)."""
+    count = getattr(args, "shim_groups", 0)
+    if not count:
+        return None
+    return ShimGroups(shims=count, max_per_shim=args.shim_group_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

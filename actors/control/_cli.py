@@ -454,6 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not apply the default seccomp profile (not recommended)",
     )
+    serve.add_argument(
+        "--shim-groups",
+        type=_non_negative,
+        default=0,
+        metavar="K",
+        help="pack containers into K runc shims filled in rotation (0, the default: one shim "
+        "per container); see --shim-group-size",
+    )
+    serve.add_argument(
+        "--shim-group-size",
+        type=_positive,
+        default=16,
+        metavar="N",
+        help="with --shim-groups: at most N containers per shim (default %(default)s)",
+    )
 
     def container_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")

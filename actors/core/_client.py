@@ -36,6 +36,14 @@ from ._container import (
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
+from ._shimgroups import (
+    GROUP_ANNOTATION,
+    ShimGroupPool,
+    ShimGroups,
+    ShimGroupStatistics,
+    check_unreserved,
+    group_annotation,
+)
 from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
 from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
 from .events import EventRouter, EventType, RouterStatistics, TaskEvent
@@ -76,6 +84,7 @@ class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
     resyncs: int
     actor_crashes: int
     actor_restarts: int
+    shim_groups: ShimGroupStatistics | None = None
 
 
 class RuncOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,8 +126,10 @@ class Client:
         state_dir: str,
         restart_policy: RestartPolicy,
         bridge_statistics: Callable[[], BridgeStatistics] | None = None,
+        shim_groups: ShimGroups | None = None,
     ) -> None:
         self._remote = remote
+        self._shim_pool = ShimGroupPool(shim_groups) if shim_groups is not None else None
         self._bridge_statistics = bridge_statistics
         self._nursery = nursery
         self._backend = backend
@@ -235,6 +246,10 @@ class Client:
             if container.id in self._actors:
                 continue
             record = _record_from_proto(container)
+            if self._shim_pool is not None:
+                group = group_annotation(record.spec)
+                if group is not None:
+                    self._shim_pool.adopt(record.id, group)
             task = tasks.get(container.id)
             await self._spawn_actor(record, adopt=task)
             adopted += 1
@@ -268,6 +283,8 @@ class Client:
         finally:
             if self._actors.get(actor.container_id) is actor:
                 del self._actors[actor.container_id]
+                if self._shim_pool is not None:
+                    self._shim_pool.release(actor.container_id)
             self._crashes.forget(actor.container_id)
 
     async def _spawn_actor(self, record: ContainerRecord, *, adopt: Any = None) -> ContainerActor:
@@ -276,7 +293,7 @@ class Client:
             record,
             io_root=self._io_root,
             backend=self._backend,
-            on_event=self.hub.publish,
+            on_event=self.hub.publish if self._shim_pool is None else self._on_grouped_event,
         )
         if adopt is not None:
             actor.adopt_task(adopt)
@@ -284,6 +301,22 @@ class Client:
         self._replay_held(actor)
         await self._nursery.start(self._run_actor, actor)
         return actor
+
+    def _on_grouped_event(self, event: TaskEvent) -> None:
+        """Publish, and keep the shim pool's view of its shims current (no RPC: /proc)."""
+        self.hub.publish(event)
+        pool = self._shim_pool
+        assert pool is not None
+        info = event.info
+        if info.process_id != info.container_id:
+            return
+        if event.type is EventType.START:
+            if info.pid > 0 and pool.needs_shim_pid(info.container_id):
+                pool.shim_seen(info.container_id, _shim_pid_of(info.pid))
+        elif event.type is EventType.EXIT:
+            shim_pid = pool.shim_pid(info.container_id)
+            if shim_pid and not _alive(shim_pid):
+                pool.shim_died(info.container_id)
 
     def _live_actor(self, container_id: str) -> ContainerActor | None:
         actor = self._actors.get(container_id)
@@ -308,6 +341,7 @@ class Client:
             resyncs=self._resyncs,
             actor_crashes=self._actor_crashes,
             actor_restarts=self._crashes.restarts,
+            shim_groups=self._shim_pool.statistics() if self._shim_pool is not None else None,
         )
 
     def actor_statistics(self) -> list[ActorStatistics]:
@@ -357,22 +391,28 @@ class Client:
         validate_id(container_id)
         if self._live_actor(container_id) is not None:
             raise AlreadyExists(f"container {container_id} already exists", local=True)
-        spec_bytes, terminal = _spec_payload(spec, self.namespace, container_id)
         label_map = _validate_labels(labels)
+        if snapshot_key and not snapshotter:
+            raise InvalidArgument("a snapshot_key needs its snapshotter", local=True)
+        pool = self._shim_pool if shim == DEFAULT_SHIM else None
+        spec_bytes, terminal = _spec_payload(spec, self.namespace, container_id, grouped=pool)
         options = runtime_options.to_proto() if runtime_options is not None else b""
         record_pb = containers_pb2.Container(id=container_id, labels=label_map)
         record_pb.runtime.name = shim
         if options:
             record_pb.runtime.options.CopyFrom(AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options))
         record_pb.spec.CopyFrom(AnyPb(type_url=SPEC_TYPE_URL, value=spec_bytes))
-        if snapshot_key and not snapshotter:
-            raise InvalidArgument("a snapshot_key needs its snapshotter", local=True)
         record_pb.snapshotter, record_pb.snapshot_key, record_pb.image = (
             snapshotter,
             snapshot_key,
             image,
         )
-        created = await self._remote.containers_create(record_pb)
+        try:
+            created = await self._remote.containers_create(record_pb)
+        except BaseException:
+            if pool is not None and self._live_actor(container_id) is None:
+                pool.release(container_id)
+            raise
         record = ContainerRecord(
             id=created.id,
             labels=dict(created.labels),
@@ -441,7 +481,13 @@ def _record_from_proto(container: Any) -> ContainerRecord:
     )
 
 
-def _spec_payload(spec: Spec | bytes, namespace: str, container_id: str) -> tuple[bytes, bool]:
+def _spec_payload(
+    spec: Spec | bytes,
+    namespace: str,
+    container_id: str,
+    *,
+    grouped: ShimGroupPool | None = None,
+) -> tuple[bytes, bool]:
     if isinstance(spec, bytes | bytearray):
         try:
             decoded = decode_spec(bytes(spec))
@@ -462,6 +508,12 @@ def _spec_payload(spec: Spec | bytes, namespace: str, container_id: str) -> tupl
         # containerd's own default; keeps same-named containers of two namespaces apart.
         linux = msgspec.structs.replace(decoded.linux, cgroups_path=f"/{namespace}/{container_id}")
         decoded = msgspec.structs.replace(decoded, linux=linux)
+    if grouped is not None:
+        check_unreserved(decoded.annotations)
+        # Assigned last, once nothing else can refuse the spec (released if Create fails).
+        group = grouped.assign(container_id)
+        annotations = {**decoded.annotations, GROUP_ANNOTATION: group}
+        decoded = msgspec.structs.replace(decoded, annotations=annotations)
     terminal = decoded.process is not None and bool(decoded.process.terminal)
     return encode_spec(decoded), terminal
 
@@ -491,6 +543,7 @@ async def open_client(
     rpc_deadline: float = DEFAULT_TIMEOUT,
     restore: bool = True,
     restart_policy: RestartPolicy | None = None,
+    shim_groups: ShimGroups | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to containerd and supervise this namespace's containers while inside.
 
@@ -503,6 +556,8 @@ async def open_client(
         rpc_deadline: default deadline of each RPC, in seconds (sent to containerd).
         restore: adopt the namespace's existing containers at start (2 RPCs in total).
         restart_policy: how crashed actors are restarted (see :class:`RestartPolicy`).
+        shim_groups: pack runc containers into a bounded pool of shared shims (see
+            :class:`ShimGroups`); None (the default) gives each container its own shim.
 
     Raises:
         InvalidArgument: invalid namespace.
@@ -522,6 +577,7 @@ async def open_client(
             restore=restore,
             restart_policy=restart_policy or RestartPolicy(),
             bridge_statistics=bridge.statistics,
+            shim_groups=shim_groups,
         ) as client:
             yield client
     finally:
@@ -538,6 +594,7 @@ async def run_client(
     restore: bool,
     restart_policy: RestartPolicy,
     bridge_statistics: Callable[[], BridgeStatistics] | None = None,
+    shim_groups: ShimGroups | None = None,
 ) -> AsyncIterator[Client]:
     """Run a client over any ``Remote``-shaped object (the real one, or the testing fake)."""
     try:
@@ -549,6 +606,7 @@ async def run_client(
                 state_dir=state_dir,
                 restart_policy=restart_policy,
                 bridge_statistics=bridge_statistics,
+                shim_groups=shim_groups,
             )
             await nursery.start(client.router.run)
             nursery.start_soon(client._resync_loop)
@@ -562,6 +620,37 @@ async def run_client(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise collapse(group) from None
+
+
+def _shim_pid_of(pid: int) -> int:
+    """The runc shim whose child ``pid`` (a task's init) is; 0 when it cannot be told.
+
+    The shim is the init's parent (it is the subreaper runc's init is handed to). Another
+    pid namespace than containerd's (a remote daemon) shows no such parent: 0, and the pool
+    then relies on containerd replacing a dead shim's stale socket itself.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"PPid:"):
+                    parent = int(line.split()[1])
+                    break
+            else:
+                return 0
+        with open(f"/proc/{parent}/comm", "rb") as comm:
+            return parent if comm.read().startswith(b"containerd-shim") else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie is dead (the shim's parent is init, which may not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def _task_container_id(process: Any) -> str:

@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from ..core._container import Backend
+    from ..core._shimgroups import ShimGroups
 
 __all__ = [
     "FAKE_VERSION",
@@ -1078,6 +1079,7 @@ async def open_fake_client(
     state_dir: str | os.PathLike[str],
     restore: bool = True,
     restart_policy: RestartPolicy | None = None,
+    shim_groups: ShimGroups | None = None,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``fake`` (what :func:`actors.open_client` is over containerd).
 
@@ -1090,5 +1092,6 @@ async def open_fake_client(
         state_dir=os.fspath(state_dir),
         restore=restore,
         restart_policy=restart_policy or RestartPolicy(),
+        shim_groups=shim_groups,
     ) as client:
         yield client
