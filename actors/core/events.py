@@ -1,7 +1,9 @@
 """Task events: moby's EventType/EventInfo, a pure decoder, and the per-namespace router.
 
-containerd publishes task events on one exchange; we subscribe once per namespace with
-moby's filter ``namespace==NS,topic~=|^/tasks/|`` and decode each envelope with
+containerd publishes task events on one exchange; we subscribe once per namespace to the
+topics we map (:data:`SUBSCRIBED_TOPICS`, one ``namespace==NS,topic=="..."`` filter each, ORed:
+moby's ``topic~=|^/tasks/|`` also carries /tasks/delete, /tasks/io and others that would only
+be sent, decoded and dropped) and decode each envelope with
 :func:`decode_event`, a pure function of (topic, type URL, payload). The router hands each
 decoded event to a dispatch callback (the client routes it into the owning container actor's
 mailbox, so events and commands for one container are handled in one order).
@@ -29,12 +31,13 @@ if TYPE_CHECKING:
     from ..containerd._remote import Remote
 
 __all__ = [
+    "SUBSCRIBED_TOPICS",
     "EventInfo",
     "EventType",
     "ExitStatus",
     "TaskEvent",
     "decode_event",
-    "subscription_filter",
+    "subscription_filters",
 ]
 
 log = logging.getLogger("containerd_actors.events")
@@ -81,9 +84,9 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
     exited_at: dt.datetime | None = None
 
 
-def subscription_filter(namespace: str) -> str:
-    """moby's single AND filter: only this namespace's task events."""
-    return f"namespace=={namespace},topic~=|^/tasks/|"
+def subscription_filters(namespace: str) -> list[str]:
+    """This namespace's task events of the topics we map, and nothing else (ORed filters)."""
+    return [f'namespace=={namespace},topic=="{topic}"' for topic in SUBSCRIBED_TOPICS]
 
 
 # containerd sends nothing when a subscription is registered, so we publish a marker event
@@ -164,6 +167,20 @@ _DECODERS: Final[dict[str, tuple[type[Any], Callable[[Any], tuple[EventType, Eve
 }
 
 
+# Every topic with a decoder above, and only those: the single place to add one (e.g. when
+# the actors' state machine starts consuming /tasks/delete), kept equal by a unit test.
+SUBSCRIBED_TOPICS: Final = (
+    "/tasks/create",
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/oom",
+    "/tasks/exec-added",
+    "/tasks/exec-started",
+    "/tasks/paused",
+    "/tasks/resumed",
+)
+
+
 def decode_event(
     topic: str,
     type_url: str,
@@ -239,7 +256,7 @@ class EventRouter:
         self._on_resubscribed = on_resubscribed
         self._max_backoff = max_backoff
         self._confirm_timeout = confirm_timeout
-        self._filter = subscription_filter(remote.namespace)
+        self._filters = subscription_filters(remote.namespace)
         self._connected = False
         self._subscriptions = 0
         self._events_in = 0
@@ -263,7 +280,7 @@ class EventRouter:
         """Subscribe, report ready once the subscription is live, and keep it alive."""
         first = True
         namespace = self._remote.namespace
-        filters = [self._filter, ready_filter(namespace)]
+        filters = [*self._filters, ready_filter(namespace)]
         while True:
             try:
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from actors import errors
 from actors.containerd.pb.containerd.events import task_pb2
 from actors.core._ids import is_valid_id, validate_id
 from actors.core._mailbox import Mailbox
-from actors.core.events import EventType, decode_event, subscription_filter
+from actors.core.events import (
+    _DECODERS,
+    SUBSCRIBED_TOPICS,
+    EventType,
+    decode_event,
+    subscription_filters,
+)
 
 
 @pytest.mark.parametrize("good", ["a", "A1", "web-1", "a.b_c-d", "x" * 76, "9"])
@@ -71,8 +78,17 @@ def test_transport_errors_map_to_unavailable_and_deadline() -> None:
     assert errors.from_grpc_exception(KeyError("not ours")) is None
 
 
-def test_subscription_filter_is_mobys() -> None:
-    assert subscription_filter("ns1") == "namespace==ns1,topic~=|^/tasks/|"
+def test_we_subscribe_to_exactly_the_topics_we_decode() -> None:
+    # containerd.events.TaskExecAdded is published on /tasks/exec-added, and so on.
+    decoded = {
+        "/tasks/" + re.sub(r"(?<=[a-z])([A-Z])", r"-\1", name.rsplit(".Task", 1)[1]).lower()
+        for name in _DECODERS
+    }
+    assert decoded == set(SUBSCRIBED_TOPICS)
+    assert "/tasks/delete" not in SUBSCRIBED_TOPICS
+    assert subscription_filters("ns1") == [
+        f'namespace==ns1,topic=="{topic}"' for topic in SUBSCRIBED_TOPICS
+    ]
 
 
 def _exit_payload() -> bytes:
