@@ -12,7 +12,7 @@ import collections
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import trio
@@ -44,6 +44,7 @@ from ._shimgroups import (
     check_unreserved,
     group_annotation,
 )
+from ._shimretry import GroupedRemote
 from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
 from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
 from .events import EventRouter, EventType, RouterStatistics, TaskEvent
@@ -130,6 +131,8 @@ class Client:
     ) -> None:
         self._remote = remote
         self._shim_pool = ShimGroupPool(shim_groups) if shim_groups is not None else None
+        # Grouped containers' actors see a remote whose Tasks.Create survives a shim handover.
+        self._grouped_remote = GroupedRemote(remote) if shim_groups is not None else None
         self._bridge_statistics = bridge_statistics
         self._nursery = nursery
         self._backend = backend
@@ -288,8 +291,9 @@ class Client:
             self._crashes.forget(actor.container_id)
 
     async def _spawn_actor(self, record: ContainerRecord, *, adopt: Any = None) -> ContainerActor:
+        grouped = self._grouped_remote is not None and group_annotation(record.spec) is not None
         actor = ContainerActor(
-            self._remote,
+            cast("Remote", self._grouped_remote) if grouped else self._remote,
             record,
             io_root=self._io_root,
             backend=self._backend,
@@ -341,7 +345,14 @@ class Client:
             resyncs=self._resyncs,
             actor_crashes=self._actor_crashes,
             actor_restarts=self._crashes.restarts,
-            shim_groups=self._shim_pool.statistics() if self._shim_pool is not None else None,
+            shim_groups=self._shim_group_statistics(),
+        )
+
+    def _shim_group_statistics(self) -> ShimGroupStatistics | None:
+        if self._shim_pool is None or self._grouped_remote is None:
+            return None
+        return msgspec.structs.replace(
+            self._shim_pool.statistics(), create_retries=self._grouped_remote.retries
         )
 
     def actor_statistics(self) -> list[ActorStatistics]:

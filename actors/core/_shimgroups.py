@@ -75,6 +75,7 @@ class ShimGroupStatistics(msgspec.Struct, frozen=True, kw_only=True):
     retired_full: int
     retired_empty: int
     retired_dead: int
+    create_retries: int = 0  # Tasks.Create repeated after meeting a group's shim exiting
 
 
 class _Group:

@@ -176,3 +176,43 @@ async def test_killing_a_groups_shim_reports_each_exit_once_and_the_next_gets_a_
         stats = client.statistics().shim_groups
         assert stats is not None
         assert (stats.groups, stats.members) == (0, 0)
+
+
+async def test_concurrent_short_lifecycles_in_few_shims_all_succeed(
+    containerd: PrivateContainerd, rootfs: Path, io_dir: Path
+) -> None:
+    # Groups empty and refill constantly: a create may meet its group's shim exiting,
+    # which the client absorbs by repeating Tasks.Create (counted, never hidden).
+    policy = ShimGroups(shims=2, max_per_shim=4)
+    count = 48
+    async with open_client(
+        containerd.address, NAMESPACE, state_dir=str(io_dir), shim_groups=policy
+    ) as client:
+        spec = build_spec(rootfs, ["true"])
+        limiter = trio.CapacityLimiter(16)
+        codes: list[int] = []
+
+        async def lifecycle() -> None:
+            async with limiter:
+                container = await client.new_container(unique_id("burst"), spec)
+                task = await container.start()
+                codes.append((await task.wait()).code)
+                await task.delete()
+                await container.delete()
+
+        before = dict(client.statistics().rpc.calls)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for _ in range(count):
+                    nursery.start_soon(lifecycle)
+        assert codes == [0] * count
+        stats = client.statistics().shim_groups
+        assert stats is not None
+        expected = {k: v * count for k, v in LIFECYCLE_RPCS.items()}
+        expected["Tasks.Create"] += stats.create_retries
+        assert rpc_delta(before, client.statistics().rpc.calls) == expected
+        await wait_actors_gone(client)
+        stats = client.statistics().shim_groups
+        assert stats is not None
+        assert (stats.groups, stats.members) == (0, 0)
+        print("create retries:", stats.create_retries, "generations:", stats.generations)

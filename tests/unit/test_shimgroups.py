@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from actors import InvalidArgument, ShimGroups, build_spec
+from actors import InvalidArgument, ShimGroups, Unknown, build_spec
 from actors.core._shimgroups import (
     GROUP_ANNOTATION,
     ShimGroupPool,
     group_annotation,
 )
+from actors.core._shimretry import GroupedRemote
 from actors.core.spec import decode_spec, encode_spec
 from actors.testing import FakeContainerd, open_fake_client
 
@@ -200,3 +201,46 @@ async def test_a_second_client_adopts_the_groups_and_opens_new_ones(tmp_path: Pa
             second = await c.new_container("b", build_spec("/", ["true"]))
             new_group = decode_spec(second.spec_json).annotations[GROUP_ANNOTATION]
             assert new_group != old_group
+
+
+# -- Tasks.Create meeting a group's shim on its way out ----------------------------------
+
+
+class _Flaky:
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.calls = 0
+        self.namespace = "n"
+
+    async def tasks_create(self, request: object, *, deadline: float | None = None) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "created"
+
+
+class _Request:
+    container_id = "c"
+
+
+GONE = "Tasks.Create: failed to start shim: start failed: dial unix /run/x: connect: no such file"
+
+
+async def test_a_create_that_met_the_shim_exiting_is_repeated() -> None:
+    flaky = _Flaky([Unknown(GONE), Unknown("ttrpc: closed")])
+    remote = GroupedRemote(flaky)
+    with trio.fail_after(5):
+        assert await remote.tasks_create(_Request()) == "created"
+    assert (flaky.calls, remote.retries) == (3, 2)
+    assert remote.namespace == "n"  # everything else passes through
+
+
+async def test_other_create_failures_are_not_repeated_and_retries_are_bounded() -> None:
+    flaky = _Flaky([InvalidArgument("bad spec")])
+    with trio.fail_after(5), pytest.raises(InvalidArgument):
+        await GroupedRemote(flaky).tasks_create(_Request())
+    assert flaky.calls == 1
+    flaky = _Flaky([Unknown(GONE) for _ in range(5)])
+    with trio.fail_after(5), pytest.raises(Unknown):
+        await GroupedRemote(flaky).tasks_create(_Request())
+    assert flaky.calls == 3
