@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--out DIR] [--only lifecycle,exec,fanout,scale]``.
+"""``python -m benchmarks [--quick] [--out DIR] [--only PHASE,...]`` (phases: see --help).
 
 Runs as root: it starts its own containerd in a temp dir (never a system one), builds a
 busybox rootfs, works in its own namespaces and removes everything it created when it ends,
@@ -22,11 +22,11 @@ import trio
 
 from actors import open_client
 
-from . import _env, control, fanout, lifecycle, report, scale
+from . import _env, control, density, fanout, lifecycle, peers, report, scale
 from ._lab import Lab, host_problem
 from ._progress import Progress
 
-PHASES = ("lifecycle", "exec", "fanout", "scale")
+PHASES = ("lifecycle", "exec", "fanout", "scale", "density", "peers")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -67,7 +67,9 @@ async def _main(
     cfg_control = control.config(quick, smoke=smoke)
     cfg_fan = fanout.config(quick, smoke=smoke)
     cfg_scale = scale.config(quick, smoke=smoke)
-    real = any(p in args.phases for p in ("lifecycle", "exec", "fanout", "scale"))
+    cfg_density = density.config(quick, smoke=smoke)
+    cfg_peers = peers.config(quick, smoke=smoke)
+    real = any(p in args.phases for p in ("lifecycle", "exec", "fanout", "density", "peers"))
     problem = host_problem() if real else None
 
     plan: list[tuple[str, bool, float, Callable[[], Awaitable[None]]]] = []
@@ -88,8 +90,14 @@ async def _main(
     async def do_scale_fake() -> None:
         collected.scale_fake = await scale.run_fake(cfg_scale, progress)
 
-    async def do_scale_real() -> None:
-        collected.scale_real = await scale.run_real(lab, cfg_scale, progress, quick=quick)
+    async def do_density() -> None:
+        collected.density = await density.run_idle(lab, cfg_density, progress)
+
+    async def do_groups() -> None:
+        collected.shim_groups = await density.run_lifecycles(lab, cfg_density, progress)
+
+    async def do_peers() -> None:
+        collected.peers = await peers.run(lab, cfg_peers, progress)
 
     # Real-daemon phases first, the fake's after: the fake's 10,000 actors leave freed
     # memory behind that would blur the RSS growth measured with real containers.
@@ -100,8 +108,13 @@ async def _main(
     if "fanout" in args.phases:
         estimate = fanout.estimate_latency(cfg_fan)
         plan.append(("publish-to-callback latency", True, estimate, do_fanout_latency))
-    if "scale" in args.phases:
-        plan.append(("real containers idle", True, scale.estimate_real(cfg_scale), do_scale_real))
+    if "density" in args.phases:
+        estimate = density.estimate_idle(cfg_density)
+        plan.append((f"{cfg_density.containers} idle containers", True, estimate, do_density))
+        estimate = density.estimate_lifecycles(cfg_density)
+        plan.append(("shim groups side by side", True, estimate, do_groups))
+    if "peers" in args.phases:
+        plan.append(("docker and podman", True, peers.estimate(cfg_peers), do_peers))
     if "fanout" in args.phases:
         plan.append(("fan-out on the fake", False, fanout.estimate_fake(cfg_fan), do_fanout_fake))
     if "scale" in args.phases:
@@ -112,6 +125,8 @@ async def _main(
         "control": cfg_control,
         "fanout": cfg_fan,
         "scale": cfg_scale,
+        "density": cfg_density,
+        "peers": cfg_peers,
     }
 
     needs_daemon = any(needs for _, needs, _, _ in plan)

@@ -16,9 +16,11 @@ from typing import Any
 
 import msgspec
 
-from . import control, fanout, lifecycle, scale
+from . import control, density, fanout, lifecycle, scale
 from ._profile import Profile
 from ._stats import Percentiles, Spread, spread
+from .density import IdleResult, LifecycleComparison
+from .peers import PeersResult
 
 SCHEMA = 1
 
@@ -53,7 +55,9 @@ class Collected(msgspec.Struct, kw_only=True):
     fanout_profile: Profile | None = None
     event_latency: Percentiles | None = None
     scale_fake: scale.FakeScale | None = None
-    scale_real: scale.RealScale | None = None
+    density: list[IdleResult] | None = None
+    shim_groups: LifecycleComparison | None = None
+    peers: PeersResult | None = None
     goals: list[Goal] = msgspec.field(default_factory=list)
     not_measured: list[str] = msgspec.field(default_factory=list)
     leftovers: list[str] = msgspec.field(default_factory=list)
@@ -154,13 +158,31 @@ def judge(run: Collected) -> list[Goal]:
         )
         if not met:
             detail += "; " + _throughput_limit(ours16, run.background_cores)
+        c16 = _point_caps(ours16, run.background_cores)
+        fraction = ours16.throughput.median / c16.daemon_cap if _ok(c16.daemon_cap) else math.nan
         goals.append(
             Goal(
                 goal="Lifecycle throughput at concurrency 16",
                 target="≥ 1.5x ctr",
-                measured=f"{_spread(ratio, 2)}x ctr",
+                measured=f"{_spread(ratio, 2)}x ctr; {_num(fraction, 2)} of the daemon-side cap",
                 met=met,
                 detail=detail,
+            )
+        )
+        goals.append(
+            Goal(
+                goal="Throughput at concurrency 16 as a fraction of the daemon-side cap",
+                target="≥ 0.9",
+                measured=_num(fraction, 2),
+                met=fraction >= 0.9 if _ok(fraction) else None,
+                detail=(
+                    f"ours {_num(ours16.throughput.median)}/s; the daemon side (containerd, "
+                    f"shims, runc, kernel: {_num(c16.daemon_side_ms, 1)} ms of machine CPU per "
+                    f"lifecycle, measured in this run) alone allows "
+                    f"{_num(c16.daemon_cap, 1)}/s on the {_num(c16.free_cores, 2)} cores other "
+                    f"users left; with our client's {_num(c16.client_ms, 1)} ms added, "
+                    f"{_num(c16.cap, 1)}/s. Ratio to ctr in the same run: {_spread(ratio, 2)}x"
+                ),
             )
         )
     else:
@@ -240,37 +262,54 @@ def judge(run: Collected) -> list[Goal]:
             )
         )
 
-    # 5. Idle CPU with real containers.
-    real = run.scale_real
-    if real is not None:
-        met = real.idle_cpu_pct < 1
+    # 5. Idle CPU with real containers, and their restore.
+    idle = run.density[0] if run.density else None
+    if idle is not None:
+        met = idle.idle_cpu_pct < 1
         detail = (
-            f"{real.containers} running containers, {real.idle_seconds:.0f} s window, "
-            f"{real.idle_wakeups} thread wakeup(s) in it (the one that ends the window included); "
-            f"containerd itself {real.containerd_idle_cpu_pct:.2f}%. For scale: on this machine "
-            f"a minimal Python process sleeping 1 s in epoll was charged "
-            f"{_num(real.wakeup_floor_ms, 1)} ms of CPU for its one wakeup"
+            f"{idle.containers} running containers ({idle.policy} shims) under a supervisor "
+            f"that restored them, {idle.idle_seconds:.0f} s window, {idle.idle_wakeups} thread "
+            f"wakeup(s) in it (the one that ends the window included); containerd itself "
+            f"{idle.containerd_idle_cpu_pct:.2f}%. For scale: on this machine a minimal Python "
+            f"process sleeping 1 s in epoll was charged {_num(idle.wakeup_floor_ms, 1)} ms of "
+            "CPU for its one wakeup"
         )
-        if real.reduced_for_quick:
-            detail += "; quick mode: 50 containers instead of 200"
         goals.append(
             Goal(
                 goal="Idle CPU of our process with running containers",
-                target="< 1 % of a core (200 containers)",
-                measured=f"{real.idle_cpu_pct:.3f} %",
+                target=f"< 1 % of a core ({idle.containers} containers)",
+                measured=f"{idle.idle_cpu_pct:.3f} %",
                 met=met,
                 detail=detail,
+            )
+        )
+        restore_rpcs = sum(
+            v for k, v in idle.restore_rpcs.items() if k in ("Containers.List", "Tasks.List")
+        )
+        goals.append(
+            Goal(
+                goal="Restoring every container: RPCs",
+                target="2-4",
+                measured=f"{restore_rpcs} ({idle.restored} containers)",
+                met=2 <= restore_rpcs <= 4,
+                detail="a new supervisor sent "
+                + ", ".join(f"{k} {v}" for k, v in sorted(idle.restore_rpcs.items()))
+                + f" before it was ready (the event subscription and its marker included), in "
+                f"{idle.restore_seconds:.2f} s",
             )
         )
     else:
         goals.append(
             Goal(
                 goal="Idle CPU of our process with running containers",
-                target="< 1 % of a core (200 containers)",
+                target="< 1 % of a core",
                 measured="not measured",
                 met=None,
             )
         )
+
+    # 5b. Shim groups against one shim per container.
+    goals += _groups_goals(run)
 
     # 6. Routed events per second on the fake.
     points = run.fanout_fake
@@ -314,31 +353,118 @@ def judge(run: Collected) -> list[Goal]:
     return goals
 
 
+def _groups_goals(run: Collected) -> list[Goal]:
+    comparison = run.shim_groups
+    per = _gpoint(comparison, "per-container", 16)
+    grouped = _gpoint(comparison, "groups", 16)
+    if per is None or grouped is None:
+        return [
+            Goal(
+                goal="Shim groups: throughput at 16 vs one shim per container",
+                target="≥ 1.0x",
+                measured="not measured",
+                met=None,
+            )
+        ]
+    ratio = _ratio_spread(grouped.throughput_per_rep, per.throughput_per_rep)
+    cpu = grouped.machine_cpu_ms.median / per.machine_cpu_ms.median
+    detail = (
+        f"groups {_spread(grouped.throughput)}/s vs per-container {_spread(per.throughput)}/s "
+        f"(interleaved); machine CPU per lifecycle {_num(grouped.machine_cpu_ms.median)} vs "
+        f"{_num(per.machine_cpu_ms.median)} ms ({_num(cpu, 2)}x); "
+        f"{grouped.shims_started} shims started for {_lifecycles(grouped)} "
+        f"grouped lifecycles, {grouped.create_retries} Tasks.Create repeated"
+    )
+    memory = {r.policy: r for r in run.density or []}
+    if "groups" in memory and "per-container" in memory:
+        g, p = memory["groups"], memory["per-container"]
+        detail += (
+            f"; memory per running container (our PSS + shims' PSS): "
+            f"{_kib(g.pss_per_container_bytes)} vs {_kib(p.pss_per_container_bytes)}"
+        )
+    return [
+        Goal(
+            goal="Shim groups: throughput at 16 vs one shim per container",
+            target="≥ 1.0x",
+            measured=f"{_spread(ratio, 2)}x",
+            met=ratio.median >= 1.0,
+            detail=detail,
+        )
+    ]
+
+
+def _lifecycles(point: density.LifecyclePoint) -> int:
+    return point.latency_ms.n + point.failures
+
+
+def _gpoint(
+    comparison: density.LifecycleComparison | None, policy: str, c: int
+) -> density.LifecyclePoint | None:
+    if comparison is None:
+        return None
+    return next((p for p in comparison.points if p.policy == policy and p.concurrency == c), None)
+
+
+def _kib(value: float) -> str:
+    return f"{value / 1024:,.0f} KiB" if _ok(value) else "n/a"
+
+
 def _background(samples: Sequence[float]) -> float:
     return sum(samples) / len(samples) if samples else math.nan
 
 
-def _throughput_limit(point: lifecycle.Point, background: Sequence[float]) -> str:
+class Caps(msgspec.Struct, frozen=True, kw_only=True):
+    """What the machine's CPU allows, per lifecycle, from one measured point."""
+
+    free_cores: float
+    others_cores: float
+    ours_total_ms: float  # machine CPU per lifecycle minus other users' background share
+    client_ms: float
+    daemon_side_ms: float  # containerd, shims, runc, kernel
+    daemon_cap: float  # lifecycles/s the daemon side alone allows on the free cores
+    cap: float  # ... with our client's CPU added
+
+
+def caps(machine_ms: float, client_ms: float, rate: float, background: Sequence[float]) -> Caps:
     ncpu = os.cpu_count() or 1
-    machine = point.machine_cpu_ms.median
     others = _background(background)
     free = ncpu - others if _ok(others) else float(ncpu)
-    rate = point.throughput.median
     # What the other users of this shared machine burned meanwhile, per lifecycle.
     theirs = others * 1000 / rate if _ok(others) and rate else 0.0
-    ours_total = machine - theirs
-    client = point.client_cpu_ms.median
-    daemon_side = ours_total - client
-    daemon_cap = 1000 * free / daemon_side if daemon_side > 0 else math.nan
-    cap = 1000 * free / ours_total if ours_total > 0 else math.nan
+    ours_total = machine_ms - theirs
+    daemon_side = ours_total - client_ms
+    return Caps(
+        free_cores=free,
+        others_cores=others,
+        ours_total_ms=ours_total,
+        client_ms=client_ms,
+        daemon_side_ms=daemon_side,
+        daemon_cap=1000 * free / daemon_side if daemon_side > 0 else math.nan,
+        cap=1000 * free / ours_total if ours_total > 0 else math.nan,
+    )
+
+
+def _point_caps(point: lifecycle.Point, background: Sequence[float]) -> Caps:
+    return caps(
+        point.machine_cpu_ms.median,
+        point.client_cpu_ms.median,
+        point.throughput.median,
+        background,
+    )
+
+
+def _throughput_limit(point: lifecycle.Point, background: Sequence[float]) -> str:
+    ncpu = os.cpu_count() or 1
+    c = _point_caps(point, background)
     return (
         f"limit: CPU. The machine was {_num(point.machine_busy_pct.median, 0)}% busy on {ncpu} "
-        f"cores, {_num(others, 2)} cores of it other users' background load (sampled while "
-        f"idle before and after). Per lifecycle, {_num(ours_total, 1)} ms of machine CPU is "
-        f"ours: our client {_num(client, 1)} ms, the daemon side {_num(daemon_side, 1)} ms "
-        f"(containerd {_num(point.containerd_cpu_ms.median, 1)} ms, then shim, runc, kernel). "
-        f"On the {_num(free, 2)} cores left, the daemon side alone caps any client near "
-        f"{_num(daemon_cap, 0)}/s, and with our client near {_num(cap, 0)}/s"
+        f"cores, {_num(c.others_cores, 2)} cores of it other users' background load (sampled "
+        f"while idle before and after). Per lifecycle, {_num(c.ours_total_ms, 1)} ms of machine "
+        f"CPU is ours: our client {_num(c.client_ms, 1)} ms, the daemon side "
+        f"{_num(c.daemon_side_ms, 1)} ms (containerd {_num(point.containerd_cpu_ms.median, 1)} "
+        f"ms, then shim, runc, kernel). On the {_num(c.free_cores, 2)} cores left, the daemon "
+        f"side alone caps any client near {_num(c.daemon_cap, 0)}/s, and with our client near "
+        f"{_num(c.cap, 0)}/s"
     )
 
 
@@ -629,7 +755,7 @@ def markdown(run: Collected) -> str:
         )
         out.append("")
 
-    if run.scale_fake is not None or run.scale_real is not None:
+    if run.scale_fake is not None:
         out.append("## Scale")
         out.append("")
         f = run.scale_fake
@@ -651,29 +777,11 @@ def markdown(run: Collected) -> str:
                 f"{f.load_events_per_s:,.0f} events/s): status {_pct(f.status_under_load_ms, 2)}"
                 f" ms, pids {_pct(f.pids_under_load_ms, 2)} ms."
             )
-        real = run.scale_real
-        if real is not None:
-            note = " (quick mode: 50 instead of 200)" if real.reduced_for_quick else ""
-            out.append(
-                f"- {real.containers} real running containers under one supervisor "
-                f"(open_supervisor){note}: started in "
-                f"{real.start_seconds:.1f} s (tracemalloc on); our RSS "
-                f"{_mib(real.rss_before_bytes)} → "
-                f"{_mib(real.rss_after_bytes)} ({real.bytes_per_container / 1024:.0f} KiB per "
-                f"container; RSS also reuses memory freed by earlier phases), Python heap "
-                f"{real.heap_bytes_per_container / 1024:.0f} KiB per container (tracemalloc); "
-                f"a new supervisor restored {real.restored} containers in "
-                f"{real.restore_seconds:.2f} s with "
-                + ", ".join(f"{k} {v}" for k, v in sorted(real.restore_rpcs.items()))
-                + f"; idle CPU over {real.idle_seconds:.0f} s: "
-                f"**{real.idle_cpu_pct:.3f} %** of a core (Trio thread "
-                f"{real.idle_cpu_trio_pct:.3f} %, other threads {real.idle_cpu_threads_pct:.3f} %)"
-                f" and **{real.idle_wakeups} thread wakeup(s)** (the one ending the window "
-                "included: nothing polls);"
-                f" containerd {real.containerd_idle_cpu_pct:.2f} %, "
-                f"RSS {_mib(real.containerd_rss_bytes)}."
-            )
         out.append("")
+
+    out += _density_markdown(run)
+    out += _groups_markdown(run)
+    out += _peers_markdown(run)
 
     if run.not_measured:
         out.append("## Not measured")
@@ -783,3 +891,186 @@ def write(run: Collected, out: Path) -> list[Path]:
     md_path = out / "latest.md"
     md_path.write_text(markdown(run))
     return [json_path, md_path, *written]
+
+
+# -- density, shim groups, peers -------------------------------------------------------------
+
+
+def _density_markdown(run: Collected) -> list[str]:
+    results = run.density
+    if not results:
+        return []
+    out = [f"## {results[0].containers:,} idle containers under one supervisor", ""]
+    out.append(
+        f"busybox `sleep` containers started at concurrency {density.START_CONCURRENCY} by one "
+        "supervisor (the last tenth under tracemalloc, not timed), then a second supervisor "
+        "restores them all, sits idle, and removes them at the same concurrency. PSS is the "
+        "proportional set size (/proc/PID/smaps_rollup): shared pages split among their users."
+    )
+    out.append("")
+    rows = []
+    for r in results:
+        rows.append(
+            [
+                r.policy,
+                f"{r.containers:,}",
+                f"{r.start_seconds:.1f} s ({r.start_per_s:.1f}/s)",
+                _pct(r.start_latency_ms),
+                _kib(r.rss_per_container_bytes),
+                f"{_kib(r.heap_bytes_per_container)} ({r.heap_blocks_per_container:.0f} blocks)",
+                f"{r.shims:,}",
+                _kib(r.shim_pss_per_container_bytes),
+                _kib(r.pss_per_container_bytes),
+                f"{r.restore_seconds:.2f} s, "
+                + "+".join(
+                    str(r.restore_rpcs.get(k, 0)) for k in ("Containers.List", "Tasks.List")
+                ),
+                f"{r.idle_cpu_pct:.3f} % / {r.idle_wakeups}",
+                f"{r.remove_seconds:.1f} s",
+                str(r.failures + r.remove_failures),
+            ]
+        )
+    out += _table(
+        [
+            "shims",
+            "containers",
+            "start (c=32)",
+            "start latency p50/p90/p99 ms",
+            "our RSS / container",
+            "Python heap / container",
+            "shim processes",
+            "shim PSS / container",
+            "our + shims PSS / container",
+            "restore (Containers.List+Tasks.List)",
+            f"idle CPU / wake-ups ({results[0].idle_seconds:.0f} s)",
+            "remove all",
+            "failed",
+        ],
+        rows,
+    )
+    out.append("")
+    for r in results:
+        out.append(
+            f"- {r.policy}: our PSS {_mib(r.our_pss_bytes)}, shims' PSS {_mib(r.shim_pss_bytes)}; "
+            f"restore sent "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r.restore_rpcs.items()))
+            + f"; idle CPU Trio thread {r.idle_cpu_trio_pct:.3f} %, other threads "
+            f"{r.idle_cpu_threads_pct:.3f} %; containerd {r.containerd_idle_cpu_pct:.2f} % "
+            f"(RSS {_mib(r.containerd_rss_bytes)})"
+            + (f"; failures: {'; '.join(r.failure_samples)}" if r.failure_samples else "")
+        )
+    out.append("")
+    return out
+
+
+def _groups_markdown(run: Collected) -> list[str]:
+    comparison = run.shim_groups
+    if comparison is None:
+        return []
+    out = ["## Shim groups vs one shim per container", ""]
+    out.append(
+        f"busybox `true` lifecycles, the two policies alternating in every repetition; groups: "
+        f"`ShimGroups(shims={comparison.shims}, max_per_shim={comparison.max_per_shim})`. "
+        "Start latency is new_container + start (Containers.Create, Tasks.Create, Tasks.Start), "
+        "where a new shim is started or an existing one reused."
+    )
+    out.append("")
+    rows = []
+    for p in comparison.points:
+        c = caps(
+            p.machine_cpu_ms.median, p.client_cpu_ms.median, p.throughput.median,
+            run.background_cores,
+        )  # fmt: skip
+        rows.append(
+            [
+                str(p.concurrency),
+                p.policy,
+                _spread(p.throughput),
+                _pct(p.latency_ms),
+                _pct(p.start_latency_ms),
+                _spread(p.machine_cpu_ms),
+                _spread(p.client_cpu_ms, 2),
+                _spread(p.containerd_cpu_ms, 1),
+                _num(c.daemon_cap, 1),
+                _num(p.throughput.median / c.daemon_cap, 2) if _ok(c.daemon_cap) else "n/a",
+                f"{p.shims_started} / {p.create_retries}",
+                _num(p.rpcs_per_lifecycle, 2),
+                str(p.failures),
+            ]
+        )
+    out += _table(
+        [
+            "c",
+            "shims",
+            "lifecycles/s",
+            "latency p50/p90/p99 ms",
+            "start latency p50/p90/p99 ms",
+            "machine CPU ms/lifecycle",
+            "client CPU ms",
+            "containerd CPU ms",
+            "daemon-side cap /s",
+            "fraction of cap",
+            "shims started / creates repeated",
+            "RPCs/lifecycle",
+            "failed",
+        ],
+        rows,
+    )
+    out.append("")
+    return out
+
+
+def _peers_markdown(run: Collected) -> list[str]:
+    result = run.peers
+    if result is None:
+        return []
+    out = ["## Peers: `docker run --rm` and `podman run --rm`", ""]
+    out.append(
+        "busybox `true` through each tool's own front end, interleaved with ours in every "
+        "repetition; docker is Debian's dockerd started for the run on its own data root and "
+        "socket, driving the run's private containerd; podman runs runc through conmon with "
+        "its own storage. " + "; ".join(f"{k}: {v}" for k, v in result.versions.items() if v)
+    )
+    out.append("")
+    for peer, reason in result.skipped.items():
+        out.append(f"- {peer}: **skipped** ({reason})")
+    if result.skipped:
+        out.append("")
+    rows = []
+    ours = {p.concurrency: p for p in result.points if p.peer == "ours"}
+    for p in result.points:
+        base = ours.get(p.concurrency)
+        ratio = (
+            _ratio_spread(base.throughput_per_rep, p.throughput_per_rep)
+            if base is not None and p.peer != "ours"
+            else None
+        )
+        rows.append(
+            [
+                str(p.concurrency),
+                p.peer,
+                _spread(p.throughput),
+                _pct(p.latency_ms),
+                _spread(p.machine_cpu_ms, 0),
+                f"{_spread(ratio, 2)}x" if ratio is not None else "",
+                str(p.failures),
+            ]
+        )
+    out += _table(
+        [
+            "c",
+            "tool",
+            "lifecycles/s",
+            "latency p50/p90/p99 ms",
+            "machine CPU ms/lifecycle",
+            "ours ÷ tool (throughput)",
+            "failed",
+        ],
+        rows,
+    )
+    out.append("")
+    for p in result.points:
+        if p.failure_samples:
+            out.append(f"- {p.peer} failures: {'; '.join(p.failure_samples)}")
+    out.append("")
+    return out

@@ -1,5 +1,6 @@
-"""Scale: 10,000 actors on the fake (memory per actor, command round trips under load), and
-real running containers under one client (memory of our process, CPU while idle).
+"""Scale: 10,000 actors on the fake (memory per actor, command round trips under load).
+
+Real running containers under one supervisor are in :mod:`benchmarks.density`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ from actors.containerd.pb.containerd.events import task_pb2 as task_events
 from actors.testing import FakeContainerd, envelopes_for, open_fake_client
 
 from . import _env
-from ._lab import Lab
 from ._progress import Progress
 from ._stats import Percentiles, percentiles, scaled
-from .control import start_sleepers, stop_sleepers
 
 FAKE_NAMESPACE = "scale"
 
@@ -32,9 +31,6 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     load_workers: int
     load_ops_per_s: int
     load_events_per_s: int
-    real_containers: int
-    idle_seconds: float
-    quiesce_seconds: float
 
 
 def config(quick: bool, *, smoke: bool = False) -> Config:
@@ -46,9 +42,6 @@ def config(quick: bool, *, smoke: bool = False) -> Config:
             load_workers=4,
             load_ops_per_s=200,
             load_events_per_s=1_000,
-            real_containers=3,
-            idle_seconds=1.0,
-            quiesce_seconds=0.5,
         )
     return Config(
         fake_actors=10_000,
@@ -56,9 +49,6 @@ def config(quick: bool, *, smoke: bool = False) -> Config:
         load_workers=64,
         load_ops_per_s=2_000,
         load_events_per_s=5_000,
-        real_containers=50 if quick else 200,
-        idle_seconds=10.0,
-        quiesce_seconds=3.0,
     )
 
 
@@ -79,31 +69,9 @@ class FakeScale(msgspec.Struct, frozen=True, kw_only=True):
     load_description: str
 
 
-class RealScale(msgspec.Struct, frozen=True, kw_only=True):
-    containers: int
-    reduced_for_quick: bool
-    start_seconds: float
-    rss_before_bytes: int
-    rss_after_bytes: int
-    bytes_per_container: float
-    heap_bytes_per_container: float
-    restored: int  # actors the second supervisor adopted
-    restore_seconds: float
-    restore_rpcs: dict[str, int]  # everything it sent before it was ready
-    idle_seconds: float
-    idle_wakeups: int  # thread wakeups in the window, the one that ends it included
-    wakeup_floor_ms: float  # CPU charged to a minimal Python process for one 1 s sleep
-    idle_cpu_pct: float  # of one core, our whole process
-    idle_cpu_trio_pct: float
-    idle_cpu_threads_pct: float
-    containerd_idle_cpu_pct: float
-    containerd_rss_bytes: int
-
-
 class Result(msgspec.Struct, frozen=True, kw_only=True):
     config: Config
     fake: FakeScale | None
-    real: RealScale | None
     note: str = ""
 
 
@@ -127,10 +95,6 @@ async def _probe(
 
 def estimate_fake(cfg: Config) -> float:
     return cfg.fake_actors / 2000 + 2 + cfg.load_seconds
-
-
-def estimate_real(cfg: Config) -> float:
-    return cfg.real_containers * 0.2 + cfg.quiesce_seconds + cfg.idle_seconds
 
 
 async def run_fake(cfg: Config, progress: Progress) -> FakeScale:
@@ -224,68 +188,4 @@ async def run_fake(cfg: Config, progress: Progress) -> FakeScale:
             f"{cfg.load_workers} workers on random actors, plus {cfg.load_events_per_s:,} TaskOOM "
             "events/s to random actors"
         ),
-    )
-
-
-async def run_real(lab: Lab, cfg: Config, progress: Progress, *, quick: bool) -> RealScale:
-    """Start the containers under one supervisor, restart the supervisor (containers keep
-    running; the new one restores them), then watch it sit idle."""
-    from supervisor import open_supervisor
-
-    count = cfg.real_containers
-    assert lab.rootfs is not None
-    namespace = lab.namespace("scale")
-    state_dir = lab.state_dir("scale")
-    async with open_supervisor(lab.address, namespace, state_dir=state_dir) as first:
-        gc.collect()
-        rss_before = _env.rss_bytes()
-        tracemalloc.start()
-        heap_before = tracemalloc.get_traced_memory()[0]
-        began = time.perf_counter()
-        started_tasks = await start_sleepers(first, "r", count, str(lab.rootfs))
-        started = time.perf_counter() - began
-        gc.collect()
-        heap_after = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        await trio.sleep(cfg.quiesce_seconds)
-        gc.collect()
-        rss_after = _env.rss_bytes()
-    progress.done(count * 0.1, f"{len(started_tasks)} real containers running")
-    began = time.perf_counter()
-    async with open_supervisor(lab.address, namespace, state_dir=state_dir) as client:
-        restore_seconds = time.perf_counter() - began
-        restore_rpcs = dict(client.statistics().rpc.calls)
-        restored = client.statistics().actors
-        tasks = [await (await client.load_container(t.container_id)).task() for t in started_tasks]
-        await trio.sleep(cfg.quiesce_seconds)
-        before = _env.sample(lab.daemon_pid)
-        asleep = _env.wakeups()
-        await trio.sleep(cfg.idle_seconds)
-        woken = _env.wakeups_since(asleep)
-        after = _env.sample(lab.daemon_pid)
-        floor = await _env.wakeup_floor_ms()
-        idle = _env.delta(before, after)
-        progress.done(cfg.quiesce_seconds + cfg.idle_seconds, "idle CPU measured")
-        await stop_sleepers(client, tasks)
-        progress.done(count * 0.1, "real containers removed")
-    wall = idle.wall or 1.0
-    return RealScale(
-        containers=len(tasks),
-        reduced_for_quick=quick,
-        start_seconds=started,
-        rss_before_bytes=rss_before,
-        rss_after_bytes=rss_after,
-        bytes_per_container=(rss_after - rss_before) / max(1, len(tasks)),
-        heap_bytes_per_container=(heap_after - heap_before) / max(1, len(tasks)),
-        restored=restored,
-        restore_seconds=restore_seconds,
-        restore_rpcs=restore_rpcs,
-        idle_seconds=idle.wall,
-        idle_wakeups=woken,
-        wakeup_floor_ms=floor,
-        idle_cpu_pct=100 * idle.process / wall,
-        idle_cpu_trio_pct=100 * idle.main_thread / wall,
-        idle_cpu_threads_pct=100 * idle.other_threads / wall,
-        containerd_idle_cpu_pct=100 * idle.daemon / wall,
-        containerd_rss_bytes=_env.rss_bytes(lab.daemon_pid) if lab.daemon_pid else 0,
     )
