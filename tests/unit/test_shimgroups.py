@@ -244,3 +244,21 @@ async def test_other_create_failures_are_not_repeated_and_retries_are_bounded() 
     with trio.fail_after(5), pytest.raises(Unknown):
         await GroupedRemote(flaky).tasks_create(_Request())
     assert flaky.calls == 3
+
+
+# -- the serve flags ---------------------------------------------------------------------
+
+
+def test_serve_flags_build_the_policy() -> None:
+    from actors._serve import shim_groups_from
+    from actors.control._cli import build_parser
+
+    parser = build_parser()
+    assert shim_groups_from(parser.parse_args(["serve"])) is None
+    args = parser.parse_args(["serve", "--shim-groups", "4", "--shim-group-size", "8"])
+    assert shim_groups_from(args) == ShimGroups(shims=4, max_per_shim=8)
+    assert shim_groups_from(parser.parse_args(["serve", "--shim-groups", "2"])) == ShimGroups(
+        shims=2, max_per_shim=16
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--shim-groups", "2", "--shim-group-size", "0"])
