@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import trio
 
 from actors import open_client
@@ -45,6 +46,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="tiny sizes that only check the harness runs end to end (figures mean nothing)",
     )
     parser.add_argument(
+        "--containers",
+        type=int,
+        metavar="N",
+        help="idle containers per shim policy in the density phase (default: 1,000; quick: 100)",
+    )
+    parser.add_argument(
         "--no-profile",
         action="store_true",
         help="skip the py-spy / pyinstrument profiles that explain missed goals",
@@ -68,6 +75,8 @@ async def _main(
     cfg_fan = fanout.config(quick, smoke=smoke)
     cfg_scale = scale.config(quick, smoke=smoke)
     cfg_density = density.config(quick, smoke=smoke)
+    if args.containers is not None:
+        cfg_density = msgspec.structs.replace(cfg_density, containers=args.containers)
     cfg_peers = peers.config(quick, smoke=smoke)
     real = any(p in args.phases for p in ("lifecycle", "exec", "fanout", "density", "peers"))
     problem = host_problem() if real else None

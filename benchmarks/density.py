@@ -322,7 +322,38 @@ def estimate_idle(cfg: Config) -> float:
     return len(POLICIES) * (cfg.containers * 0.12 + cfg.idle_seconds + 3 * cfg.quiesce_seconds)
 
 
+# Each runc shim is a Go process of about ten threads, and threads take pids.
+THREADS_PER_SHIM = 12
+
+
+def pid_room() -> int:
+    """How many more threads the kernel's pid space allows right now (a rough bound)."""
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        threads_max = int(Path("/proc/sys/kernel/threads-max").read_text())
+    except (OSError, ValueError):
+        return sys.maxsize
+    used = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                used += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                continue
+    return min(pid_max, threads_max) - used
+
+
 async def run_idle(lab: Lab, cfg: Config, progress: Progress) -> list[IdleResult]:
+    # One shim per container needs a shim's threads per container: fewer containers (said
+    # in the report) rather than a machine out of pids.
+    room = pid_room() - 2000
+    fits = max(1, room // (THREADS_PER_SHIM + 1))
+    if cfg.containers > fits:
+        progress.say(
+            f"density: only ~{room:,} free pids here; {fits} containers per policy instead of "
+            f"{cfg.containers}"
+        )
+        cfg = msgspec.structs.replace(cfg, containers=fits)
     weight = estimate_idle(cfg) / len(POLICIES)
     return [await _idle_once(lab, cfg, progress, policy, weight) for policy in POLICIES]
 
