@@ -51,6 +51,9 @@ from .spec import Spec as Spec
 from .spec import build_process as build_process
 from .spec import build_spec as build_spec
 from .stdio import DirectIO as DirectIO
+from .stdio import OutputChunk as OutputChunk
+from .stdio import OutputMode as OutputMode
+from .stdio import OutputPipe as OutputPipe
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -78,6 +81,9 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "OutOfRange",
+    "OutputChunk",
+    "OutputMode",
+    "OutputPipe",
     "PermissionDenied",
     "PrivateContainerd",
     "Process",
