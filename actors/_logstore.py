@@ -19,7 +19,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Final
 
@@ -238,7 +238,7 @@ class LogStore:
             raise
         return opened
 
-    async def read(self, options: LogReadOptions | None = None) -> AsyncIterator[LogRecord]:
+    async def read(self, options: LogReadOptions | None = None) -> AsyncGenerator[LogRecord, None]:
         """Yield records as ``options`` ask; with ``follow``, until the writer finishes.
 
         Use it under ``contextlib.aclosing`` (it holds file descriptors until closed).

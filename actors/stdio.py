@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_OUTPUT_BUFFER = 1 << 20
+# After the process exited, how often to look for EOF that poll(2) will not report (below).
+EXITED_EOF_CHECK_SECONDS = 0.1
 _READ_CHUNK = 1 << 16
 
 
@@ -122,6 +124,8 @@ class OutputPipe(trio.abc.ReceiveStream):
         self._readers = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         self._unreported_drop = 0
+        self._exited = False
+        self._wait_scope: trio.CancelScope | None = None
         self.total_bytes = 0
         self.dropped_bytes = 0
 
@@ -145,6 +149,18 @@ class OutputPipe(trio.abc.ReceiveStream):
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    def mark_exited(self) -> None:
+        """The process exited: EOF may now come without poll(2) saying so.
+
+        Linux reports POLLHUP on a FIFO only if a writer opened it after our reader did. A
+        FIFO re-opened after a restart (the shim's writer was already there) never gets it,
+        so once the process is known to have exited the pump also checks with read(2),
+        which returns b"" when no writer is left.
+        """
+        self._exited = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
 
     def configure(self, *, mode: OutputMode | None = None, limit: int | None = None) -> None:
         """Change the mode or the buffer bound (e.g. from the ``attach_stdio`` callback)."""
@@ -178,9 +194,16 @@ class OutputPipe(trio.abc.ReceiveStream):
                     continue
                 # A FIFO that never had a writer raises no POLLHUP, so this waits for the shim.
                 try:
-                    await trio.lowlevel.wait_readable(self._fd)
+                    with trio.CancelScope() as self._wait_scope:
+                        if self._exited:
+                            self._wait_scope.deadline = (
+                                trio.current_time() + EXITED_EOF_CHECK_SECONDS
+                            )
+                        await trio.lowlevel.wait_readable(self._fd)
                 except trio.ClosedResourceError:
                     return
+                finally:
+                    self._wait_scope = None
                 want = _READ_CHUNK
                 if self._mode is OutputMode.BLOCKING:
                     want = min(want, self._limit - len(self._buffer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -137,3 +138,29 @@ def test_bad_limits_are_refused() -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+async def test_a_reopened_fifo_reaches_eof_once_the_process_is_known_to_have_exited(
+    tmp_path: Path,
+) -> None:
+    # The restart case: the writer was there before our reader opened, so poll(2) will
+    # never report POLLHUP to our reader when that writer closes.
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    keeper = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # the shim's own reader
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    ours = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    os.write(writer, b"last words\n")
+    pipe = OutputPipe(str(path), ours)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.pump)
+            assert await pipe.receive_some() == b"last words\n"
+            os.close(writer)
+            pipe.mark_exited()
+            with trio.fail_after(10):
+                assert await pipe.receive_some() == b""
+            assert pipe.eof
+    finally:
+        pipe.close()
+        os.close(keeper)
