@@ -168,6 +168,19 @@ class LogManager:
                 store.finish()
 
     async def _copy(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
+        try:
+            await self._copy_until_eof(store, pipe, stream)
+        finally:
+            # Shutting down (serve stops): what the pump already took from the FIFO exists
+            # nowhere else, so it goes to the log before the task ends.
+            if store.writing:
+                with contextlib.suppress(OSError, trio.ClosedResourceError):
+                    rest = pipe.receive_nowait()
+                    if rest.dropped_before:
+                        store.append_gap(stream, rest.dropped_before)
+                    store.append(stream, rest.data)
+
+    async def _copy_until_eof(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
         while True:
             try:
                 chunk = await pipe.receive_chunk(DRAIN_CHUNK)

@@ -27,6 +27,8 @@ import msgspec
 import trio
 
 from ._logformat import (
+    MAX_PAYLOAD,
+    RECORD_OVERHEAD,
     LogRecord,
     LogStream,
     TailCounter,
@@ -136,7 +138,12 @@ class LogStore:
         """Append what a process wrote (split into records of at most 64 KiB)."""
         if not data:
             return
-        self._write(encode_record(stream, timestamp or time.time_ns(), data), len(data))
+        when = timestamp or time.time_ns()
+        # Records never straddle files and no file outgrows max_size, even one record.
+        piece = min(MAX_PAYLOAD, self.config.max_size - RECORD_OVERHEAD)
+        for start in range(0, len(data), piece):
+            chunk = data[start : start + piece]
+            self._write(encode_record(stream, when, chunk), len(chunk))
 
     def append_gap(self, stream: int, dropped: int, *, timestamp: int | None = None) -> None:
         """Record that ``dropped`` bytes of ``stream`` were lost at this point (lossy mode)."""

@@ -245,6 +245,13 @@ class OutputPipe(trio.abc.ReceiveStream):
         self._room.unpark_all()
         return self._take_drop(data)
 
+    def receive_nowait(self) -> OutputChunk:
+        """Whatever is buffered now, without waiting (e.g. to flush it when shutting down)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._room.unpark_all()
+        return self._take_drop(data)
+
     def _take_drop(self, data: bytes) -> OutputChunk:
         # Drops only ever remove the oldest buffered bytes, so every drop not reported yet
         # lies between what the reader saw last and the front of the buffer.

@@ -185,6 +185,18 @@ async def test_rotation_keeps_max_files_and_readers_see_everything_kept(tmp_path
     store.finish()
 
 
+async def test_no_file_outgrows_max_size_even_with_large_writes(tmp_path: Path) -> None:
+    config = LogConfig(max_size=8192, max_files=2)
+    store = LogStore(tmp_path / "c", config)
+    store.start_writing()
+    data = os.urandom(100_000)
+    store.append(OUT, data, timestamp=1)
+    assert all(p.stat().st_size <= config.max_size for p in (tmp_path / "c").iterdir())
+    kept = text(await collect(store))
+    assert data.endswith(kept) and len(kept) > config.max_size
+    store.finish()
+
+
 async def test_one_file_only_truncates_on_rotation(tmp_path: Path) -> None:
     store = LogStore(tmp_path / "c", LogConfig(max_size=4096, max_files=1))
     store.start_writing()
