@@ -142,6 +142,9 @@ class LogManager:
 
         return attach
 
+    def draining(self, container_id: str) -> bool:
+        return self._draining.get(container_id, 0) > 0
+
     def drain(self, container_id: str, io: DirectIO) -> None:
         """Copy ``io``'s output into the store until both streams end."""
         if self._nursery is None:

@@ -641,6 +641,9 @@ class Gateway:
             process, io = await self._stdio_target(container_id, exec_id)
             output = None
             if log_read is not None:
+                if not self.logs.draining(container_id) and any(not p.eof for p in io.pipes()):
+                    # A task started without us (by the library, say): its log starts now.
+                    self.logs.drain(container_id, io)
                 output = functools.partial(
                     send_log_frames, ws, self.logs.store(container_id), log_read.options
                 )

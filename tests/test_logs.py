@@ -336,3 +336,43 @@ def test_size_and_time_parsing() -> None:
     assert parse_time("2025-12-01T16:04:05.25+01:00", now_ns=now) == 1764601445 * 10**9 + 25 * 10**7
     with pytest.raises(ValueError, match="invalid time"):
         parse_time("soon", now_ns=now)
+
+
+def _rpc_calls(served: Served) -> dict[str, int]:
+    return dict(served.client.statistics().rpc.calls)
+
+
+async def test_the_log_costs_no_rpc_start_and_reads_are_local(
+    served: Served, gw: GatewayClient
+) -> None:
+    name = unique_id("rpcs")
+    await gw.call("container.create", {"id": name, "args": ["sh", "-c", "echo one; echo two"]})
+    try:
+        before = _rpc_calls(served)
+        await gw.call("task.start", {"id": name})
+        after = _rpc_calls(served)
+        started = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        assert started == {"Tasks.Create": 1, "Tasks.Start": 1}  # draining adds nothing
+        await gw.call("task.wait", {"id": name})
+        before = _rpc_calls(served)
+        with trio.fail_after(30):
+            async with gw.logs(name, tail=1) as session:
+                got = b"".join([data async for _channel, data in session.output()])
+        assert got == b"two\n"
+        assert session.ended
+        assert _rpc_calls(served) == before  # a log read never asks containerd
+    finally:
+        await _remove(gw, name)
+
+
+async def test_exec_output_is_whole_too(served: Served, gw: GatewayClient) -> None:
+    name = unique_id("execout")
+    await gw.call("container.create", {"id": name, "args": ["sleep", "300"]})
+    try:
+        await gw.call("task.start", {"id": name})
+        with trio.fail_after(120):
+            done = await _cli(served, "exec", name, "--", "seq", "1", "1000000")
+        assert done.returncode == 0, done.stderr[-300:]
+        assert done.stdout == SEQ_OUTPUT[: len(b"".join(b"%d\n" % i for i in range(1, 1_000_001)))]
+    finally:
+        await _remove(gw, name)
