@@ -119,6 +119,8 @@ class LogStore:
         if self._fd is not None:
             return
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in self.files()[: -self.config.max_files]:  # max_files was lowered
+            stale.unlink(missing_ok=True)
         path = self.directory / CURRENT
         fd = os.open(
             path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
@@ -214,12 +216,17 @@ class LogStore:
 
     def files(self) -> list[Path]:
         """The existing files, oldest first."""
-        found = []
-        for index in range(self.config.max_files + 64, 0, -1):
-            path = self.directory / f"{CURRENT}.{index}"
-            if path.exists():
-                found.append(path)
-        if (self.directory / CURRENT).exists():
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        rotated = []
+        for name in names:
+            prefix, dot, index = name.partition(".")
+            if prefix == CURRENT and dot and index.isdigit():
+                rotated.append((int(index), name))
+        found = [self.directory / name for _index, name in sorted(rotated, reverse=True)]
+        if CURRENT in names:
             found.append(self.directory / CURRENT)
         return found
 

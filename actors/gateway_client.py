@@ -39,6 +39,7 @@ from .errors import (
 __all__ = ["GatewayClient", "GatewayError", "StdioSession", "connect_gateway"]
 
 DEFAULT_URL: Final = "ws://127.0.0.1:7878"
+RECEIVE_BUFFER: Final = 1 << 16
 _decoder: Final = msgspec.json.Decoder()
 _encoder: Final = msgspec.json.Encoder()
 
@@ -91,7 +92,14 @@ async def _open(
     try:
         async with stream, trio.open_nursery() as nursery:
             ws = await wrap_client_stream(
-                nursery, stream, host, resource, subprotocols=subprotocols, extra_headers=headers
+                nursery,
+                stream,
+                host,
+                resource,
+                subprotocols=subprotocols,
+                extra_headers=headers,
+                # Output comes in frames of up to 64 KiB; 4 KiB reads cost 16 wakeups each.
+                receive_buffer_size=RECEIVE_BUFFER,
             )
             try:
                 yield ws
