@@ -174,8 +174,10 @@ class LogManager:
         try:
             await self._copy_until_eof(store, pipe, stream)
         finally:
-            # Shutting down (serve stops): what the pump already took from the FIFO exists
-            # nowhere else, so it goes to the log before the task ends.
+            # Shutting down (serve stops): the pump stops taking from the FIFO (the next
+            # serve finds the rest there), and what it already took exists nowhere else, so
+            # it goes to the log before this task ends.
+            pipe.pause_reading()
             if store.writing:
                 with contextlib.suppress(OSError, trio.ClosedResourceError):
                     rest = pipe.receive_nowait()

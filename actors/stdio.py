@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import stat
 from pathlib import Path
@@ -33,6 +34,8 @@ __all__ = [
     "OutputMode",
     "OutputPipe",
 ]
+
+log = logging.getLogger("containerd_actors.stdio")
 
 DEFAULT_OUTPUT_BUFFER = 1 << 20
 # After the process exited, how often to look for EOF that poll(2) will not report (below).
@@ -125,6 +128,7 @@ class OutputPipe(trio.abc.ReceiveStream):
         self._room = trio.lowlevel.ParkingLot()
         self._unreported_drop = 0
         self._exited = False
+        self._paused = False
         self._wait_scope: trio.CancelScope | None = None
         self.total_bytes = 0
         self.dropped_bytes = 0
@@ -149,6 +153,21 @@ class OutputPipe(trio.abc.ReceiveStream):
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    def pause_reading(self) -> None:
+        """Leave further output in the FIFO (its consumer is going away; whoever comes next
+        re-opens the FIFO and finds it there). ``resume_reading`` undoes it."""
+        self._paused = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self._room.unpark_all()
 
     def mark_exited(self) -> None:
         """The process exited: EOF may now come without poll(2) saying so.
@@ -183,7 +202,9 @@ class OutputPipe(trio.abc.ReceiveStream):
         """Copy from the FIFO until the last writer closes (run in the owner's nursery)."""
         try:
             while not self._closed:
-                if self._mode is OutputMode.BLOCKING and len(self._buffer) >= self._limit:
+                if self._paused or (
+                    self._mode is OutputMode.BLOCKING and len(self._buffer) >= self._limit
+                ):
                     # Backpressure: leave the bytes in the FIFO; the writer blocks once the
                     # kernel's pipe buffer (and the shim's) is full.
                     self._blocked = True
@@ -204,6 +225,8 @@ class OutputPipe(trio.abc.ReceiveStream):
                     return
                 finally:
                     self._wait_scope = None
+                if self.paused:  # paused while we waited
+                    continue
                 want = _READ_CHUNK
                 if self._mode is OutputMode.BLOCKING:
                     want = min(want, self._limit - len(self._buffer))
@@ -418,9 +441,20 @@ class DirectIO:
         return True
 
     def close(self, *, unlink: bool = True) -> None:
-        """Close every fd we hold and (by default) remove the FIFO files."""
+        """Close every fd we hold and (by default) remove the FIFO files.
+
+        Without ``unlink`` (we stop supervising; the process lives on) the FIFOs stay for
+        whoever re-opens them, but bytes already read into our buffers and not consumed go
+        away with us: that is said in the log, never silently.
+        """
         self.close_stdin_writer()
         for pipe in self.pipes():
+            if not unlink and pipe.buffered:
+                log.warning(
+                    "%d bytes of %s read but not consumed are discarded",
+                    pipe.buffered,
+                    os.path.basename(pipe.path),
+                )
             pipe.close()
         if unlink:
             _unlink_all(self.fifos.paths())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from actors import OutputMode, OutputPipe
 
@@ -164,3 +165,19 @@ async def test_a_reopened_fifo_reaches_eof_once_the_process_is_known_to_have_exi
     finally:
         pipe.close()
         os.close(keeper)
+
+
+async def test_paused_reading_leaves_output_in_the_fifo_for_the_next_consumer() -> None:
+    with pipe_pair(limit=1000) as (pipe, write_fd):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.pump)
+            os.write(write_fd, b"first")
+            await until(lambda: pipe.total_bytes == 5)
+            pipe.pause_reading()
+            os.write(write_fd, b"second")
+            await trio.testing.wait_all_tasks_blocked()
+            assert pipe.total_bytes == 5  # still in the kernel's pipe
+            assert await pipe.receive_some() == b"first"
+            pipe.resume_reading()
+            assert await pipe.receive_some() == b"second"
+            nursery.cancel_scope.cancel()
