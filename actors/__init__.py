@@ -14,9 +14,14 @@ from ._container import ProcessState as ProcessState
 from ._container import TaskStatus as TaskStatus
 from ._embedded import PrivateContainerd as PrivateContainerd
 from ._embedded import build_busybox_rootfs as build_busybox_rootfs
+from ._gateway_logs import LogManager as LogManager
 from ._handles import Container as Container
 from ._handles import Process as Process
 from ._handles import Task as Task
+from ._logformat import LogRecord as LogRecord
+from ._logstore import LogConfig as LogConfig
+from ._logstore import LogReadOptions as LogReadOptions
+from ._logstore import LogStore as LogStore
 from ._remote import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._subscribers import EventStreamLagged as EventStreamLagged
 from ._subscribers import Subscription as Subscription
@@ -79,6 +84,11 @@ __all__ = [
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "LogConfig",
+    "LogManager",
+    "LogReadOptions",
+    "LogRecord",
+    "LogStore",
     "NotFound",
     "OutOfRange",
     "OutputChunk",
