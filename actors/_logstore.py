@@ -96,6 +96,7 @@ class LogStore:
         self.config = config or LogConfig()
         self.generation = 0  # of ``log``; ``log.k`` holds generation - k
         self._fd: int | None = None
+        self._open = False  # between start_writing and finish (the fd may be briefly gone)
         self._size = 0
         self._removed = False
         self._appended = trio.lowlevel.ParkingLot()
@@ -110,13 +111,13 @@ class LogStore:
 
     @property
     def writing(self) -> bool:
-        return self._fd is not None
+        return self._open
 
     def start_writing(self) -> None:
         """Open ``log`` for appending (creating the directory), cutting off a torn record."""
         if self._removed:
             raise RuntimeError("the log store was removed")
-        if self._fd is not None:
+        if self._open:
             return
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in self.files()[: -self.config.max_files]:  # max_files was lowered
@@ -135,6 +136,16 @@ class LogStore:
             os.close(fd)
             raise
         self._fd, self._size = fd, good
+        self._open = True
+
+    def _reopen(self) -> None:
+        # After a failed rotation (full disk, say): append to whatever ``log`` is now.
+        fd = os.open(
+            self.directory / CURRENT,
+            os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+        )
+        self._fd, self._size = fd, os.fstat(fd).st_size
 
     def append(self, stream: int, data: bytes, *, timestamp: int | None = None) -> None:
         """Append what a process wrote (split into records of at most 64 KiB)."""
@@ -152,13 +163,24 @@ class LogStore:
         self._write(encode_gap(stream, timestamp or time.time_ns(), dropped), 0)
 
     def _write(self, encoded: bytes, payload: int) -> None:
-        if self._fd is None:
+        """Append one whole record; OSError (then retry) leaves no partial record behind
+        except what a crash would, which readers skip."""
+        if not self._open:
             raise RuntimeError("the log store is not open for writing")
+        if self._fd is None:
+            self._reopen()
         if self._size and self._size + len(encoded) > self.config.max_size:
             self._rotate()
+        assert self._fd is not None
+        start = self._size
         view = memoryview(encoded)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # no torn record in front of the retry
+            raise
         self._size += len(encoded)
         self._bytes_written += payload
         self._records_written += 1
@@ -193,6 +215,7 @@ class LogStore:
 
     def finish(self) -> None:
         """The writer is done (the process exited): followers read to the end and stop."""
+        self._open = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

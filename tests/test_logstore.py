@@ -315,3 +315,25 @@ def test_bad_config_and_options_are_refused() -> None:
         LogReadOptions(tail=-1)
     with pytest.raises(ValueError, match="streams"):
         LogReadOptions(streams=frozenset({5}))
+
+
+async def test_a_failed_write_leaves_no_torn_record_and_the_retry_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LogStore(tmp_path / "c")
+    store.start_writing()
+    store.append(OUT, b"before\n", timestamp=1)
+    real_write = os.write
+
+    def half_then_full(fd: int, data: object) -> int:
+        monkeypatch.setattr(os, "write", real_write)
+        written = real_write(fd, bytes(data)[:10])  # type: ignore[call-overload]
+        assert written == 10
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        store.append(OUT, b"during\n", timestamp=2)
+    store.append(OUT, b"during\n", timestamp=2)  # the retry
+    store.finish()
+    assert text(await collect(store)) == b"before\nduring\n"
