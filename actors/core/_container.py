@@ -249,6 +249,9 @@ class ContainerActor:
             init.status = TaskStatus.RUNNING  # until the Reconcile records its exit
         if attach:
             init.io = self._reopen_io(process)
+            if init.io is not None and init.exit is not None:
+                for pipe in init.io.pipes():
+                    pipe.mark_exited()
         self._init = init
         self.task_epoch += 1
         self.mailbox.post_event((reconcile_from_process(self.task_epoch, process), None))
@@ -847,6 +850,9 @@ class ContainerActor:
     def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
         proc.exit = status
         proc.status = TaskStatus.STOPPED
+        if proc.io is not None:
+            for pipe in proc.io.pipes():
+                pipe.mark_exited()  # so a re-opened FIFO still reaches EOF
         for waiter in proc.waiters:
             _send_reply(waiter, outcome.Value(status))
         proc.waiters.clear()

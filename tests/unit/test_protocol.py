@@ -104,6 +104,7 @@ VALID_PARAMS: dict[str, dict[str, Any]] = {
     "events.subscribe": {"filters": {"container": ["c1"], "event": ["die"], "label": ["a=b"]}},
     "events.unsubscribe": {"subscription": "s1"},
     "stdio.attach": {"id": "c1", "exec_id": "e1"},
+    "container.logs": {"id": "c1", "follow": True, "tail": 3, "since": 1, "timestamps": True},
 }
 
 
@@ -312,6 +313,21 @@ def test_unknown_method() -> None:
             "enum",
         ),
         ("events.unsubscribe", {"subscription": "../s"}, "$.params.subscription", "letters"),
+        ("container.logs", {"id": "c", "tail": -1}, "$.params.tail", ">= 0"),
+        ("container.logs", {"id": "c", "since": 5, "until": 4}, "$.params.since", "after until"),
+        ("container.logs", {"id": "c", "stdout": False, "stderr": False}, "$.params", "nothing"),
+        (
+            "container.create",
+            {"id": "c", "args": ["a"], "log": {"max_size": 10}},
+            "$.params.log.max_size",
+            ">= 4096",
+        ),
+        (
+            "container.create",
+            {"id": "c", "args": ["a"], "log": {"mode": "drop-everything"}},
+            "$.params.log.mode",
+            "Invalid enum value",
+        ),
     ],
 )
 def test_invalid_params(method: str, params: Any, path: str, needle: str) -> None:
