@@ -12,6 +12,7 @@ from ._container import ActorStatistics as ActorStatistics
 from ._container import Backend as Backend
 from ._container import ProcessState as ProcessState
 from ._container import TaskStatus as TaskStatus
+from ._delivery import DeliveryStatistics as DeliveryStatistics
 from ._embedded import PrivateContainerd as PrivateContainerd
 from ._embedded import build_busybox_rootfs as build_busybox_rootfs
 from ._handles import Container as Container
@@ -43,6 +44,7 @@ from .errors import Unauthenticated as Unauthenticated
 from .errors import Unavailable as Unavailable
 from .errors import Unimplemented as Unimplemented
 from .errors import Unknown as Unknown
+from .events import INIT_PROCESS_NAME as INIT_PROCESS_NAME
 from .events import EventInfo as EventInfo
 from .events import EventType as EventType
 from .events import ExitStatus as ExitStatus
@@ -54,6 +56,7 @@ from .stdio import DirectIO as DirectIO
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "INIT_PROCESS_NAME",
     "Aborted",
     "ActorCrashed",
     "ActorStatistics",
@@ -67,6 +70,7 @@ __all__ = [
     "ContainerdError",
     "DataLoss",
     "DeadlineExceeded",
+    "DeliveryStatistics",
     "DirectIO",
     "ErrorClass",
     "EventInfo",

@@ -134,7 +134,7 @@ class BackendDelivery:
                     self._delivered += 1
                 finally:
                     self._in_flight -= 1
-                    current = False
+                current = False  # not reached when the call was cancelled: it is abandoned
         finally:
             if queue or current:
                 abandoned = len(queue) + int(current)

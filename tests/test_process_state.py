@@ -139,7 +139,13 @@ def test_stale_epoch_reconcile_is_ignored() -> None:
 def test_reconcile_reports_a_missed_exit_once() -> None:
     m = running()
     effects = m.reconcile(
-        m.epoch, found=True, pid=PID, status=TaskStatus.STOPPED, exit_code=42, exited_at=NOW, now=LATER
+        m.epoch,
+        found=True,
+        pid=PID,
+        status=TaskStatus.STOPPED,
+        exit_code=42,
+        exited_at=NOW,
+        now=LATER,
     )
     assert exits(effects) == [(CID, 42)]
     assert woken(effects) == [(CID, 42)]
@@ -204,7 +210,9 @@ def test_status_refresh_of_a_live_process_records_its_status() -> None:
     assert m.init is not None and m.init.status is TaskStatus.PAUSED
     m.refreshed(CID, status=TaskStatus.UNKNOWN, pid=PID, exit_code=0, exited_at=None)
     assert m.init.status is TaskStatus.PAUSED, "UNKNOWN (shim unreachable) says nothing"
-    assert m.refreshed(CID, status=TaskStatus.STOPPED, pid=PID + 1, exit_code=1, exited_at=None) == []
+    assert (
+        m.refreshed(CID, status=TaskStatus.STOPPED, pid=PID + 1, exit_code=1, exited_at=None) == []
+    )
     m.event(exit_event(0))
     m.refreshed(CID, status=TaskStatus.RUNNING, pid=PID, exit_code=0, exited_at=None)
     assert m.init.status is TaskStatus.STOPPED
