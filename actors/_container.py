@@ -225,9 +225,7 @@ class ContainerActor:
         A task that already stopped keeps ``exit`` unset here; the Reconcile that follows
         reports its exit once, through the same path as a live exit event.
         """
-        init = _Process(
-            process_id=self.container_id, exec_id="", terminal=bool(process.terminal)
-        )
+        init = _Process(process_id=self.container_id, exec_id="", terminal=bool(process.terminal))
         epoch = self._machine.adopt(
             init, pid=int(process.pid), status=status_from_wire(int(process.status))
         )
@@ -751,9 +749,7 @@ class ContainerActor:
                 pid=command.pid,
                 status=status_from_wire(command.status),
                 exit_code=command.exit_status,
-                exited_at=timestamp_to_datetime(
-                    command.exited_at_seconds, command.exited_at_nanos
-                ),
+                exited_at=timestamp_to_datetime(command.exited_at_seconds, command.exited_at_nanos),
                 now=dt.datetime.now(dt.UTC),
             )
         )
