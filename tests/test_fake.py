@@ -258,8 +258,11 @@ async def test_stdin_eof_ends_cat(client: Client) -> None:
     with trio.move_on_after(0.05) as waited:
         await task.wait()
     assert waited.cancelled_caught
-    await task.close_stdin()
-    assert (await task.wait()).code == 0
+    before = client.statistics().rpc.calls
+    with trio.fail_after(5):  # without Tasks.CloseIO, cat never sees EOF
+        await task.close_stdin()
+        assert (await task.wait()).code == 0
+    assert rpc_delta(before, client.statistics().rpc.calls) == {"Tasks.CloseIO": 1}
     await task.delete()
     await container.delete()
 
