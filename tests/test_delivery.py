@@ -141,7 +141,8 @@ async def test_a_slow_backend_gets_every_event_although_the_caller_deletes_at_on
         for i in range(5):
             container = await client.new_container(f"slow{i}", spec(["sh", "-c", "exit 2"]))
             task = await container.start()
-            assert (await task.wait()).code == 2
+            with trio.fail_after(5):
+                assert (await task.wait()).code == 2
             await task.delete()
             await container.delete()
         await until(lambda: len(backend.events) == 15)
@@ -188,6 +189,35 @@ async def test_one_stuck_container_holds_up_no_other_and_not_its_own_commands(
         for task, container in ((first_task, first), (other_task, other)):
             await task.delete()
             await container.delete()
+
+
+async def test_delivery_survives_a_crash_and_restart_of_the_actor(
+    fake: FakeContainerd, tmp_path: Path
+) -> None:
+    gate = trio.Event()
+    got: list[EventType] = []
+
+    class Gated:
+        async def process_event(self, cid: str, kind: EventType, info: EventInfo) -> None:
+            await gate.wait()
+            got.append(kind)
+
+    async with open_fake_client(fake, NS, Gated(), state_dir=tmp_path / "io") as client:
+        container = await client.new_container("phoenix", spec(["sleep", "inf"]))
+        task = await container.start()
+        await until(lambda: in_flight(client) == 1)  # create in flight, start queued
+        await container._crash_actor_for_tests()
+        await until(lambda: client.statistics().actor_restarts == 1)
+        await task.kill(signal.SIGKILL)
+        with trio.fail_after(5):
+            assert (await task.wait()).code == 137
+        gate.set()
+        await until(lambda: len(got) == 3)
+        assert got == [EventType.CREATE, EventType.START, EventType.EXIT]
+        stats = client.statistics().backend
+        assert stats is not None and stats.abandoned == 0
+        await task.delete()
+        await container.delete()
 
 
 async def test_close_waits_for_deliveries_within_the_grace_then_reports_what_it_abandoned(
@@ -284,7 +314,8 @@ async def test_an_exit_first_seen_by_a_status_refresh_is_published_once(
             await exits.receive()
         assert idle.cancelled_caught
     await until(lambda: recorder.exits("refresh") == [6])
-    assert (await task.wait()).code == 6
+    with trio.fail_after(5):
+        assert (await task.wait()).code == 6
     await task.delete()
     await container.delete()
     await trio.testing.wait_all_tasks_blocked()
@@ -468,7 +499,8 @@ async def test_init_is_moby_s_name_for_the_init_and_reserved(client: Client) -> 
         await task.exec(INIT_PROCESS_NAME, build_process(["true"]))
     assert rpc_delta(before, client.statistics().rpc.calls) == {}
     await task.kill(signal.SIGKILL)
-    await task.wait()
+    with trio.fail_after(5):
+        await task.wait()
     await task.delete()
     await container.delete()
 
