@@ -285,7 +285,7 @@ class ProcessMachine(Generic[R]):
                 exit_code=exit_code,
                 exited_at=exited_at,
             )
-            effects += self._exit(info, synthetic=True)
+            effects += self._exit(_synthetic_exit(info))
         status = proc.exit or ExitStatus(code=exit_code, exited_at=exited_at)
         self._remove(proc)
         effects.append(Forget(proc, "was deleted"))
@@ -318,7 +318,7 @@ class ProcessMachine(Generic[R]):
                 exit_code=exit_code,
                 exited_at=exited_at,
             )
-            return self._exit(info, synthetic=True)
+            return self._exit(_synthetic_exit(info))
         if status is not TaskStatus.UNKNOWN:
             proc.status = status
         return []
@@ -388,7 +388,7 @@ class ProcessMachine(Generic[R]):
                 exited_at=when,
                 error="" if known else (VANISHED if proc is init else ENDED_WITH_TASK),
             )
-            effects += self._exit(info, synthetic=True)
+            effects += self._exit(_synthetic_exit(info))
         return effects
 
     # -- events -----------------------------------------------------------------------------
@@ -397,7 +397,7 @@ class ProcessMachine(Generic[R]):
         """Apply one containerd event. ``replayed``: already published, only apply state."""
         info = event.info
         if event.type is EventType.EXIT:
-            return self._exit(info, event=event, replayed=replayed)
+            return self._exit(event, replayed=replayed)
         self._apply_state_event(event.type, info)
         return [] if replayed else [Publish(event)]
 
@@ -444,14 +444,9 @@ class ProcessMachine(Generic[R]):
             case _:
                 pass
 
-    def _exit(
-        self,
-        info: EventInfo,
-        *,
-        event: TaskEvent | None = None,
-        synthetic: bool = False,
-        replayed: bool = False,
-    ) -> list[Effect]:
+    def _exit(self, event: TaskEvent, *, replayed: bool = False) -> list[Effect]:
+        """Every exit, however learned, ends here: recorded and published at most once."""
+        info = event.info
         proc = self.process(info.process_id)
         if proc is None:
             key = (info.process_id, info.pid)
@@ -461,7 +456,7 @@ class ProcessMachine(Generic[R]):
             # Not a process we track: publish it now, and remember it so a task adopted
             # later with this pid takes the exit as already reported.
             self._remember(key, ExitStatus(code=info.exit_code, exited_at=info.exited_at))
-            return [] if replayed else [Publish(event or _exit_event(info, synthetic))]
+            return [] if replayed else [Publish(event)]
         if proc.exit is not None:
             self.duplicate_exits += 1
             return []
@@ -476,7 +471,7 @@ class ProcessMachine(Generic[R]):
         self._remember((proc.process_id, proc.pid or info.pid), status)
         effects: list[Effect] = [Wake(proc.process_id, status)]
         if not replayed:
-            effects.append(Publish(event or _exit_event(info, synthetic)))
+            effects.append(Publish(event))
         return effects
 
     def _retire(self, proc: R) -> None:
@@ -500,5 +495,6 @@ class ProcessMachine(Generic[R]):
             self.execs.pop(proc.process_id, None)
 
 
-def _exit_event(info: EventInfo, synthetic: bool) -> TaskEvent:
-    return TaskEvent(type=EventType.EXIT, info=info, topic=EXIT_TOPIC, synthetic=synthetic)
+def _synthetic_exit(info: EventInfo) -> TaskEvent:
+    """An exit we learned other than from its event (reconcile, refresh, Delete's answer)."""
+    return TaskEvent(type=EventType.EXIT, info=info, topic=EXIT_TOPIC, synthetic=True)

@@ -21,6 +21,7 @@ from actors._process_state import (
     Forget,
     ProcessMachine,
     ProcessRecord,
+    ProcessState,
     Publish,
     TaskStatus,
     Wake,
@@ -490,3 +491,197 @@ def test_an_exit_is_published_at_most_once_and_waiters_agree(
         after = [e for e in published(effects) if e.type is EventType.EXIT]
         assert len(publishes) + len(after) == 1 or (should_have_exited and not publishes)
         assert status == (init.exit or ExitStatus(code=1, exited_at=NOW))
+
+
+# -- exact effects (each of these killed a surviving mutmut mutant) ---------------------------
+
+
+def test_synthetic_exits_carry_the_whole_event_info() -> None:
+    m = running()
+    (event_r,) = published(
+        m.reconcile(
+            m.epoch,
+            found=True,
+            pid=PID,
+            status=TaskStatus.STOPPED,
+            exit_code=3,
+            exited_at=NOW,
+            now=LATER,
+        )
+    )
+    assert event_r == TaskEvent(
+        type=EventType.EXIT,
+        info=EventInfo(container_id=CID, process_id=CID, pid=PID, exit_code=3, exited_at=NOW),
+        topic="/tasks/exit",
+        synthetic=True,
+    )
+    m = running()
+    (event_f,) = published(
+        m.refreshed(CID, status=TaskStatus.STOPPED, pid=0, exit_code=4, exited_at=NOW)
+    )
+    assert event_f.info == EventInfo(
+        container_id=CID, process_id=CID, pid=PID, exit_code=4, exited_at=NOW
+    )
+    assert (event_f.topic, event_f.synthetic) == ("/tasks/exit", True)
+    m = running()
+    _, effects = m.deleted(CID, 137, NOW)
+    (event_d,) = published(effects)
+    assert event_d.info == EventInfo(
+        container_id=CID, process_id=CID, pid=PID, exit_code=137, exited_at=NOW
+    )
+    m = running()
+    (event_v,) = published(m.reconcile(m.epoch, found=False, now=LATER))
+    assert event_v.info == EventInfo(
+        container_id=CID,
+        process_id=CID,
+        pid=PID,
+        exit_code=EXIT_CODE_UNKNOWN,
+        exited_at=LATER,
+        error=VANISHED,
+    )
+
+
+def test_a_real_exit_is_published_as_the_very_event_received() -> None:
+    m = running()
+    real = exit_event(1)
+    assert published(m.event(real))[0] is real
+    unknown = exit_event(2, process_id="other", pid=7)
+    assert published(m.event(unknown))[0] is unknown
+
+
+def test_reconcile_defaults_and_counts() -> None:
+    m = running()
+    effects = m.reconcile(m.epoch, found=True, pid=PID, status=TaskStatus.STOPPED, now=NOW)
+    assert exits(effects) == [(CID, 0)], "no exit status given means 0, as on the wire"
+    m.deleted(CID, 0, None)
+    m.created(record(), PID + 1)
+    m.reconcile(m.epoch, found=False, now=NOW)
+    assert m.reconciled_exits == 2
+
+
+def test_reconcile_skips_execs_already_exited_and_still_reports_the_init() -> None:
+    m = running()
+    m.exec_added(record("e1", "e1"))
+    m.started("e1", PID + 1)
+    m.event(exit_event(0, pid=PID + 1, process_id="e1"))
+    m.exec_added(record("e2", "e2"))
+    effects = m.reconcile(m.epoch, found=False, now=NOW)
+    assert sorted(exits(effects)) == [(CID, EXIT_CODE_UNKNOWN), ("e2", EXIT_CODE_UNKNOWN)]
+
+
+def test_counters_count_every_occurrence() -> None:
+    m = running()
+    m.event(exit_event(0))
+    m.event(exit_event(1))
+    m.event(exit_event(2))
+    assert m.duplicate_exits == 2
+    m = running()
+    m.event(exit_event(0, pid=1))
+    m.event(exit_event(0, pid=2))
+    assert m.stale_exits == 2
+    m = machine()
+    m.event(exit_event(0))
+    m.event(exit_event(0))
+    m.event(exit_event(0))
+    assert m.duplicate_exits == 2
+
+
+def test_epochs_move_by_one_per_identity_change() -> None:
+    m = machine()
+    m.created(record(), PID)
+    m.deleted(CID, 0, None)
+    m.created(record(), PID + 1)
+    assert m.epoch == 3
+    m.reset()
+    assert m.adopt(record(), pid=PID + 1, status=TaskStatus.RUNNING) == 5
+    m = machine()
+    m.event(event(EventType.CREATE, pid=PID + 2))
+    assert m.epoch == 1
+
+
+def test_snapshot_says_everything_the_record_knows() -> None:
+    m = running()
+    m.event(event(EventType.OOM))
+    m.killed(CID, 9)
+    m.event(exit_event(137))
+    assert m.init is not None
+    assert m.init.snapshot(CID) == ProcessState(
+        container_id=CID,
+        process_id=CID,
+        pid=PID,
+        status=TaskStatus.STOPPED,
+        exit=ExitStatus(code=137, exited_at=NOW, oom_killed=True),
+        oom_killed=True,
+        signalled=9,
+    )
+
+
+def test_forget_reasons_name_what_happened() -> None:
+    m = running()
+    m.exec_added(record("e1", "e1"))
+    m.event(exit_event(0))
+    _, effects = m.deleted(CID, 0, None)
+    assert [(f.process_id, f.reason) for f in effects if isinstance(f, Forget)] == [
+        (CID, "was deleted"),
+        ("e1", "ended with its task"),
+    ]
+    m.created(record(), PID + 1)
+    (failed,) = m.start_failed(CID)
+    assert isinstance(failed, Forget)
+    assert (failed.record.pid, failed.reason) == (PID + 1, "failed to start")
+    with pytest.raises(KeyError, match="nope"):
+        m.deleted("nope", 0, None)
+
+
+def test_a_start_event_of_a_task_we_do_not_know_makes_it_running() -> None:
+    m = machine()
+    m.event(event(EventType.START, process_id=CID, pid=PID))
+    assert m.init is not None
+    assert (m.init.process_id, m.init.exec_id, m.init.status) == (CID, "", TaskStatus.RUNNING)
+    assert m.epoch == 1
+
+
+def test_events_fill_in_a_pid_we_lacked_and_keep_one_we_had() -> None:
+    m = machine()
+    m.created(record(), 0)
+    m.event(event(EventType.START, pid=PID))
+    assert m.init is not None and m.init.pid == PID
+    m.event(event(EventType.START, pid=0))
+    assert m.init.pid == PID
+    m.event(event(EventType.PAUSED))
+    m.event(event(EventType.RESUMED))
+    assert m.init.status is TaskStatus.RUNNING
+
+
+def test_exec_events_keep_our_record_and_name_new_ones() -> None:
+    m = running()
+    ours = record("e1", "e1")
+    m.exec_added(ours)
+    m.event(event(EventType.EXEC_ADDED, process_id="e1"))
+    m.event(event(EventType.EXEC_STARTED, process_id="e1", pid=PID + 1))
+    assert m.execs["e1"] is ours and ours.pid == PID + 1
+    m.event(event(EventType.EXEC_ADDED, process_id="e2"))
+    assert (m.execs["e2"].process_id, m.execs["e2"].exec_id) == ("e2", "e2")
+    m.event(exit_event(0))
+    m.event(event(EventType.EXEC_ADDED, process_id="e3"))
+    assert "e3" not in m.execs, "no new exec in a task that exited"
+
+
+def test_a_published_exit_of_an_untracked_init_blocks_its_late_create() -> None:
+    m = machine()
+    m.event(exit_event(0))
+    m.event(event(EventType.CREATE, pid=PID))
+    assert m.init is None
+
+
+def test_retired_pids_are_bounded_oldest_first() -> None:
+    m = machine()
+    for i in range(EXITS_REMEMBERED + 1):
+        m.created(record(), 1000 + i)
+        m.start_failed(CID)
+    m.event(event(EventType.CREATE, pid=1000 + EXITS_REMEMBERED))
+    assert m.init is None, "the newest is remembered"
+    m.event(event(EventType.CREATE, pid=1001))
+    assert m.init is None, f"{EXITS_REMEMBERED} are remembered"
+    m.event(event(EventType.CREATE, pid=1000))
+    assert m.init is not None and m.init.pid == 1000, "the oldest was forgotten"
