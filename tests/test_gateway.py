@@ -462,8 +462,8 @@ async def test_cli_run_exit_codes_and_stdin(served: Served) -> None:
         bad = await _cli(served, "run", "--rm", "--name", "../x", "busybox", "--", "true")
         assert bad.returncode == 125
         # Names what is wrong (the identifier), not merely any text containing "id".
-        assert b"identifier" in bad.stderr, bad.stderr
-        assert b"../x" in bad.stderr, bad.stderr
+        assert b"Expected an identifier" in bad.stderr, bad.stderr
+        assert b"$.params.id" in bad.stderr, bad.stderr  # which field
 
 
 async def test_cli_without_server_says_how_to_start_it(served: Served) -> None:
