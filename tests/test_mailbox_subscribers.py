@@ -173,3 +173,27 @@ async def test_a_lagged_subscriber_is_told_after_what_it_had() -> None:
         assert [(await lagging.receive()).info.exit_code for _ in range(2)] == [0, 1]
         with pytest.raises(EventStreamLagged, match="more than 2 events behind"):
             await lagging.receive()
+
+
+async def test_default_capacities_and_drain() -> None:
+    box = Mailbox[int]()
+    assert all(box.post_event(i) for i in range(1024))
+    assert not box.post_event(1024)
+    for i in range(64):
+        await box.send_command(-i)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.send_command, -64)
+        await trio.testing.wait_all_tasks_blocked()
+        assert box.statistics().senders_waiting == 1
+        left = box.drain()  # a crashed actor's restart: answer what waited, stay open
+        assert left == [*range(1024), *(-i for i in range(64))]
+    assert not box.closed
+    with trio.fail_after(5):
+        assert await box.receive() == -64
+
+
+def test_offer_to_a_closed_subscription_is_refused() -> None:
+    hub = SubscriberHub()
+    subscription = hub.subscribe()
+    subscription.close()
+    assert subscription.offer(ev()) is False

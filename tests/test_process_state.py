@@ -685,3 +685,19 @@ def test_retired_pids_are_bounded_oldest_first() -> None:
     assert m.init is None, f"{EXITS_REMEMBERED} are remembered"
     m.event(event(EventType.CREATE, pid=1000))
     assert m.init is not None and m.init.pid == 1000, "the oldest was forgotten"
+
+
+def test_more_exact_edges() -> None:
+    m = running()
+    effects = m.reconcile(m.epoch, found=True, status=TaskStatus.STOPPED, exit_code=2, now=NOW)
+    assert exits(effects) == [(CID, 2)], "a reconcile that names no pid is about our task"
+    m = machine()
+    m.event(exit_event(0, pid=0))
+    init = record()
+    m.adopt(init, pid=0, status=TaskStatus.RUNNING)
+    assert init.exit is None, "a pid-less exit is never matched to an adopted task"
+    m = running()
+    m.event(exit_event(0))
+    m.deleted(CID, 0, None)
+    m.event(event(EventType.CREATE, pid=PID + 9))
+    assert m.epoch == 3
