@@ -340,6 +340,8 @@ class Client:
                     await trio.sleep(delay)
         finally:
             self._retire(actor)
+            if self._delivery is not None and self._live_actor(actor.container_id) in (None, actor):
+                self._delivery.release(actor.container_id)
             if self._actors.get(actor.container_id) is actor:
                 del self._actors[actor.container_id]
             self._crashes.forget(actor.container_id)
@@ -356,6 +358,8 @@ class Client:
         if adopt is not None:
             actor.adopt_task(adopt)
         self._actors[record.id] = actor  # replaces a deleted predecessor still winding down
+        if self._delivery is not None:
+            self._delivery.own(record.id)
         self._replay_held(actor)
         await self._nursery.start(self._run_actor, actor)
         return actor

@@ -54,6 +54,19 @@ class DeliveryStatistics(msgspec.Struct, frozen=True, kw_only=True):
     limit: int
 
 
+class _Lane:
+    """One container's queue and the task that empties it."""
+
+    __slots__ = ("lot", "owned", "queue")
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[tuple[EventType, EventInfo]] = collections.deque()
+        self.lot = trio.lowlevel.ParkingLot()
+        # While an actor owns the container its task parks when idle (waking it is cheaper
+        # than starting a task per event); a lane nobody owns ends once it is empty.
+        self.owned = False
+
+
 class BackendDelivery:
     """Per-container ordered calls of ``backend.process_event`` in ``nursery``."""
 
@@ -65,7 +78,7 @@ class BackendDelivery:
         self._backend = backend
         self._nursery = nursery
         self._limit = limit
-        self._queues: dict[str, collections.deque[tuple[EventType, EventInfo]]] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._queued = 0
         self._in_flight = 0
         self._delivered = 0
@@ -79,7 +92,7 @@ class BackendDelivery:
         return DeliveryStatistics(
             queued=self._queued,
             in_flight=self._in_flight,
-            containers=len(self._queues),
+            containers=sum(1 for lane in self._lanes.values() if lane.queue),
             delivered=self._delivered,
             failed=self._failed,
             dropped=self._dropped,
@@ -88,8 +101,19 @@ class BackendDelivery:
         )
 
     def queued_for(self, container_id: str) -> int:
-        queue = self._queues.get(container_id)
-        return len(queue) if queue is not None else 0
+        lane = self._lanes.get(container_id)
+        return len(lane.queue) if lane is not None else 0
+
+    def own(self, container_id: str) -> None:
+        """An actor now supervises this container: keep its delivery task between events."""
+        self._lane(container_id).owned = True
+
+    def release(self, container_id: str) -> None:
+        """Its actor ended: the delivery task ends once it has delivered what is queued."""
+        lane = self._lanes.get(container_id)
+        if lane is not None:
+            lane.owned = False
+            lane.lot.unpark()
 
     def submit(self, container_id: str, event_type: EventType, info: EventInfo) -> bool:
         """Queue one event without waiting; False when refused at the bound (never an exit)."""
@@ -104,21 +128,32 @@ class BackendDelivery:
                 )
             return False
         self._refusing = self._refusing and self._queued >= self._limit
-        queue = self._queues.get(container_id)
-        if queue is None:
-            queue = self._queues[container_id] = collections.deque()
-            self._nursery.start_soon(self._deliver, container_id, queue)
-        queue.append((event_type, info))
+        lane = self._lane(container_id)
+        lane.queue.append((event_type, info))
         self._queued += 1
+        if lane.lot:
+            lane.lot.unpark()
         return True
 
-    async def _deliver(
-        self, container_id: str, queue: collections.deque[tuple[EventType, EventInfo]]
-    ) -> None:
+    def _lane(self, container_id: str) -> _Lane:
+        lane = self._lanes.get(container_id)
+        if lane is None:
+            lane = self._lanes[container_id] = _Lane()
+            self._nursery.start_soon(self._deliver, container_id, lane)
+        return lane
+
+    async def _deliver(self, container_id: str, lane: _Lane) -> None:
         backend = self._backend
+        queue = lane.queue
         current = False
         try:
-            while queue:
+            while True:
+                while not queue:
+                    if not self._queued and not self._in_flight:
+                        self._idle.unpark_all()
+                    if not lane.owned:
+                        return
+                    await lane.lot.park()
                 event_type, info = queue.popleft()
                 self._queued -= 1
                 self._in_flight += 1
@@ -146,10 +181,8 @@ class BackendDelivery:
                     abandoned,
                     container_id,
                 )
-            if self._queues.get(container_id) is queue:
-                del self._queues[container_id]
-            if not self._queues:
-                self._idle.unpark_all()
+            if self._lanes.get(container_id) is lane:
+                del self._lanes[container_id]
 
     async def drain(self, grace: float) -> None:
         """Let queued deliveries finish for up to ``grace`` seconds, then cancel the rest.
@@ -158,6 +191,6 @@ class BackendDelivery:
         tasks end, which the owner of the nursery waits for.
         """
         with trio.move_on_after(grace):
-            while self._queues:
+            while self._queued or self._in_flight:
                 await self._idle.park()
         self._nursery.cancel_scope.cancel()
