@@ -269,6 +269,30 @@ async def test_the_backend_queue_bound_refuses_other_events_but_never_an_exit() 
         BackendDelivery(Blocked(), nursery, limit=0)
 
 
+async def test_a_supervised_containers_delivery_task_waits_between_events() -> None:
+    got: list[tuple[str, EventType]] = []
+
+    class Quick:
+        async def process_event(self, cid: str, kind: EventType, info: EventInfo) -> None:
+            got.append((cid, kind))
+
+    async with trio.open_nursery() as nursery:
+        delivery = BackendDelivery(Quick(), nursery)
+        delivery.own("owned")
+        delivery.submit("owned", EventType.START, EventInfo(container_id="owned"))
+        delivery.submit("stray", EventType.START, EventInfo(container_id="stray"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [("owned", EventType.START), ("stray", EventType.START)]
+        assert len(nursery.child_tasks) == 1, "the owned lane parks; the stray one ended"
+        delivery.submit("owned", EventType.EXIT, EventInfo(container_id="owned"))
+        delivery.release("owned")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got[-1] == ("owned", EventType.EXIT), "what was queued is still delivered"
+        assert len(nursery.child_tasks) == 0
+        delivery.release("never-seen")  # harmless
+    assert delivery.statistics().delivered == 3
+
+
 async def test_a_failing_backend_is_counted_and_delivery_continues(
     fake: FakeContainerd, tmp_path: Path
 ) -> None:
