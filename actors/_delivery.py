@@ -4,9 +4,10 @@ The Backend contract (README "Backend"; docs/RELIABILITY.md):
 
 - **Order.** The events of one container reach ``process_event`` in the order its actor
   applied them, one call at a time: the next call starts when the previous one returned.
-- **Concurrency.** Containers are independent: each container with events waiting has its
-  own Trio task, so a slow call holds up only its own container, never the router, the
-  other containers or the actor's commands (the actor only appends to a queue).
+- **Concurrency.** Containers are independent: each supervised container has its own Trio
+  task (parked while idle; a container without an actor gets one while its events wait), so
+  a slow call holds up only its own container, never the router, the other containers or
+  the actor's commands (the actor only appends to a queue).
 - **Lifetime.** Those tasks run in the client's delivery nursery, not in the actor's: a
   ``process_event`` that deletes its own task and container (as moby's daemon does on the
   init's exit) runs to its end, and so do the calls queued behind it, whether the actor
