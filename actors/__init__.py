@@ -16,6 +16,7 @@ from .core._container import ActorStatistics as ActorStatistics
 from .core._container import Backend as Backend
 from .core._container import ProcessState as ProcessState
 from .core._container import TaskStatus as TaskStatus
+from .core._delivery import DeliveryStatistics as DeliveryStatistics
 from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
@@ -28,6 +29,7 @@ from .core._subscribers import EventStreamLagged as EventStreamLagged
 from .core._subscribers import Subscription as Subscription
 from .core._supervision import RestartLimitExceeded as RestartLimitExceeded
 from .core._supervision import RestartPolicy as RestartPolicy
+from .core.events import INIT_PROCESS_NAME as INIT_PROCESS_NAME
 from .core.events import EventInfo as EventInfo
 from .core.events import EventType as EventType
 from .core.events import ExitStatus as ExitStatus
@@ -63,6 +65,7 @@ from .errors import Unknown as Unknown
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "INIT_PROCESS_NAME",
     "Aborted",
     "ActorCrashed",
     "ActorStatistics",
@@ -76,6 +79,7 @@ __all__ = [
     "ContainerdError",
     "DataLoss",
     "DeadlineExceeded",
+    "DeliveryStatistics",
     "DirectIO",
     "ErrorClass",
     "EventInfo",

@@ -136,6 +136,9 @@ class EventAction(enum.StrEnum):
     EXEC_DIE = "exec_die"
     PAUSE = "pause"
     UNPAUSE = "unpause"
+    # A containerd task event we do not map (EventType.UNKNOWN); Docker has no such action,
+    # but dropping the event would hide it.
+    UNKNOWN = "unknown"
 
 
 # --- params --------------------------------------------------------------------------------
@@ -735,6 +738,7 @@ _ACTIONS: Final = {
     EventType.EXEC_STARTED: EventAction.EXEC_START,
     EventType.PAUSED: EventAction.PAUSE,
     EventType.RESUMED: EventAction.UNPAUSE,
+    EventType.UNKNOWN: EventAction.UNKNOWN,
 }
 
 

@@ -48,7 +48,13 @@ class GatewayError(ContainerdActorsError):
     """A JSON-RPC error without a containerd error class (protocol or server errors)."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{message} ({code})")
+        # "Invalid params" alone does not say which: the server names the field and why.
+        detail = ""
+        if isinstance(data, dict) and isinstance(data.get("reason"), str) and data["reason"]:
+            path = data.get("path")
+            where = f"{path}: " if isinstance(path, str) and path else ""
+            detail = f": {where}{data['reason']}"
+        super().__init__(f"{message} ({code}){detail}")
         self.code = code
         self.data = data
 

@@ -93,6 +93,26 @@ async def test_exec_with_stdin_round_trip_through_cat(client: Client, rootfs: Pa
     await cleanup(container, task)
 
 
+async def test_init_stdin_eof_with_bytes_still_buffered_sends_close_io(
+    client: Client, rootfs: Path
+) -> None:
+    """Close stdin while our bytes still sit in the FIFO: the shim holds the FIFO open too,
+    so only Tasks.CloseIO gives cat its EOF, after it has read every byte."""
+    container = await client.new_container(unique_id("eof"), build_spec(rootfs, ["cat"]))
+    data = bytes(range(256)) * 64  # 16 KiB: still in the pipe when we close
+    task = await container.start(with_stdin=True)
+    assert task.io is not None and task.io.stdin is not None and task.io.stdout is not None
+    with trio.fail_after(20):
+        await task.io.stdin.send_all(data)
+        with rpcs(client) as made:
+            await task.close_stdin()
+        assert made == {"Tasks.CloseIO": 1}
+        assert await task.io.stdout.read_all() == data
+        assert (await task.wait()).code == 0
+    await task.delete()
+    await container.delete()
+
+
 async def test_exec_exit_code_and_wait_is_free(client: Client, rootfs: Path) -> None:
     container, task = await running(client, rootfs, "execrc")
     proc = await task.exec("e1", container.exec_spec(["sh", "-c", "exit 5"]))
