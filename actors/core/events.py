@@ -1,12 +1,12 @@
 """Task events: moby's EventType/EventInfo, a pure decoder, and the per-namespace router.
 
 containerd publishes task events on one exchange; we subscribe once per namespace to the
-topics we map (:data:`SUBSCRIBED_TOPICS`, one ``namespace==NS,topic=="..."`` filter each, ORed:
-moby's ``topic~=|^/tasks/|`` also carries /tasks/delete, /tasks/io and others that would only
-be sent, decoded and dropped) and decode each envelope with
-:func:`decode_event`, a pure function of (topic, type URL, payload). The router hands each
-decoded event to a dispatch callback (the client routes it into the owning container actor's
-mailbox, so events and commands for one container are handled in one order).
+``/tasks/`` topics, minus the ones moby does not deliver (:data:`UNSUBSCRIBED_TOPICS`: with
+moby's plain ``topic~=|^/tasks/|`` they would cross the wire, be decoded and dropped), and
+decode each envelope with :func:`decode_event`, a pure function of (topic, type URL,
+payload). The router hands each decoded event to a dispatch callback (the client routes it
+into the owning container actor's mailbox, so events and commands for one container are
+handled in one order).
 """
 
 from __future__ import annotations
@@ -31,16 +31,24 @@ if TYPE_CHECKING:
     from ..containerd._remote import Remote
 
 __all__ = [
-    "SUBSCRIBED_TOPICS",
+    "INIT_PROCESS_NAME",
+    "UNSUBSCRIBED_TOPICS",
     "EventInfo",
     "EventType",
     "ExitStatus",
     "TaskEvent",
     "decode_event",
-    "subscription_filters",
+    "subscription_filter",
 ]
 
 log = logging.getLogger("containerd_actors.events")
+
+# moby's ``libcontainerd/types.InitProcessName``: the name its API gives a task's init
+# process. On the wire (TaskExit.id, Tasks.Get) and in every EventInfo and ProcessState here,
+# the init's process id is the *container id*, as containerd reports it; an exec's process id
+# is its exec id. So "init" in moby's vocabulary is ``info.process_id == info.container_id``
+# here, and "init" is refused as an exec id so the two can never be confused.
+INIT_PROCESS_NAME: Final = "init"
 
 
 class EventType(enum.StrEnum):
@@ -54,16 +62,25 @@ class EventType(enum.StrEnum):
     EXEC_STARTED = "exec-started"
     PAUSED = "paused"
     RESUMED = "resumed"
+    # A ``/tasks/`` topic this library does not map (a newer containerd's); delivered with
+    # only ``container_id`` decoded, so the Backend still hears that something happened.
+    UNKNOWN = "unknown"
 
 
 class EventInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What moby's EventInfo carries: ids, pid and, for exits, the status."""
+    """What moby's EventInfo carries: ids, pid and, for exits, the status.
+
+    ``error`` is empty for events containerd sent. A synthetic exit made up because the
+    real one could not be learned (the task vanished while the event stream was down, or an
+    exec ended with its task) says why here, and its ``exit_code`` is 255.
+    """
 
     container_id: str
     process_id: str = ""
     pid: int = 0
     exit_code: int = 0
     exited_at: dt.datetime | None = None
+    error: str = ""
 
 
 class TaskEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -82,11 +99,15 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     code: int
     exited_at: dt.datetime | None = None
+    # containerd published a TaskOOM for this task before it exited (the kernel's OOM
+    # killer acted in its cgroup); moby's ``State.OOMKilled``.
+    oom_killed: bool = False
 
 
-def subscription_filters(namespace: str) -> list[str]:
-    """This namespace's task events of the topics we map, and nothing else (ORed filters)."""
-    return [f'namespace=={namespace},topic=="{topic}"' for topic in SUBSCRIBED_TOPICS]
+def subscription_filter(namespace: str) -> str:
+    """This namespace's task events, minus the topics moby does not deliver (one AND filter)."""
+    excluded = "".join(f',topic!="{topic}"' for topic in UNSUBSCRIBED_TOPICS)
+    return f"namespace=={namespace},topic~=|^/tasks/|{excluded}"
 
 
 # containerd sends nothing when a subscription is registered, so we publish a marker event
@@ -155,6 +176,23 @@ def _resumed(m: Any) -> tuple[EventType, EventInfo]:
     return EventType.RESUMED, EventInfo(container_id=m.container_id)
 
 
+def _unknown(m: Any) -> tuple[EventType, EventInfo]:
+    return EventType.UNKNOWN, EventInfo(container_id=m.container_id)
+
+
+# Task events containerd sends that moby does not deliver (it logs them): not UNKNOWN, and
+# not even subscribed to (the single place to change if a state machine wants one of them).
+_NOT_DELIVERED_TOPICS: Final = {
+    "containerd.events.TaskDelete": "/tasks/delete",
+    "containerd.events.TaskCheckpointed": "/tasks/checkpointed",
+}
+_NOT_DELIVERED: Final = frozenset(_NOT_DELIVERED_TOPICS)
+UNSUBSCRIBED_TOPICS: Final = tuple(_NOT_DELIVERED_TOPICS.values())
+# Every containerd task event carries the container id in field 1 (a string); TaskOOM is
+# exactly that, so it reads the id of an event type we do not know.
+_UNKNOWN_DECODER: Final = (events_pb2.TaskOOM, _unknown)
+
+
 _DECODERS: Final[dict[str, tuple[type[Any], Callable[[Any], tuple[EventType, EventInfo]]]]] = {
     "containerd.events.TaskCreate": (events_pb2.TaskCreate, _create),
     "containerd.events.TaskStart": (events_pb2.TaskStart, _start),
@@ -165,20 +203,6 @@ _DECODERS: Final[dict[str, tuple[type[Any], Callable[[Any], tuple[EventType, Eve
     "containerd.events.TaskPaused": (events_pb2.TaskPaused, _paused),
     "containerd.events.TaskResumed": (events_pb2.TaskResumed, _resumed),
 }
-
-
-# Every topic with a decoder above, and only those: the single place to add one (e.g. when
-# the actors' state machine starts consuming /tasks/delete), kept equal by a unit test.
-SUBSCRIBED_TOPICS: Final = (
-    "/tasks/create",
-    "/tasks/start",
-    "/tasks/exit",
-    "/tasks/oom",
-    "/tasks/exec-added",
-    "/tasks/exec-started",
-    "/tasks/paused",
-    "/tasks/resumed",
-)
 
 
 def decode_event(
@@ -192,12 +216,15 @@ def decode_event(
     """Decode one envelope payload; None for events moby does not deliver (e.g. delete).
 
     Type URLs are bare proto names on containerd 1.6; a ``host/`` prefix is tolerated.
+    Another ``/tasks/`` topic decodes as :attr:`EventType.UNKNOWN` with its container id.
     A payload that does not parse raises ``ValueError`` (the router counts and skips it).
     """
     name = type_url.rsplit("/", 1)[-1]
     entry = _DECODERS.get(name)
     if entry is None:
-        return None
+        if name in _NOT_DELIVERED or not topic.startswith("/tasks/"):
+            return None
+        entry = _UNKNOWN_DECODER
     message_type, project = entry
     message = message_type()
     try:
@@ -256,7 +283,7 @@ class EventRouter:
         self._on_resubscribed = on_resubscribed
         self._max_backoff = max_backoff
         self._confirm_timeout = confirm_timeout
-        self._filters = subscription_filters(remote.namespace)
+        self._filter = subscription_filter(remote.namespace)
         self._connected = False
         self._subscriptions = 0
         self._events_in = 0
@@ -280,7 +307,7 @@ class EventRouter:
         """Subscribe, report ready once the subscription is live, and keep it alive."""
         first = True
         namespace = self._remote.namespace
-        filters = [*self._filters, ready_filter(namespace)]
+        filters = [self._filter, ready_filter(namespace)]
         while True:
             try:
                 try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,12 @@ from actors.containerd.pb.containerd.events import task_pb2
 from actors.core._ids import is_valid_id, validate_id
 from actors.core._mailbox import Mailbox
 from actors.core.events import (
-    _DECODERS,
-    SUBSCRIBED_TOPICS,
+    UNSUBSCRIBED_TOPICS,
     EventType,
     decode_event,
-    subscription_filters,
+    subscription_filter,
 )
+from actors.testing import ContainerdFilter
 
 
 @pytest.mark.parametrize("good", ["a", "A1", "web-1", "a.b_c-d", "x" * 76, "9"])
@@ -78,17 +77,19 @@ def test_transport_errors_map_to_unavailable_and_deadline() -> None:
     assert errors.from_grpc_exception(KeyError("not ours")) is None
 
 
-def test_we_subscribe_to_exactly_the_topics_we_decode() -> None:
-    # containerd.events.TaskExecAdded is published on /tasks/exec-added, and so on.
-    decoded = {
-        "/tasks/" + re.sub(r"(?<=[a-z])([A-Z])", r"-\1", name.rsplit(".Task", 1)[1]).lower()
-        for name in _DECODERS
-    }
-    assert decoded == set(SUBSCRIBED_TOPICS)
-    assert "/tasks/delete" not in SUBSCRIBED_TOPICS
-    assert subscription_filters("ns1") == [
-        f'namespace==ns1,topic=="{topic}"' for topic in SUBSCRIBED_TOPICS
-    ]
+def test_we_subscribe_to_the_task_topics_moby_delivers() -> None:
+    assert subscription_filter("ns1") == (
+        'namespace==ns1,topic~=|^/tasks/|,topic!="/tasks/delete",topic!="/tasks/checkpointed"'
+    )
+    wanted = ContainerdFilter([subscription_filter("ns1")])
+    for topic in ("/tasks/exit", "/tasks/create", "/tasks/oom", "/tasks/some-new-topic"):
+        assert wanted.match_event("ns1", topic), topic
+    for topic in UNSUBSCRIBED_TOPICS:
+        assert not wanted.match_event("ns1", topic), topic
+        # and what is not subscribed would not be delivered anyway
+        assert decode_event(topic, "containerd.events.Task" + topic[7:].title(), b"") is None
+    assert not wanted.match_event("ns2", "/tasks/exit")
+    assert not wanted.match_event("ns1", "/images/create")
 
 
 def _exit_payload() -> bytes:
