@@ -7,6 +7,7 @@ of each member's init process (it is their subreaper), which is how these tests 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from actors import EventType, ShimGroups, Task, build_spec, open_client
+from actors import EventType, NotFound, ShimGroups, Task, build_spec, open_client
 
 from ..conftest import NAMESPACE, unique_id
 from ..helpers import Recorder
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from actors import Client, Container
@@ -110,6 +112,21 @@ async def test_members_share_shims_in_rotation_and_lifecycles_cost_the_same(
             await task.delete()
             await container.delete()
             assert rpc_delta(before, client.statistics().rpc.calls) == LIFECYCLE_RPCS
+
+
+@contextlib.asynccontextmanager
+async def _removing(client: Client, ids: list[str]) -> AsyncIterator[None]:
+    """Remove what a failed test left (a passing one removed everything itself)."""
+    try:
+        yield
+    finally:
+        with trio.fail_after(60):
+            for cid in ids:
+                try:
+                    container = await client.load_container(cid)
+                except NotFound:
+                    continue
+                await remove(container)
 
 
 async def wait_actors_gone(client: Client) -> None:
@@ -216,3 +233,63 @@ async def test_concurrent_short_lifecycles_in_few_shims_all_succeed(
         assert stats is not None
         assert (stats.groups, stats.members) == (0, 0)
         print("create retries:", stats.create_retries, "generations:", stats.generations)
+
+
+async def test_the_control_plane_groups_its_containers_and_requests_cannot_choose_a_group(
+    containerd: PrivateContainerd, rootfs: Path, io_dir: Path
+) -> None:
+    import secrets
+
+    from actors.control._policy import SpecPolicy
+    from actors.control.gateway import Gateway, GatewayConfig
+    from actors.control.gateway_client import GatewayError, connect_gateway
+    from actors.core._shimgroups import GROUP_ANNOTATION
+    from actors.core.spec import decode_spec
+
+    token = secrets.token_urlsafe(32)
+    policy = SpecPolicy(default_rootfs=str(rootfs), allowed_rootfs_roots=(str(rootfs),))
+    ids = [unique_id("gwgrp") for _ in range(2)]
+    async with (
+        open_client(
+            containerd.address,
+            NAMESPACE,
+            state_dir=str(io_dir),
+            shim_groups=ShimGroups(shims=1, max_per_shim=8),
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        gateway = Gateway(client, GatewayConfig(token=token, policy=policy, port=0))
+        await nursery.start(gateway.serve)
+        async with (
+            _removing(client, ids),
+            connect_gateway(f"ws://127.0.0.1:{gateway.port}", token) as gw,
+        ):
+            with trio.fail_after(60):
+                # A request naming a group (the victim's) is refused before anything is made.
+                with pytest.raises(GatewayError, match="unknown field `annotations`"):
+                    await gw.call(
+                        "container.create",
+                        {
+                            "id": ids[0],
+                            "args": ["sleep", "60"],
+                            "annotations": {GROUP_ANNOTATION: "victim"},
+                        },
+                    )
+                pids = []
+                for cid in ids:
+                    await gw.call("container.create", {"id": cid, "args": ["sleep", "60"]})
+                    pids.append((await gw.call("task.start", {"id": cid}))["pid"])
+                assert shim_of(pids[0]) == shim_of(pids[1])
+                groups = {
+                    decode_spec((await client.load_container(cid)).spec_json).annotations.get(
+                        GROUP_ANNOTATION
+                    )
+                    for cid in ids
+                }
+                assert len(groups) == 1 and None not in groups and "victim" not in groups
+                for cid in ids:
+                    await gw.call("task.kill", {"id": cid, "signal": 9})
+                    assert (await gw.call("task.wait", {"id": cid}))["code"] == 137
+                    assert (await gw.call("task.delete", {"id": cid}))["code"] == 137
+                    await gw.call("container.delete", {"id": cid})
+        nursery.cancel_scope.cancel()
