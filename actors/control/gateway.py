@@ -44,11 +44,31 @@ from ..core._client import Client
 from ..core._handles import Container, Process
 from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
 from ..core.stdio import DirectIO
-from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
+from ..errors import (
+    ContainerdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from . import _frames as frames
 from . import _protocol as proto
-from ._labels import store_user_labels, user_labels
-from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
+from ._binds import unstage
+from ._labels import (
+    BINDS_LABEL,
+    OWNER_LABEL,
+    OWNER_VALUE,
+    is_ours,
+    store_user_labels,
+    user_labels,
+)
+from ._policy import (
+    SpecPolicy,
+    build_container_spec,
+    build_exec_process,
+    check_resource_update,
+    stage_bind_sources,
+)
 from ._wsserver import WebsocketListener
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayStatistics", "is_loopback"]
@@ -459,7 +479,23 @@ class Gateway:
                 self._reply_error(session, proto.error_response(request.id, RuntimeError()))
 
     async def _container(self, container_id: str) -> Container:
-        return await self.client.load_container(container_id)
+        """One of our containers; every handler reaches containers through here only.
+
+        A container someone else created in the namespace (``ctr run --privileged``, say)
+        has a spec our policy never checked: acting on it (exec, start, attach) would hand
+        the caller whatever that spec grants, so it is refused by name.
+        """
+        container = await self.client.load_container(container_id)
+        if not is_ours(container.labels):
+            raise PermissionDenied(
+                f"container {container_id!r} was not created through this control plane; "
+                "it cannot be managed here",
+                local=True,
+            )
+        return container
+
+    def _ours(self) -> list[Container]:
+        return [c for c in self.client.containers() if is_ours(c.labels)]
 
     async def _process(self, container_id: str, exec_id: str) -> Process:
         process = self._processes.get((container_id, exec_id))
@@ -480,17 +516,33 @@ class Gateway:
                 }
             case "container.create":
                 labels = store_user_labels(params.labels)
-                spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
-                # The default runtime and no runtime options: a request can name neither.
-                container = await client.new_container(params.id, spec, labels=labels)
+                labels[OWNER_LABEL] = OWNER_VALUE
+                policy = self.config.policy
+                spec = build_container_spec(params, policy, namespace=client.namespace)
+                staged = stage_bind_sources(
+                    f"container {params.id!r}", spec, params.mounts, policy, params.id
+                )
+                if staged is not None:
+                    labels[BINDS_LABEL] = staged
+                try:
+                    # The default runtime and no runtime options: a request can name neither.
+                    container = await client.new_container(params.id, spec, labels=labels)
+                except BaseException:
+                    if staged is not None:
+                        unstage(staged, policy.bind_staging_dir)
+                    raise
                 return _describe(container)
             case "container.list":
-                return [_describe(c) for c in client.containers()]
+                return [_describe(c) for c in self._ours()]
             case "container.inspect":
                 return _describe(await self._container(params.id))
             case "container.delete":
-                await (await self._container(params.id)).delete()
+                container = await self._container(params.id)
+                await container.delete()
                 self._forget(params.id)
+                staged = container.labels.get(BINDS_LABEL)
+                if staged is not None:
+                    unstage(staged, self.config.policy.bind_staging_dir)
                 return None
             case "task.start":
                 container = await self._container(params.id)
@@ -531,7 +583,9 @@ class Gateway:
             case "process.exec":
                 container = await self._container(params.id)
                 task = await container.task()
-                process_spec = build_exec_process(params, container.spec())
+                process_spec = build_exec_process(
+                    params, container.spec(), policy=self.config.policy
+                )
                 process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
                 self._processes[(params.id, params.exec_id)] = process
                 return {"pid": process.pid}
@@ -578,11 +632,13 @@ class Gateway:
 
         async def pump() -> None:
             with scope, contextlib.closing(subscription):
-                labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
+                labels_of = {c.id: user_labels(c.labels) for c in self._ours()}
                 async for event in subscription:
                     cid = event.info.container_id
                     if cid not in labels_of:
-                        labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
+                        labels_of = {c.id: user_labels(c.labels) for c in self._ours()}
+                        if cid not in labels_of:
+                            continue  # not ours: clients see only what they may touch
                     message = proto.event_message(event, labels_of.get(cid, {}))
                     if event_filter.matches(message):
                         session.send(proto.event_notification(name, message))
