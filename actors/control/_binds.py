@@ -157,8 +157,16 @@ def _walk(what: str, label: str, root: str, parts: tuple[str, ...]) -> PinnedSou
                     local=True,
                 )
         info = os.fstat(fd)
+        if info.st_nlink == 0:
+            raise InvalidArgument(f"{what}: {label} does not exist", local=True)
         # Where the pinned inode really is (the kernel's name for it), for the path checks.
         resolved = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        # Removed or renamed while we walked (a container may be racing us).
+        os.close(fd)
+        raise InvalidArgument(
+            f"{what}: {label} changed while it was being opened", local=True
+        ) from None
     except BaseException:
         os.close(fd)
         raise

@@ -471,7 +471,14 @@ def stage_bind_sources(
     try:
         for entry in requested:
             pinned.append(open_source(what, entry.source, policy.allowed_bind_roots, protected))
-        directory, targets = stage(pinned, policy.bind_staging_dir, container_id)
+        try:
+            directory, targets = stage(pinned, policy.bind_staging_dir, container_id)
+        except FileNotFoundError:
+            # A pinned directory was removed before the mount; nothing is left staged.
+            raise InvalidArgument(
+                f"{what}: a bind mount source was removed while it was being mounted",
+                local=True,
+            ) from None
     finally:
         for source in pinned:
             source.close()

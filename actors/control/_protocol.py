@@ -614,8 +614,11 @@ def domain_error_code(grpc_code: int) -> int:
 
 _log = logging.getLogger("containerd_actors.gateway")
 # An absolute path: a "/" not preceded by a name character (so "a/b" and "sha256:x" stay),
-# up to whitespace, a quote or a bracket. "unix:///run/x" and "src:/dst" lose both paths.
-_HOST_PATH_RE: Final = re.compile(r"(?<![\w.~-])/[^\s\"'`()\[\]{},;]*")
+# up to whitespace, a quote or a bracket (a colon just before one stays: "stat /x: no such
+# file"). "unix:///run/x" and "src:/dst" lose both paths.
+_HOST_PATH_RE: Final = re.compile(
+    r"(?<![\w.~-])/[^\s\"'`()\[\]{},;]*?(?=:?(?:[\s\"'`()\[\]{},;]|$))"
+)
 
 
 def redact_host_paths(text: str) -> str:

@@ -69,7 +69,7 @@ from ._policy import (
     check_resource_update,
     stage_bind_sources,
 )
-from ._wsserver import WebsocketListener
+from ._wsserver import WebsocketListener, raise_fd_limit
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayStatistics", "is_loopback"]
 
@@ -80,7 +80,9 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_POLICY_VIOLATION: Final = 1008
 STDIO_TICKET_SECONDS: Final = 30.0
 WRITER_GRACE_SECONDS: Final = 10.0
-HANDSHAKE_SECONDS: Final = 10.0
+HANDSHAKE_SECONDS: Final = 5.0
+#: Descriptors kept free for containerd channels, stdio FIFOs and files (see serve()).
+FD_RESERVE: Final = 256
 DISCONNECT_SECONDS: Final = 5.0
 
 
@@ -102,6 +104,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
         rate: requests per second per connection (token bucket with ``burst``).
         max_subscriptions: event subscriptions per connection.
         outbound_buffer: messages queued for one connection before it counts as too slow.
+        max_connections: authenticated websockets at once; more are refused with 503.
+        max_pending_handshakes: connections that have not sent a complete (so not yet
+            authenticated) request, in total; past it the oldest is closed.
+        max_pending_per_peer: the same, per peer address.
     """
 
     token: str
@@ -118,10 +124,16 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     burst: int = 400
     max_subscriptions: int = 16
     outbound_buffer: int = 256
+    max_connections: int = 512
+    max_pending_handshakes: int = 64
+    max_pending_per_peer: int = 32
 
     def __post_init__(self) -> None:
         if len(self.token) < 16:
             raise ValueError("the gateway token must be at least 16 characters")
+        for name in ("max_connections", "max_pending_handshakes", "max_pending_per_peer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
         if self.unix_socket is None and not is_loopback(self.host) and not self.tls:
             raise ValueError(
                 f"refusing to listen on non-loopback address {self.host!r} without TLS: "
@@ -257,6 +269,7 @@ class Gateway:
         self._stdio_sessions = 0
         self._internal_errors = 0
         self.port: int | None = None
+        self._max_connections = config.max_connections
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
@@ -283,6 +296,14 @@ class Gateway:
             tcp = await trio.open_tcp_listeners(config.port, host=config.host)
             listeners = tcp
             self.port = tcp[0].socket.getsockname()[1]
+        # Half-open handshakes, connections and our own descriptors must all fit, with room
+        # to spare, under the open-file limit.
+        budget = raise_fd_limit() - FD_RESERVE - config.max_pending_handshakes
+        self._max_connections = max(1, min(config.max_connections, budget // 2))
+        if self._max_connections < config.max_connections:
+            log.warning(
+                "open-file limit allows only %d control-plane connections", self._max_connections
+            )
         wrapped: list[Any] = listeners
         if self._ssl_context is not None:
             wrapped = [trio.SSLListener(listener, self._ssl_context) for listener in listeners]
@@ -293,6 +314,8 @@ class Gateway:
             handshake_timeout=HANDSHAKE_SECONDS,
             on_failed_handshake=self._count_rejected,
             on_error=self._count_internal_error,
+            max_pending=config.max_pending_handshakes,
+            max_pending_per_peer=config.max_pending_per_peer,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
@@ -366,6 +389,10 @@ class Gateway:
         if refusal is not None:
             self._rejected += 1
             await request.reject(refusal[0], body=refusal[1].encode())
+            return
+        if self._connections >= self._max_connections:
+            self._rejected += 1
+            await request.reject(503, body=b"too many connections")
             return
         chosen = next((p for p in wanted if p in request.proposed_subprotocols), None)
         if chosen is None:
