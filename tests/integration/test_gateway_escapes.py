@@ -449,12 +449,9 @@ async def test_runtime_errors_reach_clients_without_host_paths(
 
 def test_config_bounds_are_positive() -> None:
     policy = SpecPolicy(default_rootfs="/r", allowed_rootfs_roots=("/r",))
-    for field in ("max_connections", "max_pending_handshakes", "max_pending_per_peer"):
+    bounds: dict[str, Any] = {"max_pending_handshakes": 64, "max_pending_per_peer": 32}
+    for field in ("max_connections", *bounds):
         with pytest.raises(ValueError, match=field):
-            GatewayConfig(token="t" * 32, policy=policy, **{field: 0})
-    assert (
-        msgspec.structs.asdict(GatewayConfig(token="t" * 32, policy=policy))[
-            "max_pending_handshakes"
-        ]
-        == 64
-    )
+            GatewayConfig(token="t" * 32, policy=policy, **dict.fromkeys([field], 0))  # type: ignore[arg-type]
+    defaults = msgspec.structs.asdict(GatewayConfig(token="t" * 32, policy=policy))
+    assert {k: defaults[k] for k in bounds} == bounds
