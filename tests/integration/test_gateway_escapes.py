@@ -355,6 +355,8 @@ async def test_half_open_handshakes_cannot_lock_out_clients(
                 async with connect_gateway(served.url, served.token) as late:
                     assert (await late.call("version"))["protocol"] == "containerd-actors.v1"
                     await late.call("container.list")
+                    # The issue saw task.start answer "Internal error" at the fd limit.
+                    assert await _run(late, unique_id("flooded"), {"args": ["true"]}) == 0
                 assert (await early.call("version"))["protocol"] == "containerd-actors.v1"
         finally:
             for stream in streams:
