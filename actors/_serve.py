@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from .containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
@@ -82,6 +83,13 @@ async def serve(args: argparse.Namespace) -> int:
     _say("preparing the busybox rootfs")
     rootfs = await trio.to_thread.run_sync(build_busybox_rootfs, state_root / "rootfs" / "busybox")
     policy = serve_policy(args, rootfs, state_root / "rootfs")
+    # Our token, FIFOs and the embedded containerd (its sockets, bundles) live under the
+    # state root; a containerd we were pointed at keeps its sockets next to its address.
+    own_state = [str(state_root), str(token_file.parent)]
+    socket_path = (args.address or "").removeprefix("unix://")
+    if socket_path.startswith("/"):
+        own_state.append(socket_path.rsplit("/", 1)[0] or "/")
+    policy = msgspec.structs.replace(policy, protected_paths=(*policy.protected_paths, *own_state))
     host, _, port = args.listen.rpartition(":")
     config = GatewayConfig(
         token=token,

@@ -66,8 +66,9 @@ def load_or_create_token(path: Path) -> str:
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
+        # By descriptor: the path is not looked up again (nothing may follow a swapped name).
+        os.fchmod(handle.fileno(), 0o600)
         handle.write(token + "\n")
-    os.chmod(path, 0o600)
     return token
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Final
 
@@ -37,6 +36,7 @@ from ..core.spec import (
     exec_process_from,
 )
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from ._binds import DEFAULT_STAGING_DIR, PinnedSource, open_source, stage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -54,19 +54,39 @@ __all__ = [
     "build_container_spec",
     "build_exec_process",
     "check_resource_update",
+    "stage_bind_sources",
 ]
 
-#: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly).
+#: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly): the host's
+#: own configuration and binaries, kernel trees, and every runtime's state (sockets, task
+#: bundles, FIFOs, tokens). ``SpecPolicy.protected_paths`` adds the server's own state
+#: directories (``serve`` adds its state root and the embedded containerd's). The allowed
+#: bind roots remain the allow-list; this is the floor under any root an operator picks.
 PROTECTED_HOST_PATHS: Final = (
     "/",
-    "/etc",
-    "/proc",
-    "/sys",
-    "/dev",
+    "/bin",
     "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt/cni",
+    "/proc",
     "/root",
-    "/var/lib/containerd",
     "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/cni",
+    "/var/lib/containerd",
+    "/var/lib/containerd-actors",
+    "/var/lib/docker",
+    "/var/lib/kubelet",
+    "/var/lib/nerdctl",
+    "/var/log",
     "/var/run",
 )
 
@@ -98,6 +118,10 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
         max_pids_limit: ceiling on the number of tasks; None: no ceiling.
         seccomp: apply the project's default seccomp profile (for the container's
             capabilities) to every container.
+        protected_paths: host paths a bind may not be, lie inside or contain, on top of
+            :data:`PROTECTED_HOST_PATHS` (the server's state dirs).
+        bind_staging_dir: root-only directory where checked bind sources are mounted
+            before runc sees them (``actors.control._binds``); under ``/run`` by default.
     """
 
     default_rootfs: str
@@ -111,9 +135,17 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
     default_pids_limit: int | None = HARDENED_PIDS_LIMIT
     max_pids_limit: int | None = None
     seccomp: bool = True
+    protected_paths: tuple[str, ...] = ()
+    bind_staging_dir: str = DEFAULT_STAGING_DIR
 
     def __post_init__(self) -> None:
-        for root in (self.default_rootfs, *self.allowed_rootfs_roots, *self.allowed_bind_roots):
+        for root in (
+            self.default_rootfs,
+            *self.allowed_rootfs_roots,
+            *self.allowed_bind_roots,
+            *self.protected_paths,
+            self.bind_staging_dir,
+        ):
             if not posixpath.isabs(root) or "\x00" in root:
                 raise ValueError(f"policy paths must be absolute, got {root!r}")
         capabilities = set(self.allow_extra_capabilities) | set(self.base_capabilities)
@@ -351,9 +383,10 @@ def _clashes(path: str, protected: str) -> bool:
     return _inside(protected, path) or (protected != "/" and _inside(path, protected))
 
 
-def _protected_paths() -> set[str]:
+def _protected_paths(policy: SpecPolicy) -> set[str]:
     # Also their resolved forms, e.g. /var/run is usually a symlink to /run.
-    return {*PROTECTED_HOST_PATHS, *(os.path.realpath(p) for p in PROTECTED_HOST_PATHS)}
+    listed = (*PROTECTED_HOST_PATHS, *policy.protected_paths, policy.bind_staging_dir)
+    return {*listed, *(os.path.realpath(p) for p in listed)}
 
 
 def _destination(what: str, destination: str) -> str:
@@ -386,7 +419,7 @@ def _bind_mounts(what: str, requested: Sequence[MountParams], policy: SpecPolicy
         return []
     if not policy.allowed_bind_roots:
         raise PermissionDenied(f"{what}: bind mounts are disabled by policy", local=True)
-    protected = _protected_paths()
+    protected = _protected_paths(policy)
     mounts: list[Mount] = []
     seen: set[str] = set()
     for entry in requested:
@@ -403,36 +436,57 @@ def _bind_mounts(what: str, requested: Sequence[MountParams], policy: SpecPolicy
 def _bind_mount(
     what: str, entry: MountParams, destination: str, policy: SpecPolicy, protected: set[str]
 ) -> Mount:
-    source = entry.source
-    label = f"bind mount source {source!r}"
-    resolved = _realpath(what, "bind mount source", source)
-    if not _inside_any(resolved, policy.allowed_bind_roots):
-        raise PermissionDenied(
-            f"{what}: {label} is outside the allowed host directories", local=True
-        )
-    literal = posixpath.normpath(source)
+    label = f"bind mount source {entry.source!r}"
+    literal = posixpath.normpath(entry.source) if posixpath.isabs(entry.source) else ""
     for path in sorted(protected):
-        if _clashes(literal, path):
+        if literal and _clashes(literal, path):
             raise PermissionDenied(
                 f"{what}: {label} is, contains or lies inside the protected host path {path}",
                 local=True,
             )
-        if _clashes(resolved, path):
-            raise PermissionDenied(f"{what}: {label} resolves to a protected host path", local=True)
-    try:
-        info = os.stat(resolved)
-    except FileNotFoundError:
-        raise InvalidArgument(f"{what}: {label} does not exist", local=True) from None
-    except OSError:
-        raise InvalidArgument(f"{what}: {label} cannot be inspected", local=True) from None
-    if stat.S_ISSOCK(info.st_mode):
-        raise PermissionDenied(
-            f"{what}: {label} is a unix socket; sockets cannot be mounted", local=True
-        )
-    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
-        raise PermissionDenied(f"{what}: {label} is not a directory or regular file", local=True)
-    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-        # A hard link defeats realpath: it could be /etc/shadow under another name.
-        raise PermissionDenied(f"{what}: {label} is a file with several hard links", local=True)
+    # Checked on a pinned descriptor; the path is only a placeholder until staged.
+    with open_source(what, entry.source, policy.allowed_bind_roots, protected) as pinned:
+        resolved = pinned.resolved
     options = ["ro" if entry.readonly else "rw", *_BIND_OPTIONS]
     return Mount(destination=destination, type="bind", source=resolved, options=options)
+
+
+def stage_bind_sources(
+    what: str, spec: Spec, requested: Sequence[MountParams], policy: SpecPolicy, container_id: str
+) -> str | None:
+    """Pin every requested bind source again and point ``spec`` at staged mounts of them.
+
+    The checks in :func:`build_container_spec` ran on descriptors since closed; these are
+    the descriptors that get mounted, checked again, so what runc mounts is exactly what
+    passed (see ``actors.control._binds``). Returns the staging directory (None without
+    binds); the caller removes it with ``_binds.unstage`` when the container goes.
+
+    Raises:
+        PermissionDenied, InvalidArgument: as for :func:`build_container_spec`.
+    """
+    if not requested:
+        return None
+    protected = _protected_paths(policy)
+    pinned: list[PinnedSource] = []
+    try:
+        for entry in requested:
+            pinned.append(open_source(what, entry.source, policy.allowed_bind_roots, protected))
+        try:
+            directory, targets = stage(pinned, policy.bind_staging_dir, container_id)
+        except FileNotFoundError:
+            # A pinned directory was removed before the mount; nothing is left staged.
+            raise InvalidArgument(
+                f"{what}: a bind mount source was removed while it was being mounted",
+                local=True,
+            ) from None
+    finally:
+        for source in pinned:
+            source.close()
+    by_destination = {
+        posixpath.normpath(entry.destination): target
+        for entry, target in zip(requested, targets, strict=True)
+    }
+    for mount in spec.mounts:
+        if mount.type == "bind" and mount.destination in by_destination:
+            mount.source = by_destination[mount.destination]
+    return directory

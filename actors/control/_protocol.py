@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 import re
+import secrets
 import signal as _signal
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias
@@ -649,11 +651,30 @@ def domain_error_code(grpc_code: int) -> int:
     return _DOMAIN_ERROR_BASE - grpc_code
 
 
+_log = logging.getLogger("containerd_actors.gateway")
+# An absolute path: a "/" not preceded by a name character (so "a/b" and "sha256:x" stay),
+# up to whitespace, a quote or a bracket (a colon just before one stays: "stat /x: no such
+# file"). "unix:///run/x" and "src:/dst" lose both paths.
+_HOST_PATH_RE: Final = re.compile(
+    r"(?<![\w.~-])/[^\s\"'`()\[\]{},;]*?(?=:?(?:[\s\"'`()\[\]{},;]|$))"
+)
+
+
+def redact_host_paths(text: str) -> str:
+    """``text`` with every absolute path replaced by ``<path>``."""
+    return _HOST_PATH_RE.sub("<path>", text)
+
+
 def error_response(request_id: int | str | None, exc: Exception) -> ErrorResponse:
     """Map an exception raised while serving a request to its error reply.
 
     Our :class:`~actors.errors.ContainerdError` classes keep their message and become
-    ``-32000 - grpc_code`` with ``data = {"status", "grpc_code", "local"}``. An actor crash
+    ``-32000 - grpc_code`` with ``data = {"status", "grpc_code", "local"}``. Text that came
+    from containerd, a shim or runc (``local=False``) names host paths (rootfs, bundle,
+    cgroup, FIFO, bind source, symlink targets): every absolute path in it is replaced by
+    ``<path>`` and the original is logged with a reference the reply carries (see
+    :func:`redact_host_paths`). Our own (``local``) messages name only what the caller sent.
+    An actor crash
     or a closing client is reported as UNAVAILABLE (retrying is safe). Anything else is a
     bug: it becomes -32603 with a fixed message, so no internal text reaches the client.
     """
@@ -673,6 +694,12 @@ def error_response(request_id: int | str | None, exc: Exception) -> ErrorRespons
         )
     else:
         return _fail(INTERNAL_ERROR, id=request_id)
+    if not local:
+        redacted = redact_host_paths(message)
+        if redacted != message:
+            reference = secrets.token_hex(4)
+            _log.warning("error %s sent to the client as %r was: %s", reference, redacted, message)
+            message = f"{redacted} (server log reference {reference})"
     data = {"status": status, "grpc_code": grpc_code, "local": local}
     return ErrorResponse(
         id=request_id, code=domain_error_code(grpc_code), message=message, data=data

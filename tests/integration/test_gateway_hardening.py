@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from actors import InvalidArgument, NotFound
 from actors.containerd._embedded import PrivateContainerd
-from actors.control._labels import USER_LABEL_PREFIX
+from actors.control._labels import OWNER_LABEL, OWNER_VALUE, USER_LABEL_PREFIX
 from actors.control.gateway_client import GatewayClient, connect_gateway
 
 from ..conftest import unique_id
@@ -212,10 +212,13 @@ async def test_user_labels_round_trip_and_are_stored_prefixed(
     assert attributes["name"] == cid  # the real name wins over the label
     assert not any(k.startswith("io.containerd-actors") for k in attributes)
 
-    # containerd's own record: only our prefix, the default runtime, no options, no
-    # annotations.
+    # containerd's own record: only our prefix (the client's labels, and our ownership
+    # mark), the default runtime, no options, no annotations.
     record = await served.client._remote.containers_get(cid)
-    assert dict(record.labels) == {USER_LABEL_PREFIX + k: v for k, v in labels.items()}
+    assert dict(record.labels) == {
+        **{USER_LABEL_PREFIX + k: v for k, v in labels.items()},
+        OWNER_LABEL: OWNER_VALUE,
+    }
     assert record.runtime.name == "io.containerd.runc.v2"
     assert not record.runtime.HasField("options")
     assert not json.loads(record.spec.value).get("annotations")
