@@ -18,6 +18,7 @@ from .core._container import TaskStatus as TaskStatus
 from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
+from .core._image_spec import image_spec as image_spec
 from .core._seccomp import default_seccomp_profile as default_seccomp_profile
 from .core._subscribers import EventStreamLagged as EventStreamLagged
 from .core._subscribers import Subscription as Subscription
@@ -52,6 +53,9 @@ from .errors import Unauthenticated as Unauthenticated
 from .errors import Unavailable as Unavailable
 from .errors import Unimplemented as Unimplemented
 from .errors import Unknown as Unknown
+from .images._api import Image as Image
+from .images._api import Images as Images
+from .images._api import LayerProgress as LayerProgress
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -75,8 +79,11 @@ __all__ = [
     "EventType",
     "ExitStatus",
     "FailedPrecondition",
+    "Image",
+    "Images",
     "Internal",
     "InvalidArgument",
+    "LayerProgress",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
@@ -102,5 +109,6 @@ __all__ = [
     "build_spec",
     "default_seccomp_profile",
     "default_state_dir",
+    "image_spec",
     "open_client",
 ]
