@@ -100,6 +100,9 @@ EnvList: TypeAlias = Annotated[
     list[Annotated[str, msgspec.Meta(pattern=_ENV_RE, max_length=32768)]],
     msgspec.Meta(max_length=1024),
 ]
+ImageName: TypeAlias = Annotated[
+    str, msgspec.Meta(pattern=_NO_NUL_RE, min_length=1, max_length=512)
+]
 AbsPath: TypeAlias = Annotated[str, msgspec.Meta(pattern=_ABS_PATH_RE, max_length=4096)]
 Hostname: TypeAlias = Annotated[str, msgspec.Meta(pattern=_HOSTNAME_RE, max_length=64)]
 Labels: TypeAlias = Annotated[
@@ -178,8 +181,13 @@ class ContainerCreateParams(Params, frozen=True):
     """
 
     id: ContainerId
-    args: Args
+    # Optional with an image (its Entrypoint/Cmd apply); required for a directory rootfs.
+    args: Args | None = None
     rootfs: AbsPath | None = None
+    # An image in the server's store (docker's short names work); see image.pull.
+    image: ImageName | None = None
+    # Replaces the image's Entrypoint (and drops its Cmd); [""] clears it, like docker.
+    entrypoint: Annotated[list[Arg], msgspec.Meta(max_length=256)] | None = None
     env: EnvList | None = None
     cwd: AbsPath | None = None
     user: UserParams | None = None

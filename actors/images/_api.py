@@ -33,9 +33,9 @@ import collections
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Final, Literal
+from typing import IO, TYPE_CHECKING, BinaryIO, Final
 
 import msgspec
 import trio
@@ -61,121 +61,32 @@ from ._media import (
     Manifest,
     decode_config,
     decode_manifest_or_index,
-    is_layer_type,
+)
+from ._model import (
+    Image,
+    LayerProgress,
+    ProgressCallback,
+    bytes_source,
+    image_of,
 )
 from ._platform import Platform, choose_manifest, host_platform, parse_platform
+from ._pull import pull_image
 from ._reference import parse_reference
 from ._store import ContentStore, ImageRecord
 from ._types import config_gc_labels, index_gc_labels, manifest_gc_labels
-from ._unpack import chain_ids
 
 if TYPE_CHECKING:
     from ..containerd._mounts import Mount
 
 __all__ = ["Image", "Images", "LayerProgress", "ProgressCallback", "normalize_name"]
 
-LayerState = Literal["waiting", "downloading", "exists", "extracting", "done"]
 _CACHE_ENTRIES: Final = 512
 _COPY_CHUNK: Final = 1 << 20
-
-
-class LayerProgress(msgspec.Struct, frozen=True, kw_only=True):
-    """One layer's progress during a pull or import.
-
-    ``state`` goes ``waiting`` -> ``downloading`` (``done`` of ``total`` bytes) or
-    ``exists`` (the blob was in the store) -> ``extracting`` -> ``done``; a layer that was
-    unpacked already goes straight to ``done``.
-    """
-
-    reference: str
-    index: int
-    digest: str
-    state: LayerState
-    done: int
-    total: int
-
-
-ProgressCallback = Callable[[LayerProgress], None]
-
-
-class Image(msgspec.Struct, frozen=True, kw_only=True):
-    """An image in containerd's store: its name, documents and snapshot chain.
-
-    Attributes:
-        name: the normalised reference (``docker.io/library/busybox:latest``).
-        target: what the name points at (an index or a manifest).
-        manifest: the manifest for this host's platform.
-        config_descriptor: the config blob (its digest is docker's IMAGE ID).
-        config: the decoded image config (Entrypoint, Cmd, Env, ... in ``config.config``).
-        layers: layer descriptors, base first.
-        chain_id: the top chain ID: the parent of every container snapshot.
-        created_at: when the image record was created (seconds since the epoch).
-    """
-
-    name: str
-    target: Descriptor
-    manifest: Descriptor
-    config_descriptor: Descriptor
-    config: ImageConfig
-    layers: tuple[Descriptor, ...]
-    chain_id: str
-    created_at: float = 0.0
-
-    @property
-    def digest(self) -> str:
-        """The digest the name points at (docker's RepoDigest)."""
-        return self.target.digest
-
-    @property
-    def id(self) -> str:
-        """The config digest (what ``docker images`` shows as IMAGE ID)."""
-        return self.config_descriptor.digest
-
-    @property
-    def size(self) -> int:
-        """Bytes of the image's blobs for this platform (compressed layers + documents)."""
-        return (
-            sum(layer.size for layer in self.layers)
-            + self.config_descriptor.size
-            + self.manifest.size
-        )
 
 
 def normalize_name(name: str) -> str:
     """Docker's normalisation: ``busybox`` -> ``docker.io/library/busybox:latest``."""
     return str(parse_reference(name))
-
-
-def _image_of(
-    name: str,
-    target: Descriptor,
-    manifest_desc: Descriptor,
-    manifest: Manifest,
-    config_desc: Descriptor,
-    config: ImageConfig,
-    created_at: float = 0.0,
-) -> Image:
-    layers = tuple(d for d in manifest.layers if is_layer_type(d.media_type))
-    diff_ids = config.rootfs.diff_ids
-    if not layers or len(layers) != len(diff_ids):
-        raise InvalidArgument(
-            f"image {name}: {len(layers)} layers but {len(diff_ids)} diff IDs in its config",
-            local=True,
-        )
-    return Image(
-        name=name,
-        target=Descriptor(media_type=target.media_type, digest=target.digest, size=target.size),
-        manifest=Descriptor(
-            media_type=manifest_desc.media_type,
-            digest=manifest_desc.digest,
-            size=manifest_desc.size,
-        ),
-        config_descriptor=config_desc,
-        config=config,
-        layers=layers,
-        chain_id=chain_ids(diff_ids)[-1],
-        created_at=created_at,
-    )
 
 
 class Images:
@@ -259,7 +170,7 @@ class Images:
             desc = Descriptor(media_type=entry.media_type, digest=entry.digest, size=entry.size)
             doc = await self._document(desc)
         config = await self._config(doc.config, doc)
-        return _image_of(
+        return image_of(
             record.name, target, desc, doc, doc.config, config, created_at=record.created_at
         )
 
@@ -341,17 +252,16 @@ class Images:
             InvalidArgument: see :mod:`actors.images._registry`. A failed pull leaves no
             image record and no lease; what it wrote is left only to containerd's GC.
         """
-        from ._pull import pull_image
-
         want = parse_platform(platform) if isinstance(platform, str) else platform
         image = await pull_image(
-            self,
+            self.store,
             reference,
             platform=(want or self.platform).normalized(),
             credentials=credentials,
             insecure=self.insecure if insecure is None else tuple(insecure),
             progress=progress,
             max_concurrent=max(1, max_concurrent_downloads),
+            remember=self.remember,
         )
         return image
 
@@ -441,7 +351,7 @@ class Images:
         lease: str,
         progress: ProgressCallback | None,
     ) -> Image:
-        image = _image_of(
+        image = image_of(
             name,
             entry.target,
             entry.manifest_descriptor,
@@ -468,7 +378,7 @@ class Images:
         )
         await self.store.ingest(
             entry.config_descriptor,
-            _bytes_source(config_bytes),
+            bytes_source(config_bytes),
             labels=config_gc_labels(snapshotter, image.chain_id),
             lease=lease,
         )
@@ -477,7 +387,7 @@ class Images:
         )
         await self.store.ingest(
             entry.manifest_descriptor,
-            _bytes_source(manifest_bytes),
+            bytes_source(manifest_bytes),
             labels=manifest_gc_labels(entry.config_descriptor, list(entry.manifest.layers)),
             lease=lease,
         )
@@ -487,7 +397,7 @@ class Images:
             if isinstance(index, Index):
                 await self.store.ingest(
                     entry.target,
-                    _bytes_source(index_bytes),
+                    bytes_source(index_bytes),
                     labels=index_gc_labels(index.manifests),
                     lease=lease,
                 )
@@ -570,24 +480,6 @@ class Images:
             async with self.store.services.content_read(digest) as stream:
                 async for chunk in stream:
                     out.write(chunk.data)
-
-
-def _bytes_source(data: bytes) -> Callable[[int], _Chunks]:
-    return lambda offset: _Chunks([data[offset:]])
-
-
-class _Chunks:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = chunks
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        await trio.lowlevel.checkpoint()
-        if not self._chunks:
-            raise StopAsyncIteration
-        return self._chunks.pop(0)
 
 
 class _ArchiveBlob:

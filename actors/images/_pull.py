@@ -26,17 +26,27 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from ._api import Image, LayerProgress, LayerState, ProgressCallback, _bytes_source, _image_of
 from ._auth import Credentials
 from ._dockerconfig import DockerConfig
 from ._media import Descriptor
+from ._model import (
+    Image,
+    LayerProgress,
+    LayerState,
+    ProgressCallback,
+    bytes_source,
+    image_of,
+)
 from ._registry import BlobStream, open_registry
 from ._types import config_gc_labels, index_gc_labels, manifest_gc_labels
 from ._unpack import chain_ids
 
 if TYPE_CHECKING:
-    from ._api import Images
+    from collections.abc import Callable
+
+    from ._media import ImageConfig, Index, Manifest
     from ._platform import Platform
+    from ._store import ContentStore
 
 __all__ = ["pull_image"]
 
@@ -87,7 +97,7 @@ class _Counted:
 
 
 async def pull_image(
-    images: Images,
+    store: ContentStore,
     reference: str,
     *,
     platform: Platform,
@@ -95,14 +105,14 @@ async def pull_image(
     insecure: Iterable[str],
     progress: ProgressCallback | None,
     max_concurrent: int,
+    remember: Callable[[str, Manifest | Index | ImageConfig], None],
 ) -> Image:
-    store = images.store
     async with open_registry(
         reference, credentials=credentials, insecure=insecure, platform=platform
     ) as registry:
         resolved = await registry.resolve()
         name = resolved.name
-        image = _image_of(
+        image = image_of(
             name,
             resolved.target,
             resolved.manifest_descriptor,
@@ -149,13 +159,13 @@ async def pull_image(
                     tracker.report(index, "done")
             await store.ingest(
                 resolved.config_descriptor,
-                _bytes_source(resolved.config_bytes),
+                bytes_source(resolved.config_bytes),
                 labels=config_gc_labels(snapshotter, ids[-1]),
                 lease=lease,
             )
             await store.ingest(
                 resolved.manifest_descriptor,
-                _bytes_source(resolved.manifest_bytes),
+                bytes_source(resolved.manifest_bytes),
                 labels=manifest_gc_labels(
                     resolved.config_descriptor, list(resolved.manifest.layers)
                 ),
@@ -164,13 +174,13 @@ async def pull_image(
             if resolved.index is not None and resolved.index_bytes is not None:
                 await store.ingest(
                     resolved.target,
-                    _bytes_source(resolved.index_bytes),
+                    bytes_source(resolved.index_bytes),
                     labels=index_gc_labels(resolved.index.manifests),
                     lease=lease,
                 )
             record = await store.create_image(name, resolved.target, lease=lease)
-    images.remember(resolved.manifest_descriptor.digest, resolved.manifest)
-    images.remember(resolved.config_descriptor.digest, resolved.config)
+    remember(resolved.manifest_descriptor.digest, resolved.manifest)
+    remember(resolved.config_descriptor.digest, resolved.config)
     if resolved.index is not None:
-        images.remember(resolved.target.digest, resolved.index)
+        remember(resolved.target.digest, resolved.index)
     return msgspec.structs.replace(image, created_at=record.created_at)
