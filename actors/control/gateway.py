@@ -45,8 +45,10 @@ from ..core._handles import Container, Process
 from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
 from ..core.stdio import DirectIO
 from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
+from ..images._api import Image
 from . import _frames as frames
 from . import _protocol as proto
+from ._images_rpc import ImageMethods
 from ._labels import store_user_labels, user_labels
 from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
 from ._wsserver import WebsocketListener
@@ -226,6 +228,7 @@ class Gateway:
         self._ssl_context = ssl_context
         self._token_digest = _digest(config.token)
         self._processes: dict[tuple[str, str], Process] = {}
+        self._image_methods = ImageMethods(lambda: self.client.images)
         self._tickets: dict[str, tuple[str, str, float]] = {}
         self._attached: set[tuple[str, str]] = set()
         self._connections = 0
@@ -480,9 +483,14 @@ class Gateway:
                 }
             case "container.create":
                 labels = store_user_labels(params.labels)
-                spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
+                image = await self._container_image(params)
+                spec = build_container_spec(
+                    params, self.config.policy, namespace=client.namespace, image=image
+                )
                 # The default runtime and no runtime options: a request can name neither.
-                container = await client.new_container(params.id, spec, labels=labels)
+                container = await client.new_container(
+                    params.id, spec, labels=labels, image=image or ""
+                )
                 return _describe(container)
             case "container.list":
                 return [_describe(c) for c in client.containers()]
@@ -557,8 +565,25 @@ class Gateway:
                 return None
             case "stdio.attach":
                 return await self._issue_ticket(params.id, params.exec_id or "")
+            case name if name.startswith("image."):
+                return await self._image_methods.call(
+                    name,
+                    params,
+                    lambda kind, body: session.send(proto.encode_notification(kind, body)),
+                )
             case _:
                 raise InvalidArgument(f"method {method!r} is not served", local=True)
+
+    async def _container_image(self, params: Any) -> Image | None:
+        # A directory rootfs (requested, or the policy's legacy default) has no image; any
+        # other request runs on an image, each container on its own snapshot of it.
+        if params.rootfs is not None:
+            if params.image is not None:
+                raise InvalidArgument("give either an image or a rootfs", local=True)
+            return None
+        if params.image is None and self.config.policy.default_rootfs is not None:
+            return None
+        return await self._image_methods.resolve(params.image or self.config.policy.default_image)
 
     def _forget(self, container_id: str) -> None:
         for key in [k for k in self._processes if k[0] == container_id]:
