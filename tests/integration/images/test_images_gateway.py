@@ -104,29 +104,31 @@ async def test_busybox_containers_do_not_share_a_writable_root(
     (host_dir / "passwd").write_text("host passwd\n")
     os.chmod(host_dir, 0o755)
     for attempt in range(2):  # serve's start path twice
-        async with serve_like(containerd, namespace, io_dir) as served:
-            async with connect_gateway(served.url, served.token) as gw:
-                image = await gw.call("image.inspect", {"name": "busybox"})
-                assert image["name"] == BUSYBOX_IMAGE
-                if attempt == 0:
-                    first_id = image["id"]
-                    code, _ = await run(
-                        gw,
-                        args=[
-                            "sh",
-                            "-c",
-                            f"rm -rf /etc /tmp && ln -s {host_dir} /etc && ln -s {host_dir} /tmp"
-                            " && rm /bin/busybox && echo '#!/bin/sh' > /bin/busybox"
-                            " && echo echo pwned >> /bin/busybox && chmod 755 /bin/busybox",
-                        ],
-                    )
-                    assert code == 0
-                else:
-                    assert image["id"] == first_id
-                code, out = await run(gw, args=["sh", "-c", "cat /etc/passwd; ls -ld /tmp"])
+        async with (
+            serve_like(containerd, namespace, io_dir) as served,
+            connect_gateway(served.url, served.token) as gw,
+        ):
+            image = await gw.call("image.inspect", {"name": "busybox"})
+            assert image["name"] == BUSYBOX_IMAGE
+            if attempt == 0:
+                first_id = image["id"]
+                code, _ = await run(
+                    gw,
+                    args=[
+                        "sh",
+                        "-c",
+                        f"rm -rf /etc /tmp && ln -s {host_dir} /etc && ln -s {host_dir} /tmp"
+                        " && rm /bin/busybox && echo '#!/bin/sh' > /bin/busybox"
+                        " && echo echo pwned >> /bin/busybox && chmod 755 /bin/busybox",
+                    ],
+                )
                 assert code == 0
-                assert out.startswith("root:x:0:0")
-                assert "pwned" not in out
+            else:
+                assert image["id"] == first_id
+            code, out = await run(gw, args=["sh", "-c", "cat /etc/passwd; ls -ld /tmp"])
+            assert code == 0
+            assert out.startswith("root:x:0:0")
+            assert "pwned" not in out
     assert (host_dir / "passwd").read_text() == "host passwd\n"
     assert os.stat(host_dir).st_mode & 0o7777 == 0o755
 
