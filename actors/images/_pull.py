@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
+from ..errors import ContainerdActorsError
 from ._auth import Credentials
 from ._dockerconfig import DockerConfig
 from ._media import Descriptor
@@ -96,6 +97,23 @@ class _Counted:
         await self._stream.aclose()
 
 
+def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a caller should see: the first of ours (not Cancelled) in the group."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    ours = [e for e in leaves if isinstance(e, ContainerdActorsError)]
+    others = [e for e in leaves if not isinstance(e, ContainerdActorsError | trio.Cancelled)]
+    if others:
+        return others[0] if len(others) == 1 and not ours else group
+    return ours[0] if ours else group
+
+
 async def pull_image(
     store: ContentStore,
     reference: str,
@@ -144,19 +162,22 @@ async def pull_image(
             landed[index].set()
 
         async with store.open_lease() as lease:
-            async with trio.open_nursery() as nursery:
-                for index in range(len(layers)):
-                    nursery.start_soon(fetch, index, lease)
-                for index in range(len(layers)):
-                    await landed[index].wait()
-                    if index < unpacked:
-                        tracker.report(index, "done", layers[index].size)
-                        continue
-                    tracker.report(index, "extracting", layers[index].size)
-                    await store.apply_layer(
-                        layers[index], diff_ids, index, snapshotter=snapshotter, lease=lease
-                    )
-                    tracker.report(index, "done")
+            try:
+                async with trio.open_nursery() as nursery:
+                    for index in range(len(layers)):
+                        nursery.start_soon(fetch, index, lease)
+                    for index in range(len(layers)):
+                        await landed[index].wait()
+                        if index < unpacked:
+                            tracker.report(index, "done", layers[index].size)
+                            continue
+                        tracker.report(index, "extracting", layers[index].size)
+                        await store.apply_layer(
+                            layers[index], diff_ids, index, snapshotter=snapshotter, lease=lease
+                        )
+                        tracker.report(index, "done")
+            except BaseExceptionGroup as group:
+                raise _single_error(group) from None
             await store.ingest(
                 resolved.config_descriptor,
                 bytes_source(resolved.config_bytes),

@@ -6,6 +6,7 @@ Each test uses a namespace of its own and checks with ``ctr`` (an independent cl
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import trio
 
 from actors import Client, Image, LayerProgress, image_spec, open_client
 from actors.containerd._embedded import PrivateContainerd
-from actors.errors import InvalidArgument, NotFound, Unavailable
+from actors.errors import DataLoss, InvalidArgument, NotFound, Unavailable
 from actors.images._platform import host_platform
 from tests.imagebuilder import BuiltImage, build_image, layout_tar, skopeo_push
 from tests.registry_fixture import LocalRegistry, require_tools
@@ -280,3 +281,78 @@ async def test_image_spec_keeps_explicit_options(ns_client: Client, tmp_path: Pa
     await task.delete()
     await container.delete()
     assert out.split() == [b"1000", b"1"]
+
+
+async def assert_nothing_left(client: Client, containerd: PrivateContainerd) -> None:
+    """No image, no lease; after containerd's GC no blob and no snapshot either."""
+    namespace = client.namespace
+    assert ctr_lines(containerd, namespace, "images", "ls") == []
+    assert ctr_lines(containerd, namespace, "leases", "ls") == []
+    with trio.fail_after(30):
+        await client.images.store.collect_garbage()
+    assert ctr_lines(containerd, namespace, "content", "ls") == []
+    assert snapshots(containerd, client) == []
+
+
+async def test_corrupt_layer_fails_the_pull_and_leaves_nothing(
+    ns_client: Client, containerd: PrivateContainerd, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    require_tools("skopeo")
+    built = build_image(
+        tmp_path / "rootfs",
+        platforms=(HOST,),
+        extra={"unique": os.urandom(4096)},
+        layout=tmp_path / "layout",
+        tag="v1",
+    )
+    reference = f"{registry.host}/api/corrupt-{os.getpid()}:v1"
+    skopeo_push(tmp_path / "layout", "v1", reference)
+    path = registry.blob_path(built.layers[-1].digest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+    with trio.fail_after(120), pytest.raises(DataLoss):
+        await ns_client.images.pull(reference)
+    await assert_nothing_left(ns_client, containerd)
+
+
+async def test_endless_layer_stream_is_cut_and_leaves_nothing(
+    ns_client: Client, containerd: PrivateContainerd
+) -> None:
+    from tests.httpstub import Reply, http_stub
+    from tests.unit.images.test_registry_client import registry_handler
+
+    async def endless(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+        while True:
+            await stream.send_all(b"x" * 65536)
+
+    with trio.fail_after(60):
+        async with http_stub(registry_handler(layer=Reply(200, {}, endless))) as server:
+            with pytest.raises(DataLoss):
+                await ns_client.images.pull(f"{server.host}/ns/app:v1")
+    await assert_nothing_left(ns_client, containerd)
+
+
+async def test_interop_with_ctr_both_ways(
+    ns_client: Client, containerd: PrivateContainerd, pushed: tuple[str, BuiltImage]
+) -> None:
+    client = ns_client
+    reference, _ = pushed
+    namespace = client.namespace
+    with trio.fail_after(120):
+        await client.images.pull(reference)
+    # ctr runs what we pulled (it finds our unpacked snapshots by chain ID).
+    cid = unique_id("ctr")
+    out = await trio.to_thread.run_sync(
+        lambda: ctr(containerd, namespace, "run", "--rm", reference, cid, "echo", "hi")
+    )
+    assert out == "hi\n"
+    # We run what ctr pulled.
+    await client.images.remove(reference)
+    await trio.to_thread.run_sync(
+        lambda: ctr(containerd, namespace, "images", "pull", "--plain-http", reference)
+    )
+    image = await client.images.get(reference)
+    code, out_bytes = await run_output(client, image, args=["cat /etc/motd; ls /data"])
+    assert (code, out_bytes.split()) == (0, [b"layer", b"1", b"kept"])
