@@ -50,6 +50,7 @@ from ._archive import (
     write_oci_archive,
 )
 from ._auth import Credentials
+from ._builtin import ensure_busybox_image
 from ._digest import digest_of
 from ._dockerconfig import DockerConfig
 from ._media import (
@@ -264,6 +265,16 @@ class Images:
             remember=self.remember,
         )
         return image
+
+    async def ensure_busybox(self) -> Image:
+        """``busybox`` (``docker.io/library/busybox:latest``): the image of that name if it
+        exists, else the built-in one, made offline from the host's static busybox and
+        imported (never replacing an image of that name, e.g. a pulled busybox)::
+
+            image = await client.images.ensure_busybox()
+            container = await client.new_container("c1", image=image, args=["echo", "hi"])
+        """
+        return await ensure_busybox_image(self)
 
     # -- unpack and container snapshots ----------------------------------------------------
 

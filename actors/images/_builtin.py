@@ -22,7 +22,7 @@ import hashlib
 import io
 import subprocess
 import tarfile
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -48,7 +48,21 @@ from ._types import Descriptor as StoreDescriptor
 from ._types import config_gc_labels, manifest_gc_labels
 
 if TYPE_CHECKING:
-    from ._api import Images
+    from ._media import Index
+    from ._store import ContentStore
+
+
+class _Images(Protocol):
+    """What this module needs of :class:`actors.images._api.Images` (which calls it)."""
+
+    store: ContentStore
+
+    async def get(self, name: str) -> Image: ...
+
+    async def unpack(self, image: Image, *, lease: str | None = None) -> None: ...
+
+    def remember(self, digest: str, doc: Manifest | Index | ImageConfig) -> None: ...
+
 
 __all__ = ["BUSYBOX_IMAGE", "busybox_layer", "ensure_busybox_image"]
 
@@ -100,7 +114,7 @@ def busybox_layer(busybox: str | None = None) -> tuple[bytes, str]:
     return gzip.compress(uncompressed, mtime=0), diff_id
 
 
-async def ensure_busybox_image(images: Images, *, name: str = BUSYBOX_IMAGE) -> Image:
+async def ensure_busybox_image(images: _Images, *, name: str = BUSYBOX_IMAGE) -> Image:
     """The image ``name`` if it exists (whatever made it), else the built-in busybox,
     imported under that name. Costs one Images.Get when present."""
     try:
