@@ -69,8 +69,8 @@ def config(quick: bool, *, smoke: bool = False) -> Config:
     if smoke:
         return Config(layers=2, layer_bytes=1 << 20, reps=1, lifecycles=3)
     if quick:
-        return Config(layers=5, layer_bytes=20 << 20, reps=2, lifecycles=10)
-    return Config(layers=5, layer_bytes=20 << 20, reps=4, lifecycles=30)
+        return Config(layers=5, layer_bytes=25 << 20, reps=3, lifecycles=10)
+    return Config(layers=5, layer_bytes=25 << 20, reps=5, lifecycles=30)
 
 
 def estimate(cfg: Config) -> float:

@@ -151,12 +151,14 @@ async def pull_image(
 
         async def fetch(index: int, lease: str) -> None:
             layer = layers[index]
-            async with limiter:
+            try:
                 result = await store.ingest(
                     layer,
                     lambda offset: _Counted(registry.blob(layer, offset), tracker, index),
                     lease=lease,
                 )
+            finally:
+                limiter.release_on_behalf_of(index)
             if result.present:
                 tracker.report(index, "exists", layer.size)
             landed[index].set()
@@ -164,8 +166,15 @@ async def pull_image(
         async with store.open_lease() as lease:
             try:
                 async with trio.open_nursery() as nursery:
-                    for index in range(len(layers)):
-                        nursery.start_soon(fetch, index, lease)
+
+                    async def feed() -> None:
+                        # Bottom layer first: the unpacker needs the layers in order, so
+                        # downloads take their slots in that order too.
+                        for index in range(len(layers)):
+                            await limiter.acquire_on_behalf_of(index)
+                            nursery.start_soon(fetch, index, lease)
+
+                    nursery.start_soon(feed)
                     for index in range(len(layers)):
                         await landed[index].wait()
                         if index < unpacked:
