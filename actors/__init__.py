@@ -56,6 +56,7 @@ from .errors import Unknown as Unknown
 from .images._api import Image as Image
 from .images._api import Images as Images
 from .images._api import LayerProgress as LayerProgress
+from .images._api import PullProgress as PullProgress
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -90,6 +91,7 @@ __all__ = [
     "PrivateContainerd",
     "Process",
     "ProcessState",
+    "PullProgress",
     "RemoteCancelled",
     "ResourceExhausted",
     "RestartLimitExceeded",

@@ -33,7 +33,7 @@ import collections
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Final
 
@@ -79,7 +79,14 @@ from ._types import config_gc_labels, index_gc_labels, manifest_gc_labels
 if TYPE_CHECKING:
     from ..containerd._mounts import Mount
 
-__all__ = ["Image", "Images", "LayerProgress", "ProgressCallback", "normalize_name"]
+__all__ = [
+    "Image",
+    "Images",
+    "LayerProgress",
+    "ProgressCallback",
+    "PullProgress",
+    "normalize_name",
+]
 
 _CACHE_ENTRIES: Final = 512
 _COPY_CHUNK: Final = 1 << 20
@@ -88,6 +95,46 @@ _COPY_CHUNK: Final = 1 << 20
 def normalize_name(name: str) -> str:
     """Docker's normalisation: ``busybox`` -> ``docker.io/library/busybox:latest``."""
     return str(parse_reference(name))
+
+
+class PullProgress:
+    """The progress of one pull, as an async iterator of :class:`LayerProgress` (see
+    :meth:`Images.pulling`). ``image`` is set once the pull succeeded."""
+
+    def __init__(self) -> None:
+        self.image: Image | None = None
+        self._queue: collections.OrderedDict[tuple[int, str], LayerProgress] = (
+            collections.OrderedDict()
+        )
+        self._counter = 0
+        self._done = False
+        self._wakeup = trio.Event()
+
+    def _push(self, layer: LayerProgress) -> None:
+        # Byte counts of the same layer replace each other; state changes are all kept.
+        if layer.state == "downloading":
+            key: tuple[int, str] = (layer.index, "downloading")
+        else:
+            self._counter += 1
+            key = (layer.index, f"{layer.state}-{self._counter}")
+        self._queue[key] = layer
+        self._wakeup.set()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._wakeup.set()
+
+    def __aiter__(self) -> PullProgress:
+        return self
+
+    async def __anext__(self) -> LayerProgress:
+        while not self._queue:
+            if self._done:
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        _, layer = self._queue.popitem(last=False)
+        return layer
 
 
 class Images:
@@ -275,6 +322,54 @@ class Images:
             container = await client.new_container("c1", image=image, args=["echo", "hi"])
         """
         return await ensure_busybox_image(self)
+
+    @contextlib.asynccontextmanager
+    async def pulling(
+        self,
+        reference: str,
+        *,
+        platform: Platform | str | None = None,
+        credentials: Credentials | DockerConfig | None = None,
+        insecure: Iterable[str] | None = None,
+    ) -> AsyncIterator[PullProgress]:
+        """:meth:`pull` with its progress as an async iterator::
+
+            async with client.images.pulling("alpine:3.20") as pull:
+                async for layer in pull:        # LayerProgress, until the pull ends
+                    print(layer.index, layer.state, layer.done, layer.total)
+            image = pull.image                  # the pull's error is raised at the block's end
+
+        Every state change is delivered; byte counts of a layer that is downloading are
+        coalesced to the latest when the reader falls behind (nothing else is dropped).
+        """
+        progress = PullProgress()
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                nonlocal error
+                try:
+                    progress.image = await self.pull(
+                        reference,
+                        platform=platform,
+                        credentials=credentials,
+                        insecure=insecure,
+                        progress=progress._push,
+                    )
+                except Exception as exc:  # raised in the caller's task below
+                    error = exc
+                finally:
+                    progress._finish()
+
+            nursery.start_soon(run)
+            try:
+                yield progress
+            finally:
+                nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if progress.image is None:
+            raise InvalidArgument(f"pull of {reference[:256]} did not finish", local=True)
 
     # -- unpack and container snapshots ----------------------------------------------------
 

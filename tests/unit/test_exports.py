@@ -30,6 +30,6 @@ def test_handles_have_no_public_constructor() -> None:
 
 
 def test_images_api_is_exported() -> None:
-    for name in ("Image", "Images", "LayerProgress", "image_spec"):
+    for name in ("Image", "Images", "LayerProgress", "PullProgress", "image_spec"):
         assert name in actors.__all__, name
     assert isinstance(actors.Client.images, property)

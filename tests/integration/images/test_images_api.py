@@ -356,3 +356,23 @@ async def test_interop_with_ctr_both_ways(
     image = await client.images.get(reference)
     code, out_bytes = await run_output(client, image, args=["cat /etc/motd; ls /data"])
     assert (code, out_bytes.split()) == (0, [b"layer", b"1", b"kept"])
+
+
+async def test_pull_progress_as_an_async_iterator(
+    ns_client: Client, containerd: PrivateContainerd, pushed: tuple[str, BuiltImage]
+) -> None:
+    reference, built = pushed
+    seen: list[LayerProgress] = []
+    with trio.fail_after(120):
+        async with ns_client.images.pulling(reference) as pull:
+            async for layer in pull:
+                seen.append(layer)
+    assert pull.image is not None and pull.image.digest == built.target.digest
+    for index in range(len(built.layers)):
+        states = [p.state for p in seen if p.index == index]
+        assert states[0] == "waiting" and states[-1] == "done", states
+    with trio.fail_after(60), pytest.raises(NotFound):
+        async with ns_client.images.pulling(reference.rsplit(":", 1)[0] + ":nope") as pull:
+            async for _ in pull:
+                pass
+    assert ctr_lines(containerd, ns_client.namespace, "leases", "ls") == []
