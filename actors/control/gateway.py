@@ -277,9 +277,12 @@ class Gateway:
             on_failed_handshake=self._count_rejected,
             on_error=self._count_internal_error,
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                task_status.started(self)
+        finally:
+            self._image_methods.close()  # unfinished image uploads and downloads
 
     def _count_rejected(self) -> None:
         self._rejected += 1
