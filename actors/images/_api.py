@@ -419,22 +419,26 @@ class Images:
         Every blob is verified, the layers are unpacked, and the images created under one
         lease. InvalidArgument when the file is not an image archive (nothing is created).
         """
-        with contextlib.ExitStack() as stack:
-            if isinstance(source, str | os.PathLike):
-                opened = await trio.to_thread.run_sync(open, source, "rb")
-                fileobj: BinaryIO = stack.enter_context(opened)
-            else:
-                fileobj = source
-            archive = await trio.to_thread.run_sync(
-                lambda: read_archive(fileobj, platform=self.platform)
-            )
-            names = [self._archive_name(entry, base_name) for entry in archive.images]
-            imported: builtins.list[Image] = []
-            async with self.store.open_lease() as lease:
-                for name, entry in zip(names, archive.images, strict=True):
-                    imported.append(await self._import_one(archive, entry, name, lease, progress))
-            return imported
-        raise AssertionError("unreachable")  # pragma: no cover
+        if not isinstance(source, str | os.PathLike):
+            return await self._import_from(source, base_name, progress)
+        fileobj: BinaryIO = await trio.to_thread.run_sync(open, source, "rb")
+        try:
+            return await self._import_from(fileobj, base_name, progress)
+        finally:
+            fileobj.close()
+
+    async def _import_from(
+        self, fileobj: BinaryIO, base_name: str | None, progress: ProgressCallback | None
+    ) -> builtins.list[Image]:
+        archive = await trio.to_thread.run_sync(
+            lambda: read_archive(fileobj, platform=self.platform)
+        )
+        names = [self._archive_name(entry, base_name) for entry in archive.images]
+        imported: builtins.list[Image] = []
+        async with self.store.open_lease() as lease:
+            for name, entry in zip(names, archive.images, strict=True):
+                imported.append(await self._import_one(archive, entry, name, lease, progress))
+        return imported
 
     def _archive_name(self, entry: ArchiveImage, base_name: str | None) -> str:
         if entry.name:
