@@ -6,6 +6,7 @@ Start with :func:`open_client`; see README.md for a walk-through.
 from .containerd._embedded import PrivateContainerd as PrivateContainerd
 from .containerd._embedded import build_busybox_rootfs as build_busybox_rootfs
 from .containerd._remote import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from .control._gateway_logs import LogManager as LogManager
 from .core._client import Client as Client
 from .core._client import ClientStatistics as ClientStatistics
 from .core._client import RuncOptions as RuncOptions
@@ -15,15 +16,21 @@ from .core._container import ActorStatistics as ActorStatistics
 from .core._container import Backend as Backend
 from .core._container import ProcessState as ProcessState
 from .core._container import TaskStatus as TaskStatus
+from .core._delivery import DeliveryStatistics as DeliveryStatistics
 from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
 from .core._image_spec import image_spec as image_spec
+from .core._logformat import LogRecord as LogRecord
+from .core._logstore import LogConfig as LogConfig
+from .core._logstore import LogReadOptions as LogReadOptions
+from .core._logstore import LogStore as LogStore
 from .core._seccomp import default_seccomp_profile as default_seccomp_profile
 from .core._subscribers import EventStreamLagged as EventStreamLagged
 from .core._subscribers import Subscription as Subscription
 from .core._supervision import RestartLimitExceeded as RestartLimitExceeded
 from .core._supervision import RestartPolicy as RestartPolicy
+from .core.events import INIT_PROCESS_NAME as INIT_PROCESS_NAME
 from .core.events import EventInfo as EventInfo
 from .core.events import EventType as EventType
 from .core.events import ExitStatus as ExitStatus
@@ -32,6 +39,9 @@ from .core.spec import Spec as Spec
 from .core.spec import build_process as build_process
 from .core.spec import build_spec as build_spec
 from .core.stdio import DirectIO as DirectIO
+from .core.stdio import OutputChunk as OutputChunk
+from .core.stdio import OutputMode as OutputMode
+from .core.stdio import OutputPipe as OutputPipe
 from .errors import Aborted as Aborted
 from .errors import ActorCrashed as ActorCrashed
 from .errors import AlreadyExists as AlreadyExists
@@ -60,6 +70,7 @@ from .images._api import PullProgress as PullProgress
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "INIT_PROCESS_NAME",
     "Aborted",
     "ActorCrashed",
     "ActorStatistics",
@@ -73,6 +84,7 @@ __all__ = [
     "ContainerdError",
     "DataLoss",
     "DeadlineExceeded",
+    "DeliveryStatistics",
     "DirectIO",
     "ErrorClass",
     "EventInfo",
@@ -85,8 +97,16 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "LayerProgress",
+    "LogConfig",
+    "LogManager",
+    "LogReadOptions",
+    "LogRecord",
+    "LogStore",
     "NotFound",
     "OutOfRange",
+    "OutputChunk",
+    "OutputMode",
+    "OutputPipe",
     "PermissionDenied",
     "PrivateContainerd",
     "Process",

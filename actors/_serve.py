@@ -26,8 +26,10 @@ import trio
 from .containerd._embedded import containerd_address, default_state_root
 from .containerd._remote import DEFAULT_ADDRESS
 from .control._cli import _say, load_or_create_token, run_cli, serve_policy
+from .control._gateway_logs import LogManager
 from .control.gateway import Gateway, GatewayConfig
 from .core._client import Client, open_client
+from .core._logstore import LogConfig
 from .core._supervision import RestartPolicy
 from .images._builtin import ensure_busybox_image
 
@@ -88,6 +90,8 @@ async def serve(args: argparse.Namespace) -> int:
         unix_socket=args.unix,
         allowed_origins=frozenset(args.allow_origin),
     )
+    log_config = LogConfig(max_size=args.log_max_size, max_files=args.log_max_files)
+    logs = LogManager(state_root / "logs" / args.namespace, log_config)
     async with (
         containerd_address(args.address, state_root, progress=_say) as address,
         open_supervisor(address, args.namespace, state_dir=str(state_root / "io")) as client,
@@ -99,19 +103,21 @@ async def serve(args: argparse.Namespace) -> int:
         # gets its own snapshot, and no directory a container wrote is ever touched here.
         busybox = await ensure_busybox_image(client.images)
         _say(f"image {busybox.name} ready ({busybox.id[:19]})")
-        gateway = await nursery.start(Gateway(client, config).serve)
+        gateway = await nursery.start(Gateway(client, config, logs=logs).serve)
         where = (
             f"unix://{config.unix_socket}"
             if config.unix_socket
             else f"ws://{config.host}:{gateway.port}"
         )
         version, _ = await client.version()
+        kept = f"{log_config.max_files} files of {log_config.max_size} bytes"
         print(
             textwrap.dedent(
                 f"""\
                 containerd-actors is serving namespace {args.namespace!r} (containerd {version})
                   control plane: {where}  (subprotocol containerd-actors.v1)
                   token file:    {token_file}
+                  logs:          {logs.root} (per container: {kept})
                   supervising:   {len(client.containers())} existing container(s)
                 try:  containerd-actors --url {where} run --rm busybox -- echo hello
                 stop with Ctrl-C (containers keep running)"""

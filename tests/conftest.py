@@ -7,6 +7,8 @@ busybox the integration tests are skipped locally, but with ``CI=true`` that is 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
 import shutil
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
 from actors import Client, open_client
 from actors.containerd._embedded import PrivateContainerd, build_busybox_rootfs, missing_host_tools
@@ -22,10 +25,37 @@ from actors.containerd._embedded import PrivateContainerd, build_busybox_rootfs,
 from .helpers import leftovers
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 NAMESPACE = "ca-test"
 _ids = itertools.count()
+# Every async test runs under a deadline, so a regression that makes something wait forever
+# fails with a name instead of hanging the suite (tests still put their own, tighter
+# trio.fail_after around each wait). Trio time: under a MockClock it jumps like the rest.
+TEST_DEADLINE = 300.0
+SLOW_TEST_DEADLINE = 1800.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "obj", None)
+        if not inspect.iscoroutinefunction(function) or hasattr(function, "hypothesis"):
+            continue
+        limit = SLOW_TEST_DEADLINE if item.get_closest_marker("slow") else TEST_DEADLINE
+        item.obj = _with_deadline(function, limit, item.nodeid)  # type: ignore[attr-defined]
+
+
+def _with_deadline(
+    function: Callable[..., Awaitable[object]], limit: float, name: str
+) -> Callable[..., Awaitable[object]]:
+    @functools.wraps(function)
+    async def bounded(*args: object, **kwargs: object) -> object:
+        with trio.move_on_after(limit) as scope:
+            return await function(*args, **kwargs)
+        assert scope.cancelled_caught
+        raise TimeoutError(f"{name} ran past its {limit:.0f} s deadline")
+
+    return bounded
 
 
 def unique_id(prefix: str) -> str:

@@ -253,9 +253,7 @@ class Remote:
         deadline: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Duplex[Any, Any]]:
-        """A lock-step bidirectional RPC (one counted call).
-
-        See :class:`actors.containerd._streams.Duplex`.
+        """A lock-step bidirectional RPC (one counted call); see :class:`._streams.Duplex`.
 
         ``deadline`` bounds the whole stream (none by default: a long upload is bounded by the
         caller's Trio cancel scope instead).

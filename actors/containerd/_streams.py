@@ -133,8 +133,7 @@ async def duplex_messages(
 class Duplex(Generic[Req, Resp]):
     """A lock-step bidirectional stream: :meth:`exchange` sends one request, returns its answer.
 
-    Obtained from :meth:`actors.containerd._remote.Remote.open_duplex`; usable only inside
-    its block.
+    Obtained from :meth:`._remote.Remote.open_duplex`; usable only inside its block.
     """
 
     def __init__(

@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,19 @@ import trio
 
 from ..containerd._embedded import default_state_root
 from ..core._groups import collapse
+from ..core._logstore import LogConfig
 from ..core.spec import HARDENED_MEMORY_LIMIT, HARDENED_PIDS_LIMIT
 from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
 from ._images_cli import add_image_verbs, pull_with_progress
+from ._logopts import parse_size, parse_time
 from ._policy import SpecPolicy
-from .gateway_client import DEFAULT_URL, GatewayClient, GatewayError, connect_gateway
+from .gateway_client import (
+    DEFAULT_URL,
+    GatewayClient,
+    GatewayError,
+    StdioSession,
+    connect_gateway,
+)
 
 # A verb: parsed arguments in, exit code out (run under trio.run).
 Verb = Callable[[argparse.Namespace], Awaitable[int]]
@@ -34,6 +43,8 @@ Verb = Callable[[argparse.Namespace], Awaitable[int]]
 EXIT_DAEMON_ERROR = 125
 EXIT_CANNOT_INVOKE = 126
 EXIT_NOT_FOUND = 127
+# docker's code for a failed client stream: the server went away, or output was dropped.
+EXIT_STREAM_FAILED = 1
 _json = msgspec.json.Encoder()
 
 
@@ -142,22 +153,54 @@ async def _pump_stdin(session: Any) -> None:
     await session.close_stdin()
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _copy_output(session: StdioSession) -> None:
+    async for channel, data in session.output():
+        _write_all(sys.stdout.fileno() if channel == 1 else sys.stderr.fileno(), data)
+
+
+def _dropped_verdict(session: StdioSession, allow_dropped: bool) -> bool:
+    """Warn about dropped output; True when that must fail the command."""
+    if not session.dropped:
+        return False
+    _say(
+        f"warning: {session.dropped} bytes of output were dropped (lossy log mode; "
+        f"{len(session.drop_reports)} gap(s))"
+    )
+    return not allow_dropped
+
+
 async def _stream(
-    gw: GatewayClient, container_id: str, exec_id: str | None, *, interactive: bool, tty: bool
+    gw: GatewayClient,
+    container_id: str,
+    exec_id: str | None,
+    *,
+    interactive: bool,
+    tty: bool,
+    replay: bool = False,
+    allow_dropped: bool = False,
 ) -> int | None:
     """Copy a process's stdio to ours until it exits; returns its exit code."""
-    async with gw.attach(container_id, exec_id) as session, trio.open_nursery() as nursery:
+    async with (
+        gw.attach(container_id, exec_id, replay=replay) as session,
+        trio.open_nursery() as nursery,
+    ):
         if tty and sys.stdout.isatty():
             size = os.get_terminal_size()
             await session.resize(size.columns, size.lines)
         if interactive:
             nursery.start_soon(_pump_stdin, session)
-        async for channel, data in session.output():
-            fd = sys.stdout.fileno() if channel == 1 else sys.stderr.fileno()
-            os.write(fd, data)
+        await _copy_output(session)
         nursery.cancel_scope.cancel()
     if session.failure is not None:
         _say(session.failure)
+    if _dropped_verdict(session, allow_dropped) and not session.exit_code:
+        return EXIT_STREAM_FAILED
     return session.exit_code
 
 
@@ -201,6 +244,19 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
         params["memory_limit"] = args.memory
     if args.label:
         params["labels"] = dict(label.partition("=")[::2] for label in args.label)
+    log = {
+        key: value
+        for key, value in (
+            ("max_size", args.log_max_size),
+            ("max_files", args.log_max_files),
+            ("buffer_size", args.log_buffer_size),
+        )
+        if value is not None
+    }
+    if args.log_mode != "blocking":
+        log["mode"] = args.log_mode
+    if log:
+        params["log"] = log
     return params
 
 
@@ -227,7 +283,16 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 print(name)
                 return 0
             with _raw_terminal(args.tty):
-                code = await _stream(gw, name, None, interactive=args.interactive, tty=args.tty)
+                # From the start of the log: every byte, in order, however fast it came.
+                code = await _stream(
+                    gw,
+                    name,
+                    None,
+                    interactive=args.interactive,
+                    tty=args.tty,
+                    replay=True,
+                    allow_dropped=args.allow_dropped,
+                )
             status = await gw.call("task.wait", {"id": name})
             await gw.call("task.delete", {"id": name})
             return int(status["code"]) if code is None else code
@@ -316,16 +381,38 @@ async def cmd_rm(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-async def cmd_logs(args: argparse.Namespace) -> int:
+async def cmd_attach(args: argparse.Namespace) -> int:
     async with _gateway(args) as gw:
         code = await _stream(
             gw,
             args.container,
             None,
-            interactive=args.verb == "attach" and args.interactive,
+            interactive=args.interactive,
             tty=False,
+            allow_dropped=args.allow_dropped,
         )
     return 0 if code is None else code
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    wall = time.time_ns()  # --since 10m means ten minutes of the wall clock
+    options: dict[str, Any] = {"follow": args.follow, "timestamps": args.timestamps}
+    if args.tail != "all":
+        options["tail"] = int(args.tail)
+    if args.since:
+        options["since"] = parse_time(args.since, now_ns=wall)
+    if args.until:
+        options["until"] = parse_time(args.until, now_ns=wall)
+    async with _gateway(args) as gw, gw.logs(args.container, **options) as session:
+        await _copy_output(session)
+    failed = _dropped_verdict(session, args.allow_dropped)
+    if not session.ended:
+        _say("the control plane went away before the end of the log")
+        return EXIT_STREAM_FAILED
+    if session.failure is not None:
+        _say(session.failure)
+        return EXIT_STREAM_FAILED
+    return EXIT_STREAM_FAILED if failed else 0
 
 
 async def cmd_events(args: argparse.Namespace) -> int:
@@ -346,6 +433,9 @@ async def cmd_events(args: argparse.Namespace) -> int:
                     f"({attributes})",
                     flush=True,
                 )
+        if gw.connection_lost:
+            _say("the control plane went away; no more events")
+            return EXIT_STREAM_FAILED
     return 0
 
 
@@ -492,6 +582,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not apply the default seccomp profile (not recommended)",
     )
+    serve.add_argument(
+        "--log-max-size",
+        type=parse_size,
+        default=LogConfig().max_size,
+        help="rotate a container's log file at this size (e.g. 20m; default %(default)s bytes)",
+    )
+    serve.add_argument(
+        "--log-max-files",
+        type=int,
+        default=LogConfig().max_files,
+        help="log files kept per container, the one being written included (default %(default)s)",
+    )
 
     def container_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -510,6 +612,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-w", "--workdir", help="working directory inside the container")
     run.add_argument("-l", "--label", action="append", help="KEY=VALUE label (repeatable)")
     run.add_argument("-m", "--memory", type=int, help="memory limit in bytes")
+    run.add_argument(
+        "--log-max-size", type=parse_size, help="this container's log file size (e.g. 10m)"
+    )
+    run.add_argument("--log-max-files", type=int, help="this container's log files kept")
+    run.add_argument(
+        "--log-mode",
+        choices=("blocking", "lossy"),
+        default="blocking",
+        help="blocking (default): the container waits when its log cannot keep up; "
+        "lossy: output is dropped instead, and readers are told how much",
+    )
+    run.add_argument(
+        "--log-buffer-size",
+        type=parse_size,
+        help="output held in memory before blocking or dropping (default 1m)",
+    )
+    run.add_argument(
+        "--allow-dropped",
+        action="store_true",
+        help="dropped output (lossy mode) is a warning, not a failure",
+    )
     run.add_argument(
         "--entrypoint",
         help="replace the image's ENTRYPOINT (and drop its CMD); '' clears it",
@@ -533,15 +656,28 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
     exec_.set_defaults(handler=cmd_exec)
 
-    for verb, helptext in (
-        ("logs", "stream a container's output"),
-        ("attach", "attach to a container's stdio"),
-    ):
-        p = sub.add_parser(verb, help=helptext)
-        if verb == "attach":
-            p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
-        p.add_argument("container")
-        p.set_defaults(handler=cmd_logs)
+    logs = sub.add_parser(
+        "logs",
+        help="print a container's log (kept on disk by serve; running or stopped)",
+        epilog="example: containerd-actors logs -f --tail 10 -t web",
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="wait for more until it exits")
+    logs.add_argument("--tail", default="all", help="only the last N lines (default all)")
+    logs.add_argument("--since", help="from this time: RFC 3339, Unix time, or 10m/1h ago")
+    logs.add_argument("--until", help="up to this time (same forms as --since)")
+    logs.add_argument("-t", "--timestamps", action="store_true", help="prefix each line")
+    logs.add_argument("container")
+    logs.set_defaults(handler=cmd_logs)
+    attach = sub.add_parser("attach", help="attach to a container's stdio (output from now on)")
+    attach.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    attach.add_argument("container")
+    attach.set_defaults(handler=cmd_attach)
+    for p in (logs, attach):
+        p.add_argument(
+            "--allow-dropped",
+            action="store_true",
+            help="dropped output (lossy mode) is a warning, not a failure",
+        )
 
     add_image_verbs(sub, _gateway)
     ps = sub.add_parser("ps", help="list containers")
@@ -597,6 +733,9 @@ def run_cli(argv: Sequence[str] | None, serve: Verb) -> int:
         args.command = command[1:]
     if args.verb == "exec" and not args.command:
         _say("exec needs a command after --")
+        return EXIT_DAEMON_ERROR
+    if args.verb == "logs" and args.tail != "all" and not args.tail.isdigit():
+        _say(f"invalid --tail {args.tail!r}: a number of lines, or all")
         return EXIT_DAEMON_ERROR
     try:
         try:

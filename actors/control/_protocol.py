@@ -139,6 +139,9 @@ class EventAction(enum.StrEnum):
     EXEC_DIE = "exec_die"
     PAUSE = "pause"
     UNPAUSE = "unpause"
+    # A containerd task event we do not map (EventType.UNKNOWN); Docker has no such action,
+    # but dropping the event would hide it.
+    UNKNOWN = "unknown"
 
 
 # --- params --------------------------------------------------------------------------------
@@ -171,6 +174,16 @@ class MountParams(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     source: AbsPath
     destination: AbsPath
     readonly: bool = True
+
+
+class LogParams(Params, frozen=True):
+    """Per-container log settings: rotation, and whether output may be dropped (``lossy``,
+    with a ``buffer_size`` bound) instead of blocking the container when the log lags."""
+
+    max_size: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] | None = None
+    max_files: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    mode: Literal["blocking", "lossy"] = "blocking"
+    buffer_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] | None = None
 
 
 class ContainerCreateParams(Params, frozen=True):
@@ -208,6 +221,7 @@ class ContainerCreateParams(Params, frozen=True):
     ] = msgspec.field(default_factory=list)
     privileged: bool = False
     hooks: dict[str, Any] | None = None
+    log: LogParams | None = None
 
 
 class TaskStartParams(Params, frozen=True):
@@ -298,8 +312,27 @@ class EventsUnsubscribeParams(Params, frozen=True):
 
 
 class StdioAttachParams(Params, frozen=True):
+    """``replay``: a task's output from the start of its log (``run``), not only new output."""
+
     id: ContainerId
     exec_id: ContainerId | None = None
+    replay: bool = False
+
+
+Nanoseconds: TypeAlias = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class ContainerLogsParams(Params, frozen=True):
+    """A read of a container's log (docker's options; times in ns since the epoch)."""
+
+    id: ContainerId
+    follow: bool = False
+    tail: Annotated[int, msgspec.Meta(ge=0, le=2**31)] | None = None
+    since: Nanoseconds | None = None
+    until: Nanoseconds | None = None
+    timestamps: bool = False
+    stdout: bool = True
+    stderr: bool = True
 
 
 # -- images (handled by _images_rpc.ImageMethods) --------------------------------------
@@ -381,6 +414,7 @@ METHODS: Final[Mapping[str, type[Params]]] = {
     "events.subscribe": EventsSubscribeParams,
     "events.unsubscribe": EventsUnsubscribeParams,
     "stdio.attach": StdioAttachParams,
+    "container.logs": ContainerLogsParams,
     **IMAGE_METHODS,
 }
 
@@ -394,6 +428,11 @@ def _post_check(params: Params) -> tuple[str, str] | None:
             return "signal", exc.message
     elif isinstance(params, TaskUpdateParams) and params == TaskUpdateParams(id=params.id):
         return "", "nothing to update: give memory_limit, pids_limit or cpu_shares"
+    elif isinstance(params, ContainerLogsParams):
+        if not (params.stdout or params.stderr):
+            return "", "nothing to read: stdout and stderr are both off"
+        if params.since is not None and params.until is not None and params.since > params.until:
+            return "since", "since is after until"
     return None
 
 
@@ -762,6 +801,7 @@ _ACTIONS: Final = {
     EventType.EXEC_STARTED: EventAction.EXEC_START,
     EventType.PAUSED: EventAction.PAUSE,
     EventType.RESUMED: EventAction.UNPAUSE,
+    EventType.UNKNOWN: EventAction.UNKNOWN,
 }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -34,6 +35,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -42,12 +44,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from ..core._client import Client
 from ..core._handles import Container, Process
+from ..core._logstore import LogReadOptions
 from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
-from ..core.stdio import DirectIO
+from ..core.stdio import DirectIO, OutputMode
 from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
 from ..images._api import Image
 from . import _frames as frames
 from . import _protocol as proto
+from ._gateway_logs import ContainerLogSettings, LogManager, send_log_frames
 from ._images_rpc import ImageMethods
 from ._labels import store_user_labels, user_labels
 from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
@@ -219,12 +223,20 @@ class Gateway:
     """Serves one Client over websockets. Run with ``await nursery.start(gateway.serve)``."""
 
     def __init__(
-        self, client: Client, config: GatewayConfig, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        client: Client,
+        config: GatewayConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        logs: LogManager | None = None,
     ) -> None:
         if config.tls and ssl_context is None:
             raise ValueError("GatewayConfig.tls is set but no ssl_context was given")
         self.client = client
         self.config = config
+        # Every task started here writes to its container's log; run/attach/logs read it.
+        self.logs = logs or LogManager(Path(client.state_dir) / ".logs" / client.namespace)
+        self._log_reads: dict[str, _LogRead] = {}
         self._ssl_context = ssl_context
         self._token_digest = _digest(config.token)
         self._processes: dict[tuple[str, str], Process] = {}
@@ -279,6 +291,8 @@ class Gateway:
         )
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.logs.run)
+                await self._drain_restored()
                 await nursery.start(server.run)
                 task_status.started(self)
         finally:
@@ -289,6 +303,19 @@ class Gateway:
 
     def _count_internal_error(self) -> None:
         self._internal_errors += 1
+
+    async def _drain_restored(self) -> None:
+        """After a restart, the log is again the consumer of every restored task's output."""
+        for container in self.client.containers():
+            if container.task_state() is None:
+                continue
+            try:
+                task = await container.attach_task()
+            except ContainerdError as exc:
+                log.warning("cannot re-attach the log of %s: %s", container.id, exc)
+                continue
+            if task.io is not None:
+                self.logs.drain(container.id, task.io)
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -490,10 +517,12 @@ class Gateway:
                 spec = build_container_spec(
                     params, self.config.policy, namespace=client.namespace, image=image
                 )
+                settings = _log_settings(params.log)
                 # The default runtime and no runtime options: a request can name neither.
                 container = await client.new_container(
                     params.id, spec, labels=labels, image=image or ""
                 )
+                self.logs.configure(params.id, settings)
                 return _describe(container)
             case "container.list":
                 return [_describe(c) for c in client.containers()]
@@ -502,10 +531,13 @@ class Gateway:
             case "container.delete":
                 await (await self._container(params.id)).delete()
                 self._forget(params.id)
+                self.logs.remove(params.id)
                 return None
             case "task.start":
                 container = await self._container(params.id)
-                task = await container.start(with_stdin=params.stdin)
+                task = await container.start(
+                    with_stdin=params.stdin, attach_stdio=self.logs.stdio_callback(params.id)
+                )
                 return {"pid": task.pid}
             case "task.kill":
                 task = await (await self._container(params.id)).task()
@@ -567,7 +599,17 @@ class Gateway:
                 scope.cancel()
                 return None
             case "stdio.attach":
-                return await self._issue_ticket(params.id, params.exec_id or "")
+                ticket = await self._issue_ticket(params.id, params.exec_id or "")
+                if not params.exec_id:
+                    # A task's output comes from its log: every attach sees the same bytes.
+                    self._log_reads[ticket["path"]] = _LogRead(
+                        LogReadOptions(follow=True, tail=None if params.replay else 0),
+                        timestamps=False,
+                        attach=True,
+                    )
+                return ticket
+            case "container.logs":
+                return await self._issue_log_ticket(params)
             case name if name.startswith("image."):
                 return await self._image_methods.call(
                     name,
@@ -626,11 +668,31 @@ class Gateway:
             await self._process(container_id, exec_id)
         elif container.task_state() is None:
             raise NotFound(f"container {container_id} has no task", local=True)
+        return self._new_ticket(container_id, exec_id)
+
+    def _new_ticket(self, container_id: str, exec_id: str) -> dict[str, str]:
         now = trio.current_time()
         self._tickets = {k: v for k, v in self._tickets.items() if v[2] > now}
+        self._log_reads = {
+            k: v for k, v in self._log_reads.items() if k[len("/stdio/") :] in self._tickets
+        }
         ticket = secrets.token_urlsafe(24)
         self._tickets[ticket] = (container_id, exec_id, now + STDIO_TICKET_SECONDS)
         return {"path": f"/stdio/{ticket}", "expires_in": str(int(STDIO_TICKET_SECONDS))}
+
+    async def _issue_log_ticket(self, params: Any) -> dict[str, str]:
+        await self._container(params.id)  # NotFound for an unknown container
+        streams = frozenset(s for s, wanted in ((1, params.stdout), (2, params.stderr)) if wanted)
+        options = LogReadOptions(
+            follow=params.follow,
+            tail=params.tail,
+            since=params.since,
+            until=params.until,
+            streams=streams,
+        )
+        ticket = self._new_ticket(params.id, "")
+        self._log_reads[ticket["path"]] = _LogRead(options, params.timestamps, attach=False)
+        return ticket
 
     async def _stdio_connection(
         self, ws: WebSocketConnection, ticket: str, subprotocol: str
@@ -645,8 +707,17 @@ class Gateway:
             await ws.aclose(CLOSE_POLICY_VIOLATION, "unknown or expired ticket")
             return
         container_id, exec_id, _ = entry
+        log_read = self._log_reads.pop(f"/stdio/{ticket}", None)
+        if log_read is not None and not log_read.attach:
+            self._stdio_sessions += 1
+            store = self.logs.store(container_id)
+            await send_log_frames(ws, store, log_read.options, timestamps=log_read.timestamps)
+            await ws.send_message(frames.encode_frame(frames.Channel.ERROR, _SUCCESS))
+            with contextlib.suppress(ConnectionClosed):
+                await ws.aclose(1000, "end of log")
+            return
         key = (container_id, exec_id)
-        if key in self._attached:
+        if key in self._attached and log_read is None:
             await ws.send_message(
                 frames.encode_frame(
                     frames.Channel.ERROR, frames.failure_status_message("already attached")
@@ -654,11 +725,20 @@ class Gateway:
             )
             await ws.aclose(CLOSE_POLICY_VIOLATION, "process already attached")
             return
-        self._attached.add(key)
+        if log_read is None:
+            self._attached.add(key)  # a FIFO has one consumer; a log has any number
         self._stdio_sessions += 1
         try:
             process, io = await self._stdio_target(container_id, exec_id)
-            await _bridge_stdio(ws, process, io, subprotocol)
+            output = None
+            if log_read is not None:
+                if not self.logs.draining(container_id) and any(not p.eof for p in io.pipes()):
+                    # A task started without us (by the library, say): its log starts now.
+                    self.logs.drain(container_id, io)
+                output = functools.partial(
+                    send_log_frames, ws, self.logs.store(container_id), log_read.options
+                )
+            await _bridge_stdio(ws, process, io, subprotocol, output)
         except NotFound as exc:
             await ws.send_message(
                 frames.encode_frame(frames.Channel.ERROR, frames.failure_status_message(str(exc)))
@@ -678,12 +758,17 @@ class Gateway:
 
 
 async def _bridge_stdio(
-    ws: WebSocketConnection, process: Process, io: DirectIO, subprotocol: str
+    ws: WebSocketConnection,
+    process: Process,
+    io: DirectIO,
+    subprotocol: str,
+    output: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Copy between one process's FIFOs and the k8s-framed websocket until it exits.
+    """Copy between one process's stdio and the k8s-framed websocket until it exits.
 
-    If the peer goes away first, copying stops at once (the FIFOs stay with the actor and
-    keep being drained) and the process keeps running.
+    Output comes from ``output`` (a reader of the container's log) when given, else from the
+    FIFOs. If the peer goes away first, copying stops at once (the FIFOs stay with the actor
+    and keep being drained) and the process keeps running.
     """
     peer_gone = False
 
@@ -722,13 +807,16 @@ async def _bridge_stdio(
                     await process.close_stdin()
 
     async def outputs_then_exit() -> None:
-        async with trio.open_nursery() as outputs:
-            for pipe, channel in (
-                (io.stdout, frames.Channel.STDOUT),
-                (io.stderr, frames.Channel.STDERR),
-            ):
-                if pipe is not None:
-                    outputs.start_soon(pump, pipe, channel)
+        if output is not None:
+            await output()
+        else:
+            async with trio.open_nursery() as outputs:
+                for pipe, channel in (
+                    (io.stdout, frames.Channel.STDOUT),
+                    (io.stderr, frames.Channel.STDERR),
+                ):
+                    if pipe is not None:
+                        outputs.start_soon(pump, pipe, channel)
         status = await process.wait()
         await ws.send_message(
             frames.encode_frame(frames.Channel.ERROR, frames.exit_status_message(status.code))
@@ -741,6 +829,26 @@ async def _bridge_stdio(
     if not peer_gone:
         with contextlib.suppress(ConnectionClosed):
             await ws.aclose(1000, "process exited")
+
+
+class _LogRead(msgspec.Struct, frozen=True):
+    options: LogReadOptions
+    timestamps: bool
+    attach: bool
+
+
+_SUCCESS: Final = frames.exit_status_message(0)
+
+
+def _log_settings(params: Any) -> ContainerLogSettings:
+    if params is None:
+        return ContainerLogSettings()
+    return ContainerLogSettings(
+        max_size=params.max_size,
+        max_files=params.max_files,
+        mode=OutputMode(params.mode),
+        buffer_size=params.buffer_size,
+    )
 
 
 def _describe(container: Container) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from ._protocol import JSONRPC_SUBPROTOCOL
 __all__ = ["GatewayClient", "GatewayError", "StdioSession", "connect_gateway"]
 
 DEFAULT_URL: Final = "ws://127.0.0.1:7878"
+RECEIVE_BUFFER: Final = 1 << 16
 _decoder: Final = msgspec.json.Decoder()
 _encoder: Final = msgspec.json.Encoder()
 
@@ -48,7 +49,13 @@ class GatewayError(ContainerdActorsError):
     """A JSON-RPC error without a containerd error class (protocol or server errors)."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{message} ({code})")
+        # "Invalid params" alone does not say which: the server names the field and why.
+        detail = ""
+        if isinstance(data, dict) and isinstance(data.get("reason"), str) and data["reason"]:
+            path = data.get("path")
+            where = f"{path}: " if isinstance(path, str) and path else ""
+            detail = f": {where}{data['reason']}"
+        super().__init__(f"{message} ({code}){detail}")
         self.code = code
         self.data = data
 
@@ -92,7 +99,14 @@ async def _open(
     try:
         async with stream, trio.open_nursery() as nursery:
             ws = await wrap_client_stream(
-                nursery, stream, host, resource, subprotocols=subprotocols, extra_headers=headers
+                nursery,
+                stream,
+                host,
+                resource,
+                subprotocols=subprotocols,
+                extra_headers=headers,
+                # Output comes in frames of up to 64 KiB; 4 KiB reads cost 16 wakeups each.
+                receive_buffer_size=RECEIVE_BUFFER,
             )
             try:
                 yield ws
@@ -130,6 +144,8 @@ class GatewayClient:
         self._subscriptions: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         # image.pull progress notifications, by the token the request carried.
         self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
+        #: the server closed the connection (or it broke) while we were using it
+        self.connection_lost = False
 
     async def _reader(self) -> None:
         try:
@@ -156,7 +172,7 @@ class GatewayClient:
                 if waiter is not None:
                     waiter.send_nowait(body)
         except ConnectionClosed:
-            pass
+            self.connection_lost = True
         finally:
             for waiter in self._pending.values():
                 waiter.close()
@@ -212,13 +228,29 @@ class GatewayClient:
 
     @contextlib.asynccontextmanager
     async def attach(
-        self, container_id: str, exec_id: str | None = None
+        self, container_id: str, exec_id: str | None = None, *, replay: bool = False
     ) -> AsyncIterator[StdioSession]:
-        """Open the stdio websocket of a task (or of an exec with ``exec_id``)."""
+        """Open the stdio websocket of a task (or of an exec with ``exec_id``).
+
+        A task's output comes from its log: only what is written from now on, or with
+        ``replay`` everything it wrote since it started.
+        """
         params: dict[str, Any] = {"id": container_id}
         if exec_id:
             params["exec_id"] = exec_id
+        if replay:
+            params["replay"] = True
         ticket = await self.call("stdio.attach", params)
+        async with _open(
+            self._url, ticket["path"], self._token, list(frames.STDIO_SUBPROTOCOLS)
+        ) as ws:
+            yield StdioSession(ws)
+
+    @contextlib.asynccontextmanager
+    async def logs(self, container_id: str, **options: Any) -> AsyncIterator[StdioSession]:
+        """Read a container's log (``follow``, ``tail``, ``since``/``until`` in ns,
+        ``timestamps``, ``stdout``, ``stderr``); ``output()`` ends at its end."""
+        ticket = await self.call("container.logs", {"id": container_id, **options})
         async with _open(
             self._url, ticket["path"], self._token, list(frames.STDIO_SUBPROTOCOLS)
         ) as ws:
@@ -232,6 +264,14 @@ class StdioSession:
         self._ws = ws
         self.exit_code: int | None = None
         self.failure: str | None = None
+        #: bytes the server reported dropped (lossy output mode), and the reports themselves
+        self.dropped = 0
+        self.drop_reports: list[str] = []
+
+    @property
+    def ended(self) -> bool:
+        """True once the server sent its final status (False: the connection just dropped)."""
+        return self.exit_code is not None or self.failure is not None
 
     async def send_stdin(self, data: bytes) -> None:
         await self._ws.send_message(frames.encode_frame(frames.Channel.STDIN, data))
@@ -263,6 +303,12 @@ class StdioSession:
 
     def _read_status(self, payload: bytes) -> None:
         status = _decoder.decode(payload)
+        if status.get("reason") == "OutputDropped":  # a marker in the stream, not the end
+            for cause in status.get("details", {}).get("causes", []):
+                if cause.get("reason") == "DroppedBytes":
+                    self.dropped += int(cause.get("message", "0"))
+            self.drop_reports.append(str(status.get("message", "output was dropped")))
+            return
         if status.get("status") == "Success":
             self.exit_code = 0
             return

@@ -42,12 +42,18 @@ from ._container import (
     ContainerRecord,
     reconcile_from_process,
 )
+from ._delivery import (
+    DEFAULT_DELIVERY_GRACE,
+    DEFAULT_DELIVERY_LIMIT,
+    BackendDelivery,
+    DeliveryStatistics,
+)
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
 from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
 from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
-from .events import EventRouter, EventType, RouterStatistics, TaskEvent
+from .events import EventInfo, EventRouter, EventType, RouterStatistics, TaskEvent
 from .spec import SPEC_TYPE_URL, Spec, decode_spec, encode_spec
 
 if TYPE_CHECKING:
@@ -79,9 +85,11 @@ class ClientStatistics(msgspec.Struct, frozen=True, kw_only=True):
     router: RouterStatistics
     bridge: BridgeStatistics | None
     subscribers: SubscriberStatistics
+    backend: DeliveryStatistics | None
     actors: int
     unrouted_events: int
     held_events: int
+    adopted_from_events: int
     resyncs: int
     actor_crashes: int
     actor_restarts: int
@@ -122,7 +130,7 @@ class Client:
         remote: Remote,
         nursery: trio.Nursery,
         *,
-        backend: Backend | None,
+        delivery: BackendDelivery | None,
         state_dir: str,
         restart_policy: RestartPolicy,
         bridge_statistics: Callable[[], BridgeStatistics] | None = None,
@@ -130,7 +138,7 @@ class Client:
         self._remote = remote
         self._bridge_statistics = bridge_statistics
         self._nursery = nursery
-        self._backend = backend
+        self._delivery = delivery
         self.namespace = remote.namespace
         self.state_dir = state_dir
         self._io_root = os.path.join(state_dir, remote.namespace)
@@ -139,6 +147,16 @@ class Client:
         self._held_order: collections.deque[tuple[float, str]] = collections.deque()
         self._held_count = 0
         self._unrouted_events = 0
+        # Containers heard of in an event but not supervised yet, waiting for the adopter.
+        self._adopt_wanted: dict[str, None] = {}
+        self._adopt_lot = trio.lowlevel.ParkingLot()
+        self._not_adoptable: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._adopted_from_events = 0
+        # Exits published by actors that have ended (container deleted), so a late copy of
+        # one is not reported again as an event of a container we do not know.
+        self._retired_exits: collections.OrderedDict[tuple[str, str, int], None] = (
+            collections.OrderedDict()
+        )
         self._crashes = CrashHistory(restart_policy)
         self._actor_crashes = 0
         self._resyncs = 0
@@ -151,15 +169,72 @@ class Client:
     # -- events ----------------------------------------------------------------------------
 
     def _dispatch_event(self, event: TaskEvent) -> None:
-        actor = self._actors.get(event.info.container_id)
-        if actor is None:
-            # Not ours (yet): publish now, and hold it briefly for an actor being created.
+        info = event.info
+        actor = self._actors.get(info.container_id)
+        if actor is None or actor.deleted or actor.mailbox.closed:
+            # Not ours (yet): the Backend and subscribers hear it now, with the same
+            # EventInfo; it is held briefly for the actor that adopts the container.
+            if event.type is EventType.EXIT and self._is_retired_exit(info, actor):
+                return  # a late copy of an exit its (now deleted) actor already reported
             self._unrouted_events += 1
+            if self._delivery is not None:
+                self._delivery.submit(info.container_id, event.type, info)
             self.hub.publish(event)
             self._hold(event)
+            self._want_adoption(info.container_id, event.type)
             return
-        if not actor.mailbox.post_event((cmd.DeliverEvent(event=event), None)):
-            self.request_resync()
+        # A full inbox drops the event and flags the actor: once free, it resyncs itself
+        # with one Tasks.Get (see ContainerActor._serve).
+        actor.mailbox.post_event((cmd.DeliverEvent(event=event), None))
+
+    def _is_retired_exit(self, info: EventInfo, actor: ContainerActor | None) -> bool:
+        if actor is not None and (info.process_id, info.pid) in actor.published_exits():
+            return True
+        return (info.container_id, info.process_id, info.pid) in self._retired_exits
+
+    def _retire(self, actor: ContainerActor) -> None:
+        for process_id, pid in actor.published_exits():
+            self._retired_exits[(actor.container_id, process_id, pid)] = None
+        while len(self._retired_exits) > RETIRED_EXITS_KEPT:
+            self._retired_exits.popitem(last=False)
+
+    def _want_adoption(self, container_id: str, event_type: EventType) -> None:
+        if not container_id or self._closed:
+            return
+        if event_type is EventType.CREATE:
+            self._not_adoptable.pop(container_id, None)  # a new task: maybe a new container
+        if container_id in self._not_adoptable or len(self._adopt_wanted) >= ADOPT_PENDING_LIMIT:
+            return
+        self._adopt_wanted[container_id] = None
+        self._adopt_lot.unpark()
+
+    async def _adopt_loop(self) -> None:
+        """Adopt containers first heard of in an event (1 RPC each: Containers.Get)."""
+        while True:
+            while not self._adopt_wanted:
+                await self._adopt_lot.park()
+            container_id = next(iter(self._adopt_wanted))
+            try:
+                if self._live_actor(container_id) is None:
+                    await self._adopt(container_id)
+            finally:
+                self._adopt_wanted.pop(container_id, None)
+
+    async def _adopt(self, container_id: str) -> None:
+        try:
+            found = await self._remote.containers_get(container_id)
+        except NotFound:
+            # Gone already (e.g. `ctr run --rm`); its events were delivered all the same.
+            self._not_adoptable[container_id] = None
+            while len(self._not_adoptable) > ADOPT_PENDING_LIMIT:
+                self._not_adoptable.popitem(last=False)
+            return
+        except ContainerdError as exc:
+            log.warning("cannot adopt container %s: %s", container_id, exc)
+            return
+        if self._live_actor(container_id) is None:
+            await self._spawn_actor(_record_from_proto(found))
+            self._adopted_from_events += 1
 
     def _hold(self, event: TaskEvent) -> None:
         now = trio.current_time()
@@ -229,8 +304,8 @@ class Client:
             if actor is None:
                 continue
             item = reconcile_from_process(epoch, tasks.get(container_id))
-            if not actor.mailbox.post_event((item, None)):
-                actor.mailbox.needs_resync = True
+            # A full inbox flags the actor, which then asks Tasks.Get itself once free.
+            actor.mailbox.post_event((item, None))
 
     async def restore(self) -> int:
         """Adopt every container of the namespace (2 RPCs: Containers.List + Tasks.List).
@@ -276,6 +351,9 @@ class Client:
                     load_state = True
                     await trio.sleep(delay)
         finally:
+            self._retire(actor)
+            if self._delivery is not None and self._live_actor(actor.container_id) in (None, actor):
+                self._delivery.release(actor.container_id)
             if self._actors.get(actor.container_id) is actor:
                 del self._actors[actor.container_id]
             self._crashes.forget(actor.container_id)
@@ -285,12 +363,15 @@ class Client:
             self._remote,
             record,
             io_root=self._io_root,
-            backend=self._backend,
+            delivery=self._delivery,
             on_event=self.hub.publish,
+            on_resync_failed=self.request_resync,
         )
         if adopt is not None:
             actor.adopt_task(adopt)
         self._actors[record.id] = actor  # replaces a deleted predecessor still winding down
+        if self._delivery is not None:
+            self._delivery.own(record.id)
         self._replay_held(actor)
         await self._nursery.start(self._run_actor, actor)
         return actor
@@ -320,9 +401,11 @@ class Client:
             router=self.router.statistics(),
             bridge=self._bridge_statistics() if self._bridge_statistics is not None else None,
             subscribers=self.hub.statistics(),
+            backend=self._delivery.statistics() if self._delivery is not None else None,
             actors=len(self._actors),
             unrouted_events=self._unrouted_events,
             held_events=self._held_count,
+            adopted_from_events=self._adopted_from_events,
             resyncs=self._resyncs,
             actor_crashes=self._actor_crashes,
             actor_restarts=self._crashes.restarts,
@@ -468,8 +551,8 @@ class Client:
         except NotFound:
             raise NotFound(f"no such container: {container_id}") from None
         record = _record_from_proto(created)
-        actor = await self._spawn_actor(record)
-        container: Container = Container._create(actor, record)
+        actor = self._live_actor(container_id) or await self._spawn_actor(record)
+        container: Container = Container._create(actor, actor.record)
         return container
 
     async def _close(self) -> None:
@@ -570,18 +653,23 @@ async def open_client(
     rpc_deadline: float = DEFAULT_TIMEOUT,
     restore: bool = True,
     restart_policy: RestartPolicy | None = None,
+    backend_grace: float = DEFAULT_DELIVERY_GRACE,
 ) -> AsyncIterator[Client]:
     """Connect to containerd and supervise this namespace's containers while inside.
 
     Args:
         address: containerd's socket path (or ``unix://`` URL, or ``host:port``).
         namespace: the containerd namespace this client works in.
-        backend: receives ``process_event(container_id, event_type, event_info)`` calls in
-            per-container order.
+        backend: receives ``process_event(container_id, event_type, event_info)`` for every
+            task event of the namespace, in per-container order, one call at a time per
+            container; calls are never cancelled by the container's deletion (see
+            ``actors/_delivery.py`` for the whole contract).
         state_dir: where stdio FIFOs are created (see :func:`default_state_dir`).
         rpc_deadline: default deadline of each RPC, in seconds (sent to containerd).
         restore: adopt the namespace's existing containers at start (2 RPCs in total).
         restart_policy: how crashed actors are restarted (see :class:`RestartPolicy`).
+        backend_grace: seconds that leaving the block waits for Backend calls still queued
+            or running; then they are cancelled, logged and counted as abandoned.
 
     Raises:
         InvalidArgument: invalid namespace.
@@ -601,6 +689,7 @@ async def open_client(
             restore=restore,
             restart_policy=restart_policy or RestartPolicy(),
             bridge_statistics=bridge.statistics,
+            backend_grace=backend_grace,
         ) as client:
             yield client
     finally:
@@ -617,28 +706,44 @@ async def run_client(
     restore: bool,
     restart_policy: RestartPolicy,
     bridge_statistics: Callable[[], BridgeStatistics] | None = None,
+    backend_grace: float = DEFAULT_DELIVERY_GRACE,
+    backend_limit: int = DEFAULT_DELIVERY_LIMIT,
 ) -> AsyncIterator[Client]:
     """Run a client over any ``Remote``-shaped object (the real one, or the testing fake)."""
     try:
-        async with trio.open_nursery() as nursery:
-            client = Client(
-                remote,
-                nursery,
-                backend=backend,
-                state_dir=state_dir,
-                restart_policy=restart_policy,
-                bridge_statistics=bridge_statistics,
+        # Backend calls run in their own nursery, outside the actors' one: they outlive the
+        # actors and get ``backend_grace`` seconds after everything else stopped.
+        async with trio.open_nursery() as deliveries:
+            delivery = (
+                BackendDelivery(backend, deliveries, limit=backend_limit)
+                if backend is not None
+                else None
             )
-            await nursery.start(client.router.run)
-            nursery.start_soon(client._resync_loop)
-            if restore:
-                await client.restore()
             try:
-                yield client
+                async with trio.open_nursery() as nursery:
+                    client = Client(
+                        remote,
+                        nursery,
+                        delivery=delivery,
+                        state_dir=state_dir,
+                        restart_policy=restart_policy,
+                        bridge_statistics=bridge_statistics,
+                    )
+                    await nursery.start(client.router.run)
+                    nursery.start_soon(client._resync_loop)
+                    nursery.start_soon(client._adopt_loop)
+                    if restore:
+                        await client.restore()
+                    try:
+                        yield client
+                    finally:
+                        client._closed = True
+                        client.hub.close()
+                        nursery.cancel_scope.cancel()
             finally:
-                client._closed = True
-                client.hub.close()
-                nursery.cancel_scope.cancel()
+                if delivery is not None:
+                    with trio.CancelScope(shield=True):
+                        await delivery.drain(backend_grace)
     except BaseExceptionGroup as group:
         raise collapse(group) from None
 
@@ -649,5 +754,7 @@ def _task_container_id(process: Any) -> str:
 
 HELD_EVENTS_LIMIT = 4096
 HELD_EVENTS_SECONDS = 5.0
+ADOPT_PENDING_LIMIT = 1024
+RETIRED_EXITS_KEPT = 4096
 
 __all__ = ["Client", "ClientStatistics", "RuncOptions", "default_state_dir", "open_client"]

@@ -9,16 +9,14 @@ done. Waiting for an exit parks the reply channel in the actor's state and costs
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
-import enum
 import inspect
 import logging
 import os
 import shutil
 import signal as signal_module
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import outcome
@@ -40,8 +38,26 @@ from ..errors import (
     Unknown,
 )
 from . import _commands as cmd
+from ._delivery import Backend as Backend  # re-exported: part of this API
+from ._delivery import BackendDelivery
 from ._mailbox import Mailbox, MailboxStatistics
-from .events import EventInfo, EventType, ExitStatus, TaskEvent, timestamp_to_datetime
+from ._process_state import (
+    Effect,
+    Forget,
+    ProcessMachine,
+    ProcessRecord,
+    Publish,
+    Wake,
+    status_from_wire,
+)
+from ._process_state import ProcessState as ProcessState  # re-exported: part of this API
+from ._process_state import TaskStatus as TaskStatus
+from .events import (
+    INIT_PROCESS_NAME,
+    ExitStatus,
+    TaskEvent,
+    timestamp_to_datetime,
+)
 from .stdio import DirectIO, FifoSet
 
 if TYPE_CHECKING:
@@ -50,55 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("containerd_actors.container")
 
 RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
-# Exits decided by us rather than reported by a process (moby's convention).
-EXIT_CODE_UNKNOWN = 255
 SERVE_BATCH = 64
-UNCLAIMED_EXITS_KEPT = 16
 
 Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
-
-
-class Backend(Protocol):
-    """What the embedding program implements to hear about task events (moby's Backend)."""
-
-    async def process_event(
-        self, container_id: str, event_type: EventType, event_info: EventInfo
-    ) -> None: ...
-
-
-class TaskStatus(enum.StrEnum):
-    """containerd's process status names (``containerd.v1.types.Status``)."""
-
-    UNKNOWN = "unknown"
-    CREATED = "created"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    PAUSED = "paused"
-    PAUSING = "pausing"
-
-
-_STATUS_BY_WIRE = {
-    0: TaskStatus.UNKNOWN,
-    1: TaskStatus.CREATED,
-    2: TaskStatus.RUNNING,
-    3: TaskStatus.STOPPED,
-    4: TaskStatus.PAUSED,
-    5: TaskStatus.PAUSING,
-}
-
-
-def status_from_wire(value: int) -> TaskStatus:
-    return _STATUS_BY_WIRE.get(value, TaskStatus.UNKNOWN)
-
-
-class ProcessState(msgspec.Struct, frozen=True, kw_only=True):
-    """A snapshot of one process as the actor knows it."""
-
-    container_id: str
-    process_id: str
-    pid: int
-    status: TaskStatus
-    exit: ExitStatus | None = None
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,33 +79,22 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     commands_handled: int
     events_handled: int
     duplicate_exits: int
+    stale_exits: int
     reconciled_exits: int
+    overflow_resyncs: int
     waiters: int
     processes: int
     backend_queue: int
 
 
-@dataclass(eq=False)
-class _Process:
-    process_id: str
-    exec_id: str
-    terminal: bool
-    pid: int = 0
-    status: TaskStatus = TaskStatus.CREATED
-    exit: ExitStatus | None = None
+@dataclass(eq=False, kw_only=True)
+class _Process(ProcessRecord):
+    """The machine's record of a process plus what only the shell holds: stdio, waiters."""
+
+    terminal: bool = False
     io: DirectIO | None = None
     waiters: list[Reply] = field(default_factory=list)
     close_io_after_start: bool = False
-    oom_killed: bool = False
-
-    def snapshot(self, container_id: str) -> ProcessState:
-        return ProcessState(
-            container_id=container_id,
-            process_id=self.process_id,
-            pid=self.pid,
-            status=self.status,
-            exit=self.exit,
-        )
 
 
 class ContainerRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,33 +130,47 @@ class ContainerActor:
         record: ContainerRecord,
         *,
         io_root: str,
-        backend: Backend | None,
+        delivery: BackendDelivery | None,
         on_event: Any = None,
+        on_resync_failed: Any = None,
         mailbox_capacity: int = 64,
+        event_capacity: int = 1024,
     ) -> None:
         self.container_id = record.id
         self.record = record
         self._remote = remote
         self._io_dir = os.path.join(io_root, record.id)
-        self._backend = backend
+        self._delivery = delivery
         self._on_event = on_event
+        self._on_resync_failed = on_resync_failed
         self.mailbox: Mailbox[tuple[cmd.Command, Reply | None]] = Mailbox(
-            command_capacity=mailbox_capacity
+            command_capacity=mailbox_capacity, event_capacity=event_capacity
         )
-        self._init: _Process | None = None
-        self._execs: dict[str, _Process] = {}
-        self._backend_queue: collections.deque[tuple[EventType, EventInfo]] = collections.deque()
-        self._backend_lot = trio.lowlevel.ParkingLot()
+        # Every process state transition happens in the sans-IO machine; this class is its
+        # shell (RPCs, stdio, waiters, delivery of what the machine says to publish).
+        self._machine: ProcessMachine[_Process] = ProcessMachine(record.id, self._new_record)
         self._nursery: trio.Nursery | None = None
         self._deleted = False
-        # Bumped whenever the task changes identity, so a Tasks.List taken before the
-        # change is never applied to the new task.
-        self.task_epoch = 0
-        self._reconciled_exits = 0
-        self._unclaimed_exits: dict[str, EventInfo] = {}
         self._commands_handled = 0
         self._events_handled = 0
-        self._duplicate_exits = 0
+        self._overflow_resyncs = 0
+
+    def _new_record(self, process_id: str, exec_id: str) -> _Process:
+        return _Process(process_id=process_id, exec_id=exec_id)
+
+    @property
+    def _init(self) -> _Process | None:
+        return self._machine.init
+
+    @property
+    def _execs(self) -> dict[str, _Process]:
+        return self._machine.execs
+
+    @property
+    def task_epoch(self) -> int:
+        """Moves whenever the task changes identity: a Tasks.List taken before the change
+        is never applied to the new task."""
+        return self._machine.epoch
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -208,16 +181,24 @@ class ContainerActor:
             mailbox=self.mailbox.statistics(),
             commands_handled=self._commands_handled,
             events_handled=self._events_handled,
-            duplicate_exits=self._duplicate_exits,
-            reconciled_exits=self._reconciled_exits,
+            duplicate_exits=self._machine.duplicate_exits,
+            stale_exits=self._machine.stale_exits,
+            reconciled_exits=self._machine.reconciled_exits,
+            overflow_resyncs=self._overflow_resyncs,
             waiters=sum(len(p.waiters) for p in procs),
             processes=len(procs),
-            backend_queue=len(self._backend_queue),
+            backend_queue=(
+                self._delivery.queued_for(self.container_id) if self._delivery is not None else 0
+            ),
         )
 
     @property
     def deleted(self) -> bool:
         return self._deleted
+
+    def published_exits(self) -> list[tuple[str, int]]:
+        """(process id, pid) of the exits this actor reported, for the client to remember."""
+        return self._machine.published_keys()
 
     def io_of(self, exec_id: str) -> DirectIO | None:
         """The open stdio of a known process (a read of actor state; no RPC)."""
@@ -234,24 +215,13 @@ class ContainerActor:
         A task that already stopped keeps ``exit`` unset here; the Reconcile that follows
         reports its exit once, through the same path as a live exit event.
         """
-        init = _Process(
-            process_id=self.container_id,
-            exec_id="",
-            terminal=bool(process.terminal),
-            pid=int(process.pid),
-            status=status_from_wire(int(process.status)),
+        init = _Process(process_id=self.container_id, exec_id="", terminal=bool(process.terminal))
+        epoch = self._machine.adopt(
+            init, pid=int(process.pid), status=status_from_wire(int(process.status))
         )
-        seen = self._unclaimed_exits.pop(self.container_id, None)
-        if seen is not None and seen.pid == init.pid:
-            init.exit = ExitStatus(code=seen.exit_code, exited_at=seen.exited_at)
-            init.status = TaskStatus.STOPPED
-        elif init.status is TaskStatus.STOPPED:
-            init.status = TaskStatus.RUNNING  # until the Reconcile records its exit
         if attach:
             init.io = self._reopen_io(process)
-        self._init = init
-        self.task_epoch += 1
-        self.mailbox.post_event((reconcile_from_process(self.task_epoch, process), None))
+        self.mailbox.post_event((reconcile_from_process(epoch, process), None))
 
     def _reopen_io(self, process: Any) -> DirectIO | None:
         """Open our ends of the FIFOs containerd reports for a task (None if it has none)."""
@@ -289,8 +259,6 @@ class ContainerActor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self._backend is not None:
-                    nursery.start_soon(self._deliver_to_backend)
                 for proc in self._processes():
                     self._start_pumps(proc)
                 task_status.started()
@@ -327,9 +295,7 @@ class ContainerActor:
                 # Stop supervising means closing our fds, never removing live FIFOs.
                 proc.io.close(unlink=self._deleted)
         if not final:
-            self._init = None
-            self._execs.clear()
-            self.task_epoch += 1
+            self._machine.reset()
 
     def close_mailbox(self) -> None:
         """Refuse further commands (supervision gave up on this actor)."""
@@ -342,6 +308,10 @@ class ContainerActor:
 
     async def _serve(self) -> None:
         while True:
+            if self.mailbox.needs_resync and not self.mailbox.statistics().depth:
+                # Events were dropped while we were busy; now that we are free, one Tasks.Get
+                # tells us what they said (a missed exit is then reported once).
+                await self._resync_after_overflow()
             try:
                 item = await self.mailbox.receive()
             except trio.EndOfChannel:
@@ -363,7 +333,7 @@ class ContainerActor:
         """Handle one mailbox item; True when the actor is done (container deleted)."""
         if isinstance(command, cmd.DeliverEvent):
             self._events_handled += 1
-            self._apply_event(command.event, publish=not command.replayed)
+            self._perform(self._machine.event(command.event, replayed=command.replayed))
             return False
         if isinstance(command, cmd.Reconcile):
             self._reconcile(command)
@@ -401,10 +371,12 @@ class ContainerActor:
             case cmd.Pause():
                 self._require_live_init()
                 await self._remote.tasks_pause(self.container_id)
+                self._machine.paused()  # what containerd acknowledged, before its event
                 return None
             case cmd.Resume():
                 self._require_live_init()
                 await self._remote.tasks_resume(self.container_id)
+                self._machine.resumed()
                 return None
             case cmd.Pids():
                 self._require_live_init()
@@ -508,9 +480,7 @@ class ContainerActor:
         except BaseException:
             io.close()
             raise
-        proc.pid = int(response.pid)
-        self._init = proc
-        self.task_epoch += 1
+        self._machine.created(proc, int(response.pid))
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
             return await self._start_process("")
@@ -527,9 +497,7 @@ class ContainerActor:
         except ContainerdError:
             await self._cleanup_failed_start(proc)
             raise
-        proc.pid = pid
-        if proc.exit is None:
-            proc.status = TaskStatus.RUNNING
+        self._machine.started(proc.process_id, pid)
         if proc.close_io_after_start:
             proc.close_io_after_start = False
             await self._remote.tasks_close_io(self.container_id, exec_id=exec_id)
@@ -550,17 +518,18 @@ class ContainerActor:
                 log.warning("cleanup after failed start of %s: %s", proc.process_id, exc)
         if proc.io is not None:
             proc.io.close()
-        if proc.exec_id:
-            self._execs.pop(proc.exec_id, None)
-        else:
-            self._init = None
-            self.task_epoch += 1
+        self._machine.start_failed(proc.process_id)
         for waiter in proc.waiters:
             _send_reply(waiter, outcome.Error(FailedPrecondition("process failed to start")))
         proc.waiters.clear()
 
     async def _create_exec(self, command: cmd.CreateExec) -> int:
         init = self._require_live_init()
+        if command.exec_id == INIT_PROCESS_NAME:
+            raise InvalidArgument(
+                f"exec id {INIT_PROCESS_NAME!r} is reserved: it names the init process",
+                local=True,
+            )
         if command.exec_id in self._execs or command.exec_id == self.container_id:
             raise AlreadyExists(
                 f"exec id {command.exec_id!r} already used in container {self.container_id}",
@@ -599,7 +568,7 @@ class ContainerActor:
         except BaseException:
             io.close()
             raise
-        self._execs[command.exec_id] = proc
+        self._machine.exec_added(proc)
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
             return await self._start_process(command.exec_id)
@@ -611,9 +580,9 @@ class ContainerActor:
             raise NotFound(
                 f"process {proc.process_id} already finished (exit {proc.exit.code})", local=True
             )
-        await self._remote.tasks_kill(
-            self.container_id, _validate_signal(sig), exec_id=exec_id, all=all_
-        )
+        signal_number = _validate_signal(sig)
+        await self._remote.tasks_kill(self.container_id, signal_number, exec_id=exec_id, all=all_)
+        self._machine.killed(proc.process_id, signal_number, all=all_)
 
     def _wait(self, command: cmd.Wait, reply: Reply | None) -> None:
         if reply is None:
@@ -681,17 +650,18 @@ class ContainerActor:
         proc = self._process(exec_id)
         if refresh:
             process = await self._remote.tasks_get(self.container_id, exec_id)
-            proc.status = status_from_wire(int(process.status))
-            if proc.status is TaskStatus.STOPPED and proc.exit is None:
-                self._record_exit(
-                    proc,
-                    ExitStatus(
-                        code=int(process.exit_status),
-                        exited_at=timestamp_to_datetime(
-                            int(process.exited_at.seconds), int(process.exited_at.nanos)
-                        ),
+            # A stop seen here is an exit like any other: published once, waiters woken.
+            self._perform(
+                self._machine.refreshed(
+                    proc.process_id,
+                    status=status_from_wire(int(process.status)),
+                    pid=int(process.pid),
+                    exit_code=int(process.exit_status),
+                    exited_at=timestamp_to_datetime(
+                        int(process.exited_at.seconds), int(process.exited_at.nanos)
                     ),
                 )
+            )
         return proc.snapshot(self.container_id)
 
     async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> ProcessState:
@@ -707,8 +677,9 @@ class ContainerActor:
         if init is not None and init.pid == int(process.pid):
             init.io = self._reopen_io(process)  # the same task: keep its state, add stdio
         else:
-            if init is not None:
-                self._forget(init, "was replaced by another task")
+            for gone in self._processes():
+                self._forget(gone, "was replaced by another task")
+            self._machine.reset()
             self.adopt_task(process, attach=attach)
             init = self._require_init()
         self._start_pumps(init)
@@ -735,23 +706,14 @@ class ContainerActor:
                 raise
             # containerd already cleaned up (e.g. after its shim died): it is gone either way.
             response = tasks_pb2.DeleteResponse(exit_status=proc.exit.code)
-        if exec_id:
-            self._execs.pop(exec_id, None)
-        else:
-            self._init = None
-            self.task_epoch += 1
-            for other in self._execs.values():
-                self._forget(other, "ended with its task")
-            self._execs.clear()
-        if proc.io is not None:
-            proc.io.close()
-        # The exit event's status wins over Delete's, as in moby.
-        status = proc.exit or ExitStatus(
-            code=int(response.exit_status),
-            exited_at=timestamp_to_datetime(
-                int(response.exited_at.seconds), int(response.exited_at.nanos)
-            ),
+        # The exit event's status wins over Delete's, as in moby; an exit first learned from
+        # Delete's answer is published like any other.
+        status, effects = self._machine.deleted(
+            proc.process_id,
+            int(response.exit_status),
+            timestamp_to_datetime(int(response.exited_at.seconds), int(response.exited_at.nanos)),
         )
+        self._perform(effects)
         return status
 
     async def _delete_container(self) -> None:
@@ -795,36 +757,36 @@ class ContainerActor:
     # -- events ---------------------------------------------------------------------------
 
     def _reconcile(self, command: cmd.Reconcile) -> None:
-        init = self._init
-        if command.epoch != self.task_epoch or init is None or init.exit is not None:
-            return
-        if command.found and command.pid and init.pid and command.pid != init.pid:
-            return  # a different task under the same id; its own events describe it
-        status = status_from_wire(command.status) if command.found else TaskStatus.UNKNOWN
-        if command.found and status is not TaskStatus.STOPPED:
-            if status in (TaskStatus.RUNNING, TaskStatus.PAUSED):
-                init.status = status
-            return
-        code = command.exit_status if command.found else EXIT_CODE_UNKNOWN
-        exited_at = (
-            timestamp_to_datetime(command.exited_at_seconds, command.exited_at_nanos)
-            if command.found
-            else dt.datetime.now(dt.UTC)
+        self._perform(
+            self._machine.reconcile(
+                command.epoch,
+                found=command.found,
+                pid=command.pid,
+                status=status_from_wire(command.status),
+                exit_code=command.exit_status,
+                exited_at=timestamp_to_datetime(command.exited_at_seconds, command.exited_at_nanos),
+                now=dt.datetime.now(dt.UTC),
+            )
         )
-        self._reconciled_exits += 1
-        for proc in [*self._execs.values(), init]:
-            if proc.exit is not None:
-                continue
-            info = EventInfo(
-                container_id=self.container_id,
-                process_id=proc.process_id,
-                pid=proc.pid,
-                exit_code=code if proc is init else EXIT_CODE_UNKNOWN,
-                exited_at=exited_at,
-            )
-            self._apply_event(
-                TaskEvent(type=EventType.EXIT, info=info, topic="/tasks/exit", synthetic=True)
-            )
+
+    async def _resync_after_overflow(self) -> None:
+        """One Tasks.Get for the events the full inbox dropped (the flag is cleared first)."""
+        self.mailbox.needs_resync = False
+        self._overflow_resyncs += 1
+        epoch = self._machine.epoch
+        if self._init is None or self._init.exit is not None:
+            return  # nothing we could have missed an exit of
+        try:
+            process = await self._remote.tasks_get(self.container_id)
+        except NotFound:
+            process = None
+        except ContainerdError as exc:
+            # containerd is unreachable: the namespace-wide Tasks.List resync retries for us.
+            log.warning("resync of %s after overflow failed: %s", self.container_id, exc)
+            if self._on_resync_failed is not None:
+                self._on_resync_failed()
+            return
+        self._reconcile(reconcile_from_process(epoch, process))
 
     def _forget(self, proc: _Process, why: str) -> None:
         """Drop a process we stop tracking: close its stdio and answer its waiters."""
@@ -844,81 +806,30 @@ class ContainerActor:
             _send_reply(waiter, result)
         proc.waiters.clear()
 
-    def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
-        proc.exit = status
-        proc.status = TaskStatus.STOPPED
-        for waiter in proc.waiters:
-            _send_reply(waiter, outcome.Value(status))
-        proc.waiters.clear()
+    def _perform(self, effects: list[Effect]) -> None:
+        """Carry out what the machine decided, in its order."""
+        for effect in effects:
+            if isinstance(effect, Publish):
+                self._publish(effect.event)
+            elif isinstance(effect, Wake):
+                proc = self._machine.process(effect.process_id)
+                if proc is not None:
+                    if proc.io is not None:
+                        for pipe in proc.io.pipes():
+                            pipe.mark_exited()  # so a re-opened FIFO still reaches EOF
+                    for waiter in proc.waiters:
+                        _send_reply(waiter, outcome.Value(effect.exit))
+                    proc.waiters.clear()
+            elif isinstance(effect, Forget) and isinstance(effect.record, _Process):
+                self._forget(effect.record, effect.reason)
 
-    def _apply_event(self, event: TaskEvent, *, publish: bool = True) -> None:
-        info = event.info
-        if event.type is EventType.EXIT:
-            if not self._apply_exit(info):
-                self._duplicate_exits += 1
-                return
-        else:
-            self._apply_state_event(event.type, info)
-        if self._backend is not None:
-            self._backend_queue.append((event.type, info))
-            self._backend_lot.unpark()
-        if publish and self._on_event is not None:
+    def _publish(self, event: TaskEvent) -> None:
+        # The Backend's queue belongs to the client: it outlives this actor, so a
+        # process_event that deletes this container is not cancelled when we end.
+        if self._delivery is not None:
+            self._delivery.submit(self.container_id, event.type, event.info)
+        if self._on_event is not None:
             self._on_event(event)
-
-    def _apply_exit(self, info: EventInfo) -> bool:
-        """Record an exit; False when it is a duplicate or belongs to an older process."""
-        if info.process_id == self.container_id:
-            proc = self._init
-        else:
-            proc = self._execs.get(info.process_id)
-        if proc is None:
-            # Not a process we know (yet): the backend hears it now, and a task adopted later
-            # with this pid takes the exit as already delivered instead of reporting it again.
-            self._unclaimed_exits[info.process_id] = info
-            while len(self._unclaimed_exits) > UNCLAIMED_EXITS_KEPT:
-                del self._unclaimed_exits[next(iter(self._unclaimed_exits))]
-            return True
-        if proc.exit is not None:
-            return False
-        if proc.pid and info.pid and proc.pid != info.pid:
-            return False
-        self._record_exit(proc, ExitStatus(code=info.exit_code, exited_at=info.exited_at))
-        return True
-
-    def _apply_state_event(self, event_type: EventType, info: EventInfo) -> None:
-        init = self._init
-        match event_type:
-            case EventType.START if init is not None and init.exit is None:
-                init.status = TaskStatus.RUNNING
-                init.pid = info.pid or init.pid
-            case EventType.EXEC_STARTED:
-                proc = self._execs.get(info.process_id)
-                if proc is not None and proc.exit is None:
-                    proc.status = TaskStatus.RUNNING
-                    proc.pid = info.pid or proc.pid
-            case EventType.PAUSED if init is not None and init.exit is None:
-                init.status = TaskStatus.PAUSED
-            case EventType.RESUMED if init is not None and init.exit is None:
-                init.status = TaskStatus.RUNNING
-            case EventType.OOM if init is not None:
-                init.oom_killed = True
-            case _:
-                pass
-
-    async def _deliver_to_backend(self) -> None:
-        # Separate from the mailbox loop: a backend that calls back into this container
-        # (e.g. deletes the task on exit, as moby does) must not deadlock the actor.
-        backend = self._backend
-        if backend is None:
-            return
-        while True:
-            while not self._backend_queue:
-                await self._backend_lot.park()
-            event_type, info = self._backend_queue.popleft()
-            try:
-                await backend.process_event(self.container_id, event_type, info)
-            except Exception:
-                log.exception("backend failed on %s event of %s", event_type, self.container_id)
 
 
 _criu_verdict: list[str | None] = []

@@ -263,6 +263,14 @@ class Container(metaclass=_NoPublicConstructor):
 
         Both happen in one actor command: a caller that is cancelled meanwhile leaves either
         no task or a started one, never a created-but-not-started task.
+
+        Who drains the output: whoever reads ``task.io.stdout``/``stderr`` (or keeps the
+        :class:`DirectIO` that ``attach_stdio`` receives before the task exists). Nothing is
+        dropped: past the buffer (1 MiB per stream) the process blocks until it is read, and
+        what is unread when the task is deleted goes with it. For a process that must never
+        block, call ``io.configure_output(mode=OutputMode.LOSSY)`` in ``attach_stdio``; then
+        drops are counted and reported to the reader. The control plane (``serve``) is the
+        reader of every task it starts and keeps the output in a log on disk.
         """
         return await self._create_task(with_stdin, attach_stdio, checkpoint_dir, start=True)
 

@@ -2,9 +2,11 @@
 
 Commands come from callers, who can wait: they get backpressure from ``command_capacity``.
 Events come from the router, which must never wait: an event that finds the inbox over
-``event_capacity`` is dropped and the actor is flagged for a resync (one Tasks.Get later),
-instead of stalling the namespace's event stream. Keeping both kinds in a single deque is
-what makes an exit event and a delete command for the same container run in arrival order.
+``event_capacity`` is dropped and the actor is flagged for a resync (``needs_resync``),
+instead of stalling the namespace's event stream; the actor reads the flag once its inbox is
+empty and asks one Tasks.Get, so an exit among the dropped events is still reported once.
+Keeping both kinds in a single deque is what makes an exit event and a delete command for
+the same container run in arrival order.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..containerd._remote import Remote
 
 __all__ = [
+    "INIT_PROCESS_NAME",
     "EventInfo",
     "EventType",
     "ExitStatus",
@@ -38,6 +39,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("containerd_actors.events")
+
+# moby's ``libcontainerd/types.InitProcessName``: the name its API gives a task's init
+# process. On the wire (TaskExit.id, Tasks.Get) and in every EventInfo and ProcessState here,
+# the init's process id is the *container id*, as containerd reports it; an exec's process id
+# is its exec id. So "init" in moby's vocabulary is ``info.process_id == info.container_id``
+# here, and "init" is refused as an exec id so the two can never be confused.
+INIT_PROCESS_NAME: Final = "init"
 
 
 class EventType(enum.StrEnum):
@@ -51,16 +59,25 @@ class EventType(enum.StrEnum):
     EXEC_STARTED = "exec-started"
     PAUSED = "paused"
     RESUMED = "resumed"
+    # A ``/tasks/`` topic this library does not map (a newer containerd's); delivered with
+    # only ``container_id`` decoded, so the Backend still hears that something happened.
+    UNKNOWN = "unknown"
 
 
 class EventInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What moby's EventInfo carries: ids, pid and, for exits, the status."""
+    """What moby's EventInfo carries: ids, pid and, for exits, the status.
+
+    ``error`` is empty for events containerd sent. A synthetic exit made up because the
+    real one could not be learned (the task vanished while the event stream was down, or an
+    exec ended with its task) says why here, and its ``exit_code`` is 255.
+    """
 
     container_id: str
     process_id: str = ""
     pid: int = 0
     exit_code: int = 0
     exited_at: dt.datetime | None = None
+    error: str = ""
 
 
 class TaskEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -79,6 +96,9 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     code: int
     exited_at: dt.datetime | None = None
+    # containerd published a TaskOOM for this task before it exited (the kernel's OOM
+    # killer acted in its cgroup); moby's ``State.OOMKilled``.
+    oom_killed: bool = False
 
 
 def subscription_filter(namespace: str) -> str:
@@ -152,6 +172,19 @@ def _resumed(m: Any) -> tuple[EventType, EventInfo]:
     return EventType.RESUMED, EventInfo(container_id=m.container_id)
 
 
+def _unknown(m: Any) -> tuple[EventType, EventInfo]:
+    return EventType.UNKNOWN, EventInfo(container_id=m.container_id)
+
+
+# Task events containerd sends that moby does not deliver (it logs them): not UNKNOWN.
+_NOT_DELIVERED: Final = frozenset(
+    {"containerd.events.TaskDelete", "containerd.events.TaskCheckpointed"}
+)
+# Every containerd task event carries the container id in field 1 (a string); TaskOOM is
+# exactly that, so it reads the id of an event type we do not know.
+_UNKNOWN_DECODER: Final = (events_pb2.TaskOOM, _unknown)
+
+
 _DECODERS: Final[dict[str, tuple[type[Any], Callable[[Any], tuple[EventType, EventInfo]]]]] = {
     "containerd.events.TaskCreate": (events_pb2.TaskCreate, _create),
     "containerd.events.TaskStart": (events_pb2.TaskStart, _start),
@@ -175,12 +208,15 @@ def decode_event(
     """Decode one envelope payload; None for events moby does not deliver (e.g. delete).
 
     Type URLs are bare proto names on containerd 1.6; a ``host/`` prefix is tolerated.
+    Another ``/tasks/`` topic decodes as :attr:`EventType.UNKNOWN` with its container id.
     A payload that does not parse raises ``ValueError`` (the router counts and skips it).
     """
     name = type_url.rsplit("/", 1)[-1]
     entry = _DECODERS.get(name)
     if entry is None:
-        return None
+        if name in _NOT_DELIVERED or not topic.startswith("/tasks/"):
+            return None
+        entry = _UNKNOWN_DECODER
     message_type, project = entry
     message = message_type()
     try:

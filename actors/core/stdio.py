@@ -2,8 +2,13 @@
 
 For each process we create ``<dir>/<process id>-stdin|stdout|stderr`` before Tasks.Create or
 Tasks.Exec (the shim opens them while handling that call and blocks until our end exists).
-Output FIFOs are drained all the time into bounded buffers, so a container never blocks on
-a slow or absent reader; when a buffer is full the oldest bytes are dropped and counted.
+Output FIFOs are drained into bounded buffers. By default (``OutputMode.BLOCKING``) nothing is
+ever dropped: when a buffer is full we stop reading the FIFO until someone reads, so a process
+that outruns its reader blocks in write(2), as docker's default blocking log mode does. Who
+reads is the embedder's choice (the ``attach_stdio`` callback, or later ``process.io``); output
+nobody reads is kept (up to the buffer, then the writer waits) until the process is deleted.
+``OutputMode.LOSSY`` is the explicit opt-in for "never block the container": the oldest bytes
+are dropped, counted in ``dropped_bytes`` and reported to the reader (``receive_chunk``).
 Stdin is opened read-write so the open never blocks; EOF is delivered by closing our end and
 then Tasks.CloseIO (the shim holds its own keep-alive writer).
 """
@@ -11,6 +16,8 @@ then Tasks.CloseIO (the shim holds its own keep-alive writer).
 from __future__ import annotations
 
 import contextlib
+import enum
+import logging
 import os
 import stat
 from pathlib import Path
@@ -18,9 +25,21 @@ from pathlib import Path
 import msgspec
 import trio
 
-__all__ = ["DEFAULT_OUTPUT_BUFFER", "DirectIO", "FifoSet", "InputPipe", "OutputPipe"]
+__all__ = [
+    "DEFAULT_OUTPUT_BUFFER",
+    "DirectIO",
+    "FifoSet",
+    "InputPipe",
+    "OutputChunk",
+    "OutputMode",
+    "OutputPipe",
+]
+
+log = logging.getLogger("containerd_actors.stdio")
 
 DEFAULT_OUTPUT_BUFFER = 1 << 20
+# After the process exited, how often to look for EOF that poll(2) will not report (below).
+EXITED_EOF_CHECK_SECONDS = 0.1
 _READ_CHUNK = 1 << 16
 
 
@@ -60,21 +79,57 @@ def _make_fifo(path: str) -> None:
         os.chmod(path, 0o600)
 
 
-class OutputPipe(trio.abc.ReceiveStream):
-    """A process's stdout or stderr, drained continuously into a bounded buffer.
+class OutputMode(enum.StrEnum):
+    """What happens when a process writes faster than its output is read.
 
-    ``receive_some`` returns buffered bytes, or b"" once the writer closed and the buffer is
-    empty. ``dropped_bytes`` counts what was discarded because nobody read fast enough.
+    BLOCKING (the default): stop reading the FIFO while the buffer is full; the process blocks
+    in write(2) until its reader catches up. Nothing is lost.
+    LOSSY: keep draining; the oldest unread bytes are dropped and counted (docker's
+    ``mode=non-blocking``). The reader is told how much was lost and where.
     """
 
-    def __init__(self, path: str, fd: int, *, limit: int = DEFAULT_OUTPUT_BUFFER) -> None:
+    BLOCKING = "blocking"
+    LOSSY = "lossy"
+
+
+class OutputChunk(msgspec.Struct, frozen=True):
+    """Bytes read from an output pipe; ``dropped_before`` bytes were lost just before them."""
+
+    data: bytes
+    dropped_before: int = 0
+
+
+class OutputPipe(trio.abc.ReceiveStream):
+    """A process's stdout or stderr, drained from its FIFO into a bounded buffer.
+
+    ``receive_some`` returns buffered bytes, or b"" once the writer closed and the buffer is
+    empty. In BLOCKING mode at most ``limit`` bytes are held and the FIFO is not read while
+    they are (``blocked`` is then True). In LOSSY mode ``dropped_bytes`` counts what was
+    discarded and ``receive_chunk`` marks the gap in the stream.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        *,
+        limit: int = DEFAULT_OUTPUT_BUFFER,
+        mode: OutputMode = OutputMode.BLOCKING,
+    ) -> None:
         self.path = path
         self._fd = fd
-        self._limit = limit
+        self._limit = _check_limit(limit)
+        self._mode = OutputMode(mode)
         self._buffer = bytearray()
         self._eof = False
         self._closed = False
+        self._blocked = False
         self._readers = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self._unreported_drop = 0
+        self._exited = False
+        self._paused = False
+        self._wait_scope: trio.CancelScope | None = None
         self.total_bytes = 0
         self.dropped_bytes = 0
 
@@ -82,17 +137,101 @@ class OutputPipe(trio.abc.ReceiveStream):
     def eof(self) -> bool:
         return self._eof
 
+    @property
+    def mode(self) -> OutputMode:
+        return self._mode
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def blocked(self) -> bool:
+        """True while the buffer is full and the FIFO is not read (BLOCKING mode)."""
+        return self._blocked
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def pause_reading(self) -> None:
+        """Leave further output in the FIFO (its consumer is going away; whoever comes next
+        re-opens the FIFO and finds it there). ``resume_reading`` undoes it."""
+        self._paused = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self._room.unpark_all()
+
+    def mark_exited(self) -> None:
+        """The process exited: EOF may now come without poll(2) saying so.
+
+        Linux reports POLLHUP on a FIFO only if a writer opened it after our reader did. A
+        FIFO re-opened after a restart (the shim's writer was already there) never gets it,
+        so once the process is known to have exited the pump also checks with read(2),
+        which returns b"" when no writer is left.
+        """
+        self._exited = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    def configure(self, *, mode: OutputMode | None = None, limit: int | None = None) -> None:
+        """Change the mode or the buffer bound (e.g. from the ``attach_stdio`` callback)."""
+        if limit is not None:
+            self._limit = _check_limit(limit)
+        if mode is not None:
+            self._mode = OutputMode(mode)
+        if self._mode is OutputMode.LOSSY:
+            self._trim()
+        self._room.unpark_all()
+
+    def _trim(self) -> None:
+        excess = len(self._buffer) - self._limit
+        if excess > 0:
+            del self._buffer[:excess]
+            self.dropped_bytes += excess
+            self._unreported_drop += excess
+
     async def pump(self) -> None:
         """Copy from the FIFO until the last writer closes (run in the owner's nursery)."""
         try:
             while not self._closed:
+                if self._paused or (
+                    self._mode is OutputMode.BLOCKING and len(self._buffer) >= self._limit
+                ):
+                    # Backpressure: leave the bytes in the FIFO; the writer blocks once the
+                    # kernel's pipe buffer (and the shim's) is full.
+                    self._blocked = True
+                    try:
+                        await self._room.park()
+                    finally:
+                        self._blocked = False
+                    continue
                 # A FIFO that never had a writer raises no POLLHUP, so this waits for the shim.
                 try:
-                    await trio.lowlevel.wait_readable(self._fd)
+                    with trio.CancelScope() as self._wait_scope:
+                        if self._exited:
+                            self._wait_scope.deadline = (
+                                trio.current_time() + EXITED_EOF_CHECK_SECONDS
+                            )
+                        await trio.lowlevel.wait_readable(self._fd)
                 except trio.ClosedResourceError:
                     return
+                finally:
+                    self._wait_scope = None
+                if self.paused:  # paused while we waited
+                    continue
+                want = _READ_CHUNK
+                if self._mode is OutputMode.BLOCKING:
+                    want = min(want, self._limit - len(self._buffer))
                 try:
-                    data = os.read(self._fd, _READ_CHUNK)
+                    data = os.read(self._fd, want)
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -101,16 +240,18 @@ class OutputPipe(trio.abc.ReceiveStream):
                     return
                 self.total_bytes += len(data)
                 self._buffer += data
-                excess = len(self._buffer) - self._limit
-                if excess > 0:
-                    del self._buffer[:excess]
-                    self.dropped_bytes += excess
+                if self._mode is OutputMode.LOSSY:
+                    self._trim()
                 self._readers.unpark_all()
         finally:
             self._eof = True
             self._readers.unpark_all()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_chunk(self, max_bytes: int | None = None) -> OutputChunk:
+        """The next bytes and how many were dropped right before them.
+
+        An empty ``data`` means end of stream (its ``dropped_before`` may still be non-zero).
+        """
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         while not self._buffer:
@@ -118,13 +259,30 @@ class OutputPipe(trio.abc.ReceiveStream):
                 raise trio.ClosedResourceError("output pipe is closed")
             if self._eof:
                 await trio.lowlevel.checkpoint()
-                return b""
+                return self._take_drop(b"")
             await self._readers.park()
         await trio.lowlevel.checkpoint()
         size = len(self._buffer) if max_bytes is None else min(max_bytes, len(self._buffer))
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
-        return data
+        self._room.unpark_all()
+        return self._take_drop(data)
+
+    def receive_nowait(self) -> OutputChunk:
+        """Whatever is buffered now, without waiting (e.g. to flush it when shutting down)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._room.unpark_all()
+        return self._take_drop(data)
+
+    def _take_drop(self, data: bytes) -> OutputChunk:
+        # Drops only ever remove the oldest buffered bytes, so every drop not reported yet
+        # lies between what the reader saw last and the front of the buffer.
+        dropped, self._unreported_drop = self._unreported_drop, 0
+        return OutputChunk(data, dropped)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return (await self.receive_chunk(max_bytes)).data
 
     async def read_all(self) -> bytes:
         """Everything until EOF (convenience for short-lived processes)."""
@@ -140,10 +298,17 @@ class OutputPipe(trio.abc.ReceiveStream):
         trio.lowlevel.notify_closing(self._fd)
         os.close(self._fd)
         self._readers.unpark_all()
+        self._room.unpark_all()
 
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()
+
+
+def _check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"an output buffer limit must be a positive integer, not {limit!r}")
+    return limit
 
 
 class InputPipe(trio.abc.SendStream):
@@ -220,7 +385,13 @@ class DirectIO:
         self._stdin_closed = stdin is None
 
     @classmethod
-    def open(cls, fifos: FifoSet, *, buffer_limit: int = DEFAULT_OUTPUT_BUFFER) -> DirectIO:
+    def open(
+        cls,
+        fifos: FifoSet,
+        *,
+        buffer_limit: int = DEFAULT_OUTPUT_BUFFER,
+        mode: OutputMode = OutputMode.BLOCKING,
+    ) -> DirectIO:
         """mkfifo and open our ends without blocking; on failure nothing is left behind."""
         os.makedirs(fifos.directory, mode=0o700, exist_ok=True)
         opened: list[int] = []
@@ -237,11 +408,11 @@ class DirectIO:
             if fifos.stdout:
                 fd = os.open(fifos.stdout, os.O_RDONLY | flags)
                 opened.append(fd)
-                stdout = OutputPipe(fifos.stdout, fd, limit=buffer_limit)
+                stdout = OutputPipe(fifos.stdout, fd, limit=buffer_limit, mode=mode)
             if fifos.stderr:
                 fd = os.open(fifos.stderr, os.O_RDONLY | flags)
                 opened.append(fd)
-                stderr = OutputPipe(fifos.stderr, fd, limit=buffer_limit)
+                stderr = OutputPipe(fifos.stderr, fd, limit=buffer_limit, mode=mode)
         except BaseException:
             for fd in opened:
                 os.close(fd)
@@ -251,6 +422,11 @@ class DirectIO:
 
     def pipes(self) -> list[OutputPipe]:
         return [p for p in (self.stdout, self.stderr) if p is not None]
+
+    def configure_output(self, *, mode: OutputMode | None = None, limit: int | None = None) -> None:
+        """Set the mode / buffer bound of stdout and stderr (see :class:`OutputMode`)."""
+        for pipe in self.pipes():
+            pipe.configure(mode=mode, limit=limit)
 
     @property
     def stdin_closed(self) -> bool:
@@ -265,9 +441,20 @@ class DirectIO:
         return True
 
     def close(self, *, unlink: bool = True) -> None:
-        """Close every fd we hold and (by default) remove the FIFO files."""
+        """Close every fd we hold and (by default) remove the FIFO files.
+
+        Without ``unlink`` (we stop supervising; the process lives on) the FIFOs stay for
+        whoever re-opens them, but bytes already read into our buffers and not consumed go
+        away with us: that is said in the log, never silently.
+        """
         self.close_stdin_writer()
         for pipe in self.pipes():
+            if not unlink and pipe.buffered:
+                log.warning(
+                    "%d bytes of %s read but not consumed are discarded",
+                    pipe.buffered,
+                    os.path.basename(pipe.path),
+                )
             pipe.close()
         if unlink:
             _unlink_all(self.fifos.paths())

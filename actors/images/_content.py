@@ -1,6 +1,6 @@
 """Typed calls of containerd's content, images, leases, snapshots and diff services.
 
-One method is one RPC, counted by :class:`actors.containerd._remote.Remote` under
+One method is one RPC, counted by :class:`~actors.containerd._remote.Remote` under
 ``Service.Method`` (a stream counts once). Every call carries the namespace header; calls
 that create something also take ``lease``, sent as the ``containerd-lease`` header so
 containerd adds what the call creates (blobs, ingests, snapshots) to that lease. The methods

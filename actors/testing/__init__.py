@@ -28,6 +28,12 @@ reported back but never opened: the fake produces no output.
 Failures are scriptable: :meth:`FakeContainerd.fail_next` makes the next call of one method
 fail, :meth:`FakeContainerd.break_event_streams` ends every subscription with Unavailable, and
 :meth:`FakeContainerd.drop_events` makes the event exchange lose everything published.
+
+Event timing is a switch: by default an RPC publishes its events inside its handler, before
+it replies. With ``FakeContainerd(events_after_reply=True)`` they are published only after
+the caller has its reply (as a real containerd may do), and :meth:`FakeContainerd.hold_events`
+keeps every event back until :meth:`FakeContainerd.release_events`, so a test can force the
+orderings the real daemon only sometimes shows.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from actors.containerd.pb.containerd.types.task import task_pb2
 
 from ..containerd._remote import DEFAULT_TIMEOUT, RemoteStatistics
 from ..core._client import Client, run_client
+from ..core._delivery import DEFAULT_DELIVERY_GRACE, DEFAULT_DELIVERY_LIMIT
 from ..core._ids import is_valid_id, validate_id
 from ..core._supervision import RestartPolicy
 from ..errors import (
@@ -206,8 +213,19 @@ class FakeContainerd:
         version: what Version.Version reports.
     """
 
-    def __init__(self, *, rpc_latency: float = 0.0, version: str = FAKE_VERSION) -> None:
+    def __init__(
+        self,
+        *,
+        rpc_latency: float = 0.0,
+        version: str = FAKE_VERSION,
+        events_after_reply: bool = False,
+    ) -> None:
         self.rpc_latency = rpc_latency
+        self.events_after_reply = events_after_reply
+        self._holding = False
+        self._held: list[events_pb2.Envelope] = []
+        # Envelopes an RPC handler emitted, published once its caller has the reply.
+        self._in_rpc: list[events_pb2.Envelope] | None = None
         self.version = version
         self.serving = True
         self._namespaces: dict[str, _Namespace] = {}
@@ -244,6 +262,18 @@ class FakeContainerd:
         for stream in streams:
             stream._break(Unavailable(f"Events.Subscribe: {message}"))
 
+    def hold_events(self) -> None:
+        """Keep every event back (in order) until :meth:`release_events`."""
+        self._holding = True
+
+    def release_events(self) -> int:
+        """Publish the events held back, in order; returns how many."""
+        self._holding = False
+        held, self._held = self._held, []
+        for envelope in held:
+            self.publish_envelope(envelope)
+        return len(held)
+
     def drop_events(self, dropping: bool = True) -> None:
         """While True, everything published is lost (containerd is blind to its subscribers)."""
         self._dropping = dropping
@@ -266,6 +296,12 @@ class FakeContainerd:
 
         Subscribers share the envelope object: treat received envelopes as read-only.
         """
+        if self._in_rpc is not None:
+            self._in_rpc.append(envelope)
+            return 0
+        if self._holding:
+            self._held.append(envelope)
+            return 0
         self._published += 1
         if self._dropping:
             self._dropped += 1
@@ -325,7 +361,7 @@ class FakeContainerd:
         return exc
 
     def _emit(self, namespace: str, topic: str, message: Message) -> None:
-        if not self._streams and not self._dropping:
+        if not self._streams and not self._dropping and self._in_rpc is None and not self._holding:
             self._published += 1
             return  # nobody listens: skip serializing
         name = message.DESCRIPTOR.full_name
@@ -466,10 +502,24 @@ class FakeRemote:
                 raise scripted
             if not self.namespace:
                 raise FailedPrecondition(f"{name}: namespace is required")
-            return handler(*args)
+            if not self.fake.events_after_reply:
+                return handler(*args)
+            self.fake._in_rpc = []
+            try:
+                return handler(*args)
+            finally:
+                emitted, self.fake._in_rpc = self.fake._in_rpc, None
+                if emitted:
+                    trio.lowlevel.spawn_system_task(self._publish_after_reply, emitted)
         except Exception:
             self._failures[name] += 1
             raise
+
+    async def _publish_after_reply(self, envelopes: list[events_pb2.Envelope]) -> None:
+        # The caller was rescheduled with its reply before this task first runs.
+        await trio.lowlevel.checkpoint()
+        for envelope in envelopes:
+            self.fake.publish_envelope(envelope)
 
     @property
     def _ns(self) -> _Namespace:
@@ -1078,6 +1128,8 @@ async def open_fake_client(
     state_dir: str | os.PathLike[str],
     restore: bool = True,
     restart_policy: RestartPolicy | None = None,
+    backend_grace: float = DEFAULT_DELIVERY_GRACE,
+    backend_limit: int = DEFAULT_DELIVERY_LIMIT,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``fake`` (what :func:`actors.open_client` is over containerd).
 
@@ -1090,5 +1142,7 @@ async def open_fake_client(
         state_dir=os.fspath(state_dir),
         restore=restore,
         restart_policy=restart_policy or RestartPolicy(),
+        backend_grace=backend_grace,
+        backend_limit=backend_limit,
     ) as client:
         yield client

@@ -96,7 +96,7 @@ async def test_containerd_sigkill_mid_load(
     async with open_client(daemon.address, NS, recorder, state_dir=state, rpc_deadline=5) as client:
 
         async def lifecycle(index: int) -> None:
-            cid = f"load-{index}"
+            cid = unique_id(f"load{index}")
             try:
                 container = await client.new_container(
                     cid, build_spec(rootfs, ["sh", "-c", "sleep 0.3; exit 3"])
@@ -122,7 +122,10 @@ async def test_containerd_sigkill_mid_load(
                 nursery.start_soon(chaos)
                 for index in range(50):
                     nursery.start_soon(lifecycle, index)
-        assert len(outcomes) == 50, "every caller got a result or an error"
+        # (len(outcomes) == 50 held by construction once the nursery exited.) What matters:
+        # a lifecycle that completed saw its own exit, with the code the process chose.
+        completed = [cid for cid, result in outcomes.items() if result == "completed"]
+        assert all(codes.get(cid) == 3 for cid in completed), (completed, codes)
         # Clear errors only: containerd's class and message (Unavailable while it was down,
         # or what it said about the calls it was serving when it died).
         assert all(e.message for e in first_errors.values()), first_errors

@@ -36,7 +36,7 @@ def rss() -> int:
 
 async def lifecycle(client: Client, rootfs: Path, index: int) -> None:
     spec = build_spec(rootfs, ["sh", "-c", "read line; echo got $line"])
-    container = await client.new_container(f"soak-{index}", spec)
+    container = await client.new_container(f"soak-{os.getpid()}-{index}", spec)
     task = await container.start(with_stdin=True)
     proc = await task.exec("probe", container.exec_spec(["sh", "-c", "echo exec-out"]))
     assert proc.io is not None

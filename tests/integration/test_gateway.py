@@ -466,7 +466,9 @@ async def test_cli_run_exit_codes_and_stdin(served: Served) -> None:
         assert listed.returncode == 0
         bad = await _cli(served, "run", "--rm", "--name", "../x", "busybox", "--", "true")
         assert bad.returncode == 125
-        assert b"identifier" in bad.stderr or b"id" in bad.stderr
+        # Names what is wrong (the identifier), not merely any text containing "id".
+        assert b"Expected an identifier" in bad.stderr, bad.stderr
+        assert b"$.params.id" in bad.stderr, bad.stderr  # which field
 
 
 async def test_cli_without_server_says_how_to_start_it(served: Served) -> None:

@@ -408,7 +408,7 @@ async def test_gateway_containers_are_hardened_by_default(
         await gw.call("task.start", {"id": cid})
         output = b""
         with trio.fail_after(30):
-            async with gw.attach(cid) as session:
+            async with gw.attach(cid, replay=True) as session:
                 async for _, data in session.output():
                     output += data
         await gw.call("task.delete", {"id": cid})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -17,6 +18,8 @@ from actors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutputMode,
+    OutputPipe,
     Task,
     TaskStatus,
     build_spec,
@@ -88,6 +91,26 @@ async def test_exec_with_stdin_round_trip_through_cat(client: Client, rootfs: Pa
     assert made == {"Tasks.DeleteProcess": 1}
     assert status.code == 0
     await cleanup(container, task)
+
+
+async def test_init_stdin_eof_with_bytes_still_buffered_sends_close_io(
+    client: Client, rootfs: Path
+) -> None:
+    """Close stdin while our bytes still sit in the FIFO: the shim holds the FIFO open too,
+    so only Tasks.CloseIO gives cat its EOF, after it has read every byte."""
+    container = await client.new_container(unique_id("eof"), build_spec(rootfs, ["cat"]))
+    data = bytes(range(256)) * 64  # 16 KiB: still in the pipe when we close
+    task = await container.start(with_stdin=True)
+    assert task.io is not None and task.io.stdin is not None and task.io.stdout is not None
+    with trio.fail_after(20):
+        await task.io.stdin.send_all(data)
+        with rpcs(client) as made:
+            await task.close_stdin()
+        assert made == {"Tasks.CloseIO": 1}
+        assert await task.io.stdout.read_all() == data
+        assert (await task.wait()).code == 0
+    await task.delete()
+    await container.delete()
 
 
 async def test_exec_exit_code_and_wait_is_free(client: Client, rootfs: Path) -> None:
@@ -199,20 +222,81 @@ async def test_oom_event_from_a_small_memory_limit(
         await container.delete()
 
 
-async def test_ten_mib_with_nobody_reading_finishes(client: Client, rootfs: Path) -> None:
+async def _until_blocked(pipe: OutputPipe) -> None:
+    with trio.fail_after(60):
+        while not pipe.blocked:
+            await trio.sleep(0.02)
+
+
+async def test_output_nobody_reads_blocks_the_writer_and_a_late_reader_gets_every_byte(
+    client: Client, rootfs: Path
+) -> None:
     size = 10 * 1024 * 1024
     spec = build_spec(rootfs, ["sh", "-c", f"yes | head -c {size}; echo done"])
     container = await client.new_container(unique_id("spew"), spec)
     task = await container.start()
+    assert task.io is not None and task.io.stdout is not None
+    stdout = task.io.stdout
+    assert stdout.mode is OutputMode.BLOCKING  # lossless is the default
+    await _until_blocked(stdout)
+    # Backpressure: we hold exactly one buffer and stopped reading the FIFO, so the writer
+    # (10 MiB to go) cannot have finished.
+    assert stdout.buffered == stdout.total_bytes == stdout.limit
+    assert (await task.status(refresh=True)).status is TaskStatus.RUNNING
     with trio.fail_after(60):
+        output = await stdout.read_all()
         status = await task.wait()
     assert status.code == 0
+    assert output == b"y\n" * (size // 2) + b"done\n"  # every byte, in order
+    assert stdout.dropped_bytes == 0
+    await task.delete()
+    await container.delete()
+
+
+async def test_output_nobody_reads_kill_and_delete_still_work_and_nothing_leaks(
+    client: Client, rootfs: Path, io_dir: Path
+) -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    spec = build_spec(rootfs, ["sh", "-c", "yes"])
+    container = await client.new_container(unique_id("stuck"), spec)
+    task = await container.start()
     assert task.io is not None and task.io.stdout is not None
+    await _until_blocked(task.io.stdout)
+    await task.kill(signal.SIGKILL)
+    with trio.fail_after(30):
+        assert (await task.wait()).code == 137
+        await task.delete()  # the unread output goes with the task
+    await container.delete()
+    assert not [p for p in (io_dir / container.id).rglob("*") if p.is_fifo()]
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+async def test_lossy_output_is_an_explicit_opt_in_and_reports_what_it_dropped(
+    client: Client, rootfs: Path
+) -> None:
+    size = 10 * 1024 * 1024
+    spec = build_spec(rootfs, ["sh", "-c", f"yes | head -c {size}; echo done"])
+    container = await client.new_container(unique_id("lossy"), spec)
+    limit = 256 * 1024
+    task = await container.start(
+        attach_stdio=lambda io: io.configure_output(mode=OutputMode.LOSSY, limit=limit)
+    )
+    with trio.fail_after(60):
+        status = await task.wait()  # nobody reads, yet the writer finishes
+    assert status.code == 0
+    assert task.io is not None and task.io.stdout is not None
+    stdout = task.io.stdout
     with trio.fail_after(10):
-        tail = await task.io.stdout.read_all()
-    assert task.io.stdout.total_bytes == size + len(b"done\n")
-    assert task.io.stdout.dropped_bytes > 0  # the bounded buffer kept only the newest bytes
-    assert tail.endswith(b"y\ndone\n")
+        first = await stdout.receive_chunk()
+        rest = await stdout.read_all()
+    assert stdout.total_bytes == size + len(b"done\n")
+    assert stdout.dropped_bytes > 0
+    # The reader is told where the gap is and how big: what it got plus what was dropped
+    # is everything the process wrote.
+    assert first.dropped_before == stdout.dropped_bytes
+    assert len(first.data) + len(rest) + stdout.dropped_bytes == stdout.total_bytes
+    assert len(first.data) + len(rest) <= limit
+    assert (first.data + rest).endswith(b"y\ndone\n")
     await task.delete()
     await container.delete()
 

@@ -21,6 +21,20 @@ def test_no_public_name_is_left_unexported() -> None:
     assert public <= set(actors.__all__), public - set(actors.__all__)
 
 
+def test_the_moby_vocabulary_is_exported() -> None:
+    """What issue 11 added to the seed's names: pinned so a refactor cannot drop them."""
+    assert actors.INIT_PROCESS_NAME == "init"
+    assert actors.EventType.UNKNOWN.value == "unknown"
+    assert actors.EventInfo(container_id="c").error == ""
+    assert actors.ExitStatus(code=0).oom_killed is False
+    assert "oom_killed" in actors.ProcessState.__struct_fields__
+    assert "signalled" in actors.ProcessState.__struct_fields__
+    assert "backend" in actors.ClientStatistics.__struct_fields__
+    assert {"queued", "dropped", "abandoned", "limit"} <= set(
+        actors.DeliveryStatistics.__struct_fields__
+    )
+
+
 def test_handles_have_no_public_constructor() -> None:
     import pytest
 

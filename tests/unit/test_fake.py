@@ -258,8 +258,11 @@ async def test_stdin_eof_ends_cat(client: Client) -> None:
     with trio.move_on_after(0.05) as waited:
         await task.wait()
     assert waited.cancelled_caught
-    await task.close_stdin()
-    assert (await task.wait()).code == 0
+    before = client.statistics().rpc.calls
+    with trio.fail_after(5):  # without Tasks.CloseIO, cat never sees EOF
+        await task.close_stdin()
+        assert (await task.wait()).code == 0
+    assert rpc_delta(before, client.statistics().rpc.calls) == {"Tasks.CloseIO": 1}
     await task.delete()
     await container.delete()
 
@@ -509,9 +512,15 @@ async def test_an_exit_before_the_actor_exists_is_held_replayed_and_reported_onc
         with trio.fail_after(5):
             first_seen = await events.receive()  # subscribers hear it at once
         assert (first_seen.type, first_seen.info.exit_code) == (EventType.EXIT, 5)
-        assert second.statistics().held_events == 1
-        loaded = await second.load_container("held")  # the actor appears; the exit is replayed
+        with trio.fail_after(5):  # the client adopts the container on its first event
+            while second.statistics().adopted_from_events < 1:
+                await trio.sleep(0.01)
+        assert second.statistics().held_events == 0  # replayed into the new actor
+        before = second.statistics().rpc.calls
+        loaded = await second.load_container("held")
+        assert rpc_delta(before, second.statistics().rpc.calls) == {}
         task = await loaded.task()
+        assert rpc_delta(before, second.statistics().rpc.calls) == {"Tasks.Get": 1}
         with trio.fail_after(5):
             assert (await task.wait()).code == 5
         assert task.pid == pid

@@ -73,7 +73,7 @@ async def run(gw: GatewayClient, *, image: str | None = None, args: list[str]) -
         params["image"] = image
     await gw.call("container.create", params)
     await gw.call("task.start", {"id": cid})
-    async with gw.attach(cid) as stdio:
+    async with gw.attach(cid, replay=True) as stdio:
         out = b""
         with trio.fail_after(30):
             async for stream, data in stdio.output():

@@ -1,0 +1,295 @@
+"""The control plane's container logs: the one consumer of every init process's output.
+
+For each container the gateway starts, a drain task copies stdout and stderr from the FIFO
+buffers into the container's :class:`~actors._logstore.LogStore` (one directory per container
+under ``root``). It is the only reader of those FIFOs: ``run``, ``attach`` and ``logs`` read
+the store, so any number of them see the same bytes, and a slow websocket never holds back
+the container. The drain waits only for the disk: when the disk lags, the FIFO buffer fills
+and the container blocks (lossless), unless the container opted into lossy output, in which
+case drops are recorded in the log as gap records and every reader is told.
+
+Per-container settings (rotation, output mode) live in ``<root>/<id>/config.json`` so a
+restarted ``serve`` treats the container the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from ..core._logformat import LogRecord, LogStream
+from ..core._logstore import LogConfig, LogReadOptions, LogStore
+from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe
+
+__all__ = ["ContainerLogSettings", "LogManager", "timestamp_prefix"]
+
+log = logging.getLogger("containerd_actors.logs")
+
+CONFIG_FILE: Final = "config.json"
+DRAIN_CHUNK: Final = 1 << 16
+WRITE_RETRY_SECONDS: Final = 1.0
+
+
+class ContainerLogSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What one container asked for (None: the server's default)."""
+
+    max_size: int | None = None
+    max_files: int | None = None
+    mode: OutputMode = OutputMode.BLOCKING
+    buffer_size: int | None = None
+
+
+class LogManagerStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    stores_open: int
+    draining: int
+    bytes_written: int
+    gaps: int
+
+
+class LogManager:
+    """Log stores of one namespace's containers; run :meth:`run` in a nursery first."""
+
+    def __init__(self, root: str | os.PathLike[str], defaults: LogConfig | None = None) -> None:
+        self.root = Path(root)
+        self.defaults = defaults or LogConfig()
+        self._stores: dict[str, LogStore] = {}
+        self._settings: dict[str, ContainerLogSettings] = {}
+        self._draining: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        self._bytes = 0
+        self._gaps = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the drain tasks until cancelled (drains stop; the FIFOs stay with the actors)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def statistics(self) -> LogManagerStatistics:
+        return LogManagerStatistics(
+            stores_open=len(self._stores),
+            draining=sum(self._draining.values()),
+            bytes_written=self._bytes,
+            gaps=self._gaps,
+        )
+
+    # -- settings and stores ----------------------------------------------------------------
+
+    def directory(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    def configure(self, container_id: str, settings: ContainerLogSettings) -> None:
+        """Record a new container's settings (validated first: bad ones change nothing)."""
+        self._config_from(settings)
+        directory = self.directory(container_id)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = directory / CONFIG_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(msgspec.json.encode(settings))
+        self._settings[container_id] = settings
+        self._stores.pop(container_id, None)
+
+    def settings(self, container_id: str) -> ContainerLogSettings:
+        settings = self._settings.get(container_id)
+        if settings is None:
+            settings = ContainerLogSettings()
+            with contextlib.suppress(OSError, msgspec.DecodeError, msgspec.ValidationError):
+                raw = (self.directory(container_id) / CONFIG_FILE).read_bytes()
+                settings = msgspec.json.decode(raw, type=ContainerLogSettings)
+            self._settings[container_id] = settings
+        return settings
+
+    def _config_from(self, settings: ContainerLogSettings) -> LogConfig:
+        return LogConfig(
+            max_size=settings.max_size or self.defaults.max_size,
+            max_files=settings.max_files or self.defaults.max_files,
+        )
+
+    def store(self, container_id: str) -> LogStore:
+        """The container's store (created on first use; reading an absent log gives nothing)."""
+        store = self._stores.get(container_id)
+        if store is None:
+            config = self._config_from(self.settings(container_id))
+            store = LogStore(self.directory(container_id), config)
+            self._stores[container_id] = store
+        return store
+
+    def remove(self, container_id: str) -> None:
+        """The container is gone: delete its log (open readers finish what they hold)."""
+        store = self._stores.pop(container_id, None) or LogStore(self.directory(container_id))
+        store.remove()
+        self._settings.pop(container_id, None)
+        self._draining.pop(container_id, None)
+
+    # -- draining ---------------------------------------------------------------------------
+
+    def stdio_callback(self, container_id: str) -> Callable[[DirectIO], None]:
+        """An ``attach_stdio`` callback that makes the log the consumer of the new task."""
+
+        def attach(io: DirectIO) -> None:
+            self.drain(container_id, io)
+
+        return attach
+
+    def draining(self, container_id: str) -> bool:
+        return self._draining.get(container_id, 0) > 0
+
+    def drain(self, container_id: str, io: DirectIO) -> None:
+        """Copy ``io``'s output into the store until both streams end."""
+        if self._nursery is None:
+            raise RuntimeError("LogManager.run is not running")
+        settings = self.settings(container_id)
+        io.configure_output(mode=settings.mode, limit=settings.buffer_size or DEFAULT_OUTPUT_BUFFER)
+        store = self.store(container_id)
+        store.start_writing()
+        self._draining[container_id] = self._draining.get(container_id, 0) + 1
+        self._nursery.start_soon(self._drain, container_id, store, io)
+
+    async def _drain(self, container_id: str, store: LogStore, io: DirectIO) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for pipe, stream in ((io.stdout, LogStream.STDOUT), (io.stderr, LogStream.STDERR)):
+                    if pipe is not None:
+                        nursery.start_soon(self._copy, store, pipe, stream)
+        finally:
+            left = self._draining.get(container_id, 1) - 1
+            if left > 0:
+                self._draining[container_id] = left
+            else:
+                self._draining.pop(container_id, None)
+                store.finish()
+
+    async def _copy(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
+        try:
+            await self._copy_until_eof(store, pipe, stream)
+        finally:
+            # Shutting down (serve stops): the pump stops taking from the FIFO (the next
+            # serve finds the rest there), and what it already took exists nowhere else, so
+            # it goes to the log before this task ends.
+            pipe.pause_reading()
+            if store.writing:
+                with contextlib.suppress(OSError, trio.ClosedResourceError):
+                    rest = pipe.receive_nowait()
+                    if rest.dropped_before:
+                        store.append_gap(stream, rest.dropped_before)
+                    store.append(stream, rest.data)
+
+    async def _copy_until_eof(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
+        while True:
+            try:
+                chunk = await pipe.receive_chunk(DRAIN_CHUNK)
+            except trio.ClosedResourceError:
+                return  # the process was deleted
+            if not store.writing:
+                return  # the container was removed under us
+            if chunk.dropped_before:
+                self._gaps += 1
+                await self._write(
+                    functools.partial(store.append_gap, stream, chunk.dropped_before), store
+                )
+            if not chunk.data:
+                return
+            await self._write(functools.partial(store.append, stream, chunk.data), store)
+            self._bytes += len(chunk.data)
+
+    async def _write(self, write: Callable[[], None], store: LogStore) -> None:
+        # A full or failing disk must neither lose output nor kill the drain: hold the chunk
+        # (the FIFO then fills and the container waits, as with a slow reader) and retry.
+        warned = False
+        while store.writing:
+            try:
+                write()
+                return
+            except OSError as exc:
+                if not warned:
+                    log.error(
+                        "cannot write the log of %s (will retry): %s", store.directory.name, exc
+                    )
+                    warned = True
+                await trio.sleep(WRITE_RETRY_SECONDS)
+
+
+# -- reading for the websocket ----------------------------------------------------------------
+
+
+def timestamp_prefix(nanoseconds: int) -> bytes:
+    """RFC 3339 with nanoseconds, UTC, as docker's ``--timestamps`` prints it."""
+    seconds, nanos = divmod(nanoseconds, 1_000_000_000)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos:09d}Z ".encode()
+
+
+class Stamper:
+    """Prefixes every line start with its record's timestamp (per stream: a line may span
+    records, and stdout's and stderr's partial lines interleave)."""
+
+    def __init__(self) -> None:
+        self._at_line_start = {int(LogStream.STDOUT): True, int(LogStream.STDERR): True}
+
+    def apply(self, record: LogRecord) -> bytes:
+        pieces = []
+        start = self._at_line_start.get(record.stream, True)
+        prefix = timestamp_prefix(record.timestamp)
+        for line in record.data.splitlines(keepends=True):
+            if start:
+                pieces.append(prefix)
+            pieces.append(line)
+            start = line.endswith(b"\n")
+        self._at_line_start[record.stream] = start
+        return b"".join(pieces)
+
+
+async def log_chunks(
+    store: LogStore, options: LogReadOptions, *, timestamps: bool = False
+) -> AsyncGenerator[tuple[int, bytes, int], None]:
+    """``(stream, data, dropped)`` for the websocket: data to print, or a gap to report."""
+    stamper = Stamper() if timestamps else None
+    async with contextlib.aclosing(store.read(options)) as records:
+        async for record in records:
+            if record.dropped:
+                yield record.stream, b"", record.dropped
+            else:
+                yield record.stream, stamper.apply(record) if stamper else record.data, 0
+
+
+def dropped_status_message(stream: int, dropped: int) -> bytes:
+    """A k8s-shaped Status on the ERROR channel marking where output was dropped (lossy
+    mode). It is not the final status: the stream goes on after it."""
+    name = "stderr" if stream == LogStream.STDERR else "stdout" if stream else "output"
+    return msgspec.json.encode(
+        {
+            "metadata": {},
+            "status": "Failure",
+            "reason": "OutputDropped",
+            "message": f"{dropped} bytes of {name} were dropped here",
+            "details": {"causes": [{"reason": "DroppedBytes", "message": str(dropped)}]},
+        }
+    )
+
+
+async def send_log_frames(
+    ws: Any, store: LogStore, options: LogReadOptions, *, timestamps: bool = False
+) -> None:
+    """Send a log read as k8s channel frames (1 stdout, 2 stderr, 3 for a drop marker)."""
+    chunks = log_chunks(store, options, timestamps=timestamps)
+    async with contextlib.aclosing(chunks):
+        async for stream, data, dropped in chunks:
+            await _send_chunk(ws, stream, data, dropped)
+
+
+async def _send_chunk(ws: Any, stream: int, data: bytes, dropped: int) -> None:
+    if dropped:
+        await ws.send_message(bytes((3,)) + dropped_status_message(stream, dropped))
+    else:
+        await ws.send_message(bytes((stream,)) + data)
