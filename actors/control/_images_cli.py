@@ -196,9 +196,13 @@ def _make_verbs(gateway: Gateway) -> dict[str, Callable[[argparse.Namespace], An
                     result = await gw.call(
                         "image.save", {"download": result["download"], "offset": offset}
                     )
-            finally:
+            except BaseException:
                 if partial:
                     out.close()
+                    partial.unlink(missing_ok=True)  # no half archive left behind
+                raise
+            if partial:
+                out.close()
         if target and partial:
             os.replace(partial, target)
         return 0
