@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from .containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
+from .containerd._embedded import containerd_address, default_state_root
 from .containerd._remote import DEFAULT_ADDRESS
 from .control._cli import _say, load_or_create_token, run_cli, serve_policy
 from .control._gateway_logs import LogManager
@@ -32,6 +32,7 @@ from .control.gateway import Gateway, GatewayConfig
 from .core._client import Client, open_client
 from .core._logstore import LogConfig
 from .core._supervision import RestartPolicy
+from .images._builtin import ensure_busybox_image
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -80,9 +81,7 @@ async def serve(args: argparse.Namespace) -> int:
     state_root = Path(args.state_dir) if args.state_dir else default_state_root()
     token_file = Path(args.token_file) if args.token_file else state_root / "token"
     token = os.environ.get("CONTAINERD_ACTORS_TOKEN") or load_or_create_token(token_file)
-    _say("preparing the busybox rootfs")
-    rootfs = await trio.to_thread.run_sync(build_busybox_rootfs, state_root / "rootfs" / "busybox")
-    policy = serve_policy(args, rootfs, state_root / "rootfs")
+    policy = serve_policy(args)
     # Our token, FIFOs and the embedded containerd (its sockets, bundles) live under the
     # state root; a containerd we were pointed at keeps its sockets next to its address.
     own_state = [str(state_root), str(token_file.parent)]
@@ -106,6 +105,12 @@ async def serve(args: argparse.Namespace) -> int:
         open_supervisor(address, args.namespace, state_dir=str(state_root / "io")) as client,
         trio.open_nursery() as nursery,
     ):
+        client.images.insecure = tuple(args.insecure_registry)
+        # The built-in busybox is an image in containerd's store (built in memory from the
+        # host binary, imported only when no image of that name exists): every container
+        # gets its own snapshot, and no directory a container wrote is ever touched here.
+        busybox = await ensure_busybox_image(client.images)
+        _say(f"image {busybox.name} ready ({busybox.id[:19]})")
         gateway = await nursery.start(Gateway(client, config, logs=logs).serve)
         where = (
             f"unix://{config.unix_socket}"

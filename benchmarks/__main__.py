@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--out DIR] [--only lifecycle,exec,fanout,scale]``.
+"""``python -m benchmarks [--quick] [--out DIR] [--only lifecycle,exec,fanout,scale,images]``.
 
 Runs as root: it starts its own containerd in a temp dir (never a system one), builds a
 busybox rootfs, works in its own namespaces and removes everything it created when it ends,
@@ -22,11 +22,11 @@ import trio
 
 from actors import open_client
 
-from . import _env, control, fanout, lifecycle, report, scale
+from . import _env, control, fanout, images, lifecycle, report, scale
 from ._lab import Lab, host_problem
 from ._progress import Progress
 
-PHASES = ("lifecycle", "exec", "fanout", "scale")
+PHASES = ("lifecycle", "exec", "fanout", "scale", "images")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -67,7 +67,8 @@ async def _main(
     cfg_control = control.config(quick, smoke=smoke)
     cfg_fan = fanout.config(quick, smoke=smoke)
     cfg_scale = scale.config(quick, smoke=smoke)
-    real = any(p in args.phases for p in ("lifecycle", "exec", "fanout", "scale"))
+    cfg_images = images.config(quick, smoke=smoke)
+    real = any(p in args.phases for p in ("lifecycle", "exec", "fanout", "scale", "images"))
     problem = host_problem() if real else None
 
     plan: list[tuple[str, bool, float, Callable[[], Awaitable[None]]]] = []
@@ -88,6 +89,13 @@ async def _main(
     async def do_scale_fake() -> None:
         collected.scale_fake = await scale.run_fake(cfg_scale, progress)
 
+    async def do_images() -> None:
+        missing = images.missing_tools()
+        if missing:
+            collected.not_measured.append(f"images: not measured (needs {', '.join(missing)})")
+            return
+        collected.images = await images.run(lab, cfg_images, progress)
+
     async def do_scale_real() -> None:
         collected.scale_real = await scale.run_real(lab, cfg_scale, progress, quick=quick)
 
@@ -102,6 +110,8 @@ async def _main(
         plan.append(("publish-to-callback latency", True, estimate, do_fanout_latency))
     if "scale" in args.phases:
         plan.append(("real containers idle", True, scale.estimate_real(cfg_scale), do_scale_real))
+    if "images" in args.phases:
+        plan.append(("image pull and lifecycles", True, images.estimate(cfg_images), do_images))
     if "fanout" in args.phases:
         plan.append(("fan-out on the fake", False, fanout.estimate_fake(cfg_fan), do_fanout_fake))
     if "scale" in args.phases:
@@ -112,6 +122,7 @@ async def _main(
         "control": cfg_control,
         "fanout": cfg_fan,
         "scale": cfg_scale,
+        "images": cfg_images,
     }
 
     needs_daemon = any(needs for _, needs, _, _ in plan)

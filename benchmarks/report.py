@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from . import control, fanout, lifecycle, scale
+from . import control, fanout, images, lifecycle, scale
 from ._profile import Profile
 from ._stats import Percentiles, Spread, spread
 
@@ -54,6 +55,7 @@ class Collected(msgspec.Struct, kw_only=True):
     event_latency: Percentiles | None = None
     scale_fake: scale.FakeScale | None = None
     scale_real: scale.RealScale | None = None
+    images: images.Result | None = None
     goals: list[Goal] = msgspec.field(default_factory=list)
     not_measured: list[str] = msgspec.field(default_factory=list)
     leftovers: list[str] = msgspec.field(default_factory=list)
@@ -675,6 +677,8 @@ def markdown(run: Collected) -> str:
             )
         out.append("")
 
+    out += _images_section(run.images)
+
     if run.not_measured:
         out.append("## Not measured")
         out.append("")
@@ -694,6 +698,60 @@ def markdown(run: Collected) -> str:
     out += readme_snippet(run)
     out.append("")
     return "\n".join(out)
+
+
+def _images_section(result: images.Result | None) -> list[str]:
+    if result is None:
+        return []
+    out = ["## Image pull and lifecycles from an image", ""]
+    out.append(
+        f"{result.layers}-layer image of {result.image_bytes / 1e6:.0f} MB (random data, "
+        "gzip), pushed to a loopback docker-registry; each pull into a fresh namespace, the "
+        "image removed with a synchronous GC after each (so every pull downloads); ours and "
+        "ctr alternate who goes first. A loaded, shared machine: compare within the run."
+    )
+    out.append("")
+    rows = []
+    for who, pulls in (("ours", result.ours), ("ctr images pull --plain-http", result.ctr)):
+        walls = sorted(p.wall_s for p in pulls)
+        cpus = sorted(p.cpu_s for p in pulls)
+        rpcs = {p.rpcs for p in pulls} if who == "ours" else set()
+        rows.append(
+            [
+                who,
+                " / ".join(f"{w:.2f}" for w in walls),
+                " / ".join(f"{c:.2f}" for c in cpus),
+                ", ".join(str(r) for r in sorted(rpcs)) if rpcs else "not visible (30 + 8/layer)",
+            ]
+        )
+    out += _table(["puller", "wall s (each run)", "client CPU s", "RPCs per pull"], rows)
+    if result.ours and result.ctr:
+        ratio = statistics.median(p.wall_s for p in result.ours) / statistics.median(
+            p.wall_s for p in result.ctr
+        )
+        out.append("")
+        out.append(f"Median wall time ours / ctr: **{ratio:.2f}x** (goal: at most 1.0x).")
+    out.append("")
+    out.append(
+        "RPCs of one pull by method: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(result.rpcs_by_method.items()))
+    )
+    out.append("")
+    life = [
+        [
+            "ours (`new_container(image=...)`)",
+            f"{result.rpcs_per_lifecycle:.1f}",
+            _pct(result.lifecycle_ours_ms, 1),
+        ],
+        [
+            "ctr run --rm IMAGE",
+            f"{result.ctr_rpcs_per_lifecycle} (reference count)",
+            _pct(result.lifecycle_ctr_ms, 1),
+        ],
+    ]
+    out += _table(["lifecycle of `true` from the image", "RPCs", "latency ms p50/p90/p99"], life)
+    out.append("")
+    return out
 
 
 # -- plots ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from ..core._ids import validate_id
+from ..core._image_spec import with_image_root
 from ..core._seccomp import default_seccomp_profile
 from ..core.spec import (
     DEFAULT_CAPABILITIES,
@@ -36,11 +37,13 @@ from ..core.spec import (
     exec_process_from,
 )
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from ..images._runconfig import merge_run_config
 from ._binds import DEFAULT_STAGING_DIR, PinnedSource, open_source, stage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from ..images._api import Image
     from ._protocol import (
         ContainerCreateParams,
         MountParams,
@@ -104,8 +107,15 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """What the control plane may grant; loadable from the daemon's configuration.
 
     Attributes:
-        default_rootfs: used when a request names none; trusted (operator-configured).
+        default_rootfs: a directory used when a request names neither rootfs nor image;
+            trusted (operator-configured). None (``serve``'s default): such a request runs
+            on ``default_image``, each container on its own snapshot.
         allowed_rootfs_roots: a requested rootfs must resolve inside one of these.
+        default_image: the image of a request that names neither rootfs nor image (the
+            built-in busybox, imported into containerd's store when absent).
+        readonly_rootfs_dirs: directory rootfs are mounted read-only, whatever the request
+            says (``serve`` sets it: a directory is shared by every container on it, so a
+            writable one would let one container change another's root).
         allowed_bind_roots: bind sources must resolve inside one of these; empty disables
             bind mounts.
         allow_extra_capabilities: capabilities a request may add to ``base_capabilities``.
@@ -124,8 +134,10 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
             before runc sees them (``actors.control._binds``); under ``/run`` by default.
     """
 
-    default_rootfs: str
-    allowed_rootfs_roots: tuple[str, ...]
+    default_rootfs: str | None = None
+    allowed_rootfs_roots: tuple[str, ...] = ()
+    default_image: str = "busybox"
+    readonly_rootfs_dirs: bool = False
     allowed_bind_roots: tuple[str, ...] = ()
     allow_extra_capabilities: frozenset[str] = frozenset()
     allow_terminal: bool = True
@@ -139,8 +151,9 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
     bind_staging_dir: str = DEFAULT_STAGING_DIR
 
     def __post_init__(self) -> None:
+        defaults = (self.default_rootfs,) if self.default_rootfs is not None else ()
         for root in (
-            self.default_rootfs,
+            *defaults,
             *self.allowed_rootfs_roots,
             *self.allowed_bind_roots,
             *self.protected_paths,
@@ -164,14 +177,27 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def build_container_spec(
-    params: ContainerCreateParams, policy: SpecPolicy, *, namespace: str
+    params: ContainerCreateParams,
+    policy: SpecPolicy,
+    *,
+    namespace: str,
+    image: Image | None = None,
 ) -> Spec:
     """Build the spec for a ``container.create`` request, or refuse it.
+
+    With ``image`` the container runs on its own snapshot of it (``root.path`` is the
+    bundle's ``rootfs``), and the image's config is merged with the request by docker's
+    rules. The image contributes **only** argv, env, working directory and user: things
+    the request itself may set. Its Volumes, ExposedPorts, Labels, Healthcheck or anything
+    else never reach the spec; privileges, capabilities, mounts, namespaces and limits come
+    from the request through the same checks as without an image.
 
     Args:
         params: the decoded request.
         policy: what may be granted.
         namespace: the containerd namespace; the cgroup path is ``/<namespace>/<id>``.
+        image: the image the container runs on (resolved by the caller), or None for a
+            directory rootfs.
 
     Raises:
         PermissionDenied: the request asks for something the policy does not allow.
@@ -202,19 +228,42 @@ def build_container_spec(
     pids_limit = _limit(
         what, "pids_limit", params.pids_limit, policy.default_pids_limit, policy.max_pids_limit
     )
-    rootfs = _rootfs(what, params.rootfs, policy)
     mounts = _bind_mounts(what, params.mounts, policy)
-    user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
+    readonly_rootfs = params.readonly_rootfs
+    if image is not None:
+        if params.rootfs is not None:
+            raise InvalidArgument(f"{what}: give either an image or a rootfs", local=True)
+        run = merge_run_config(
+            image.config.config,
+            args=params.args,
+            entrypoint=params.entrypoint,
+            env=params.env or (),
+            cwd=params.cwd,
+            user=f"{params.user.uid}:{params.user.gid}" if params.user is not None else None,
+        )
+        # A placeholder for the builder's directory check; the root is replaced below.
+        rootfs, args, cwd, user = "/", run.args, run.cwd, run.user
+        env: list[str] | None = run.env
+    else:
+        if params.entrypoint is not None:
+            raise InvalidArgument(f"{what}: an entrypoint needs an image", local=True)
+        if not params.args:
+            raise InvalidArgument(f"{what}: args are required without an image", local=True)
+        rootfs = _rootfs(what, params.rootfs, policy)
+        args, cwd = params.args, params.cwd or "/"
+        env = list(params.env) if params.env is not None else None
+        user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
+        readonly_rootfs = readonly_rootfs or policy.readonly_rootfs_dirs
     try:
-        return build_spec(
+        spec = build_spec(
             rootfs,
-            params.args,
-            env=params.env,
-            cwd=params.cwd or "/",
+            args,
+            env=env,
+            cwd=cwd,
             user=user,
             terminal=params.terminal,
             hostname=params.hostname,
-            readonly_rootfs=params.readonly_rootfs,
+            readonly_rootfs=readonly_rootfs,
             memory_limit=memory_limit,
             pids_limit=pids_limit,
             cpu_shares=params.cpu_shares,
@@ -226,6 +275,7 @@ def build_container_spec(
         )
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"{what}: {exc}", local=True) from None
+    return with_image_root(spec) if image is not None else spec
 
 
 def check_resource_update(params: TaskUpdateParams, policy: SpecPolicy) -> None:
@@ -360,6 +410,8 @@ def _inside_any(path: str, roots: Iterable[str]) -> bool:
 
 def _rootfs(what: str, requested: str | None, policy: SpecPolicy) -> str:
     if requested is None:
+        if policy.default_rootfs is None:
+            raise FailedPrecondition("the server has no default rootfs directory", local=True)
         resolved = os.path.realpath(policy.default_rootfs)
         if not os.path.isdir(resolved):
             # The operator's path is not the caller's business: do not echo it.

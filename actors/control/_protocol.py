@@ -102,6 +102,9 @@ EnvList: TypeAlias = Annotated[
     list[Annotated[str, msgspec.Meta(pattern=_ENV_RE, max_length=32768)]],
     msgspec.Meta(max_length=1024),
 ]
+ImageName: TypeAlias = Annotated[
+    str, msgspec.Meta(pattern=_NO_NUL_RE, min_length=1, max_length=512)
+]
 AbsPath: TypeAlias = Annotated[str, msgspec.Meta(pattern=_ABS_PATH_RE, max_length=4096)]
 Hostname: TypeAlias = Annotated[str, msgspec.Meta(pattern=_HOSTNAME_RE, max_length=64)]
 Labels: TypeAlias = Annotated[
@@ -193,8 +196,13 @@ class ContainerCreateParams(Params, frozen=True):
     """
 
     id: ContainerId
-    args: Args
+    # Optional with an image (its Entrypoint/Cmd apply); required for a directory rootfs.
+    args: Args | None = None
     rootfs: AbsPath | None = None
+    # An image in the server's store (docker's short names work); see image.pull.
+    image: ImageName | None = None
+    # Replaces the image's Entrypoint (and drops its Cmd); [""] clears it, like docker.
+    entrypoint: Annotated[list[Arg], msgspec.Meta(max_length=256)] | None = None
     env: EnvList | None = None
     cwd: AbsPath | None = None
     user: UserParams | None = None
@@ -329,6 +337,60 @@ class ContainerLogsParams(Params, frozen=True):
     stderr: bool = True
 
 
+# -- images (handled by _images_rpc.ImageMethods) --------------------------------------
+
+#: Raw bytes per image.load / image.save piece (base64 on the wire, under the frame limit).
+IMAGE_PIECE_BYTES: Final = 512 << 10
+_IMAGE_TOKEN_RE: Final = r"\A[A-Za-z0-9_.-]{1,64}\Z"
+ImageToken: TypeAlias = Annotated[str, msgspec.Meta(pattern=_IMAGE_TOKEN_RE)]
+Secret: TypeAlias = Annotated[str, msgspec.Meta(pattern=_NO_NUL_RE, max_length=4096)]
+_PLATFORM_RE: Final = r"\A[a-z0-9_.]+/[a-z0-9_.]+(/[a-z0-9_.]+)?\Z"
+PlatformName: TypeAlias = Annotated[str, msgspec.Meta(pattern=_PLATFORM_RE)]
+# base64 of one piece (4/3 of IMAGE_PIECE_BYTES, rounded up).
+Piece: TypeAlias = Annotated[str, msgspec.Meta(max_length=(IMAGE_PIECE_BYTES * 4) // 3 + 4)]
+
+
+class ImagePullParams(Params, frozen=True):
+    reference: ImageName
+    platform: PlatformName | None = None
+    progress: ImageToken | None = None
+    username: Secret | None = None
+    password: Secret | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ImagePullParams(reference={self.reference!r})"
+
+
+class ImageNameParams(Params, frozen=True):
+    name: ImageName
+
+
+class ImageListParams(Params, frozen=True):
+    pass
+
+
+class ImageLoadParams(Params, frozen=True):
+    upload: ImageToken | None = None
+    data: Piece = ""
+    done: bool = False
+
+
+class ImageSaveParams(Params, frozen=True):
+    names: Annotated[list[ImageName], msgspec.Meta(min_length=1, max_length=64)] = []
+    download: ImageToken | None = None
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+IMAGE_METHODS: Final[Mapping[str, type[Params]]] = {
+    "image.pull": ImagePullParams,
+    "image.list": ImageListParams,
+    "image.inspect": ImageNameParams,
+    "image.remove": ImageNameParams,
+    "image.load": ImageLoadParams,
+    "image.save": ImageSaveParams,
+}
+
+
 #: Every method and the Struct its params decode to.
 METHODS: Final[Mapping[str, type[Params]]] = {
     "version": NoParams,
@@ -355,6 +417,7 @@ METHODS: Final[Mapping[str, type[Params]]] = {
     "events.unsubscribe": EventsUnsubscribeParams,
     "stdio.attach": StdioAttachParams,
     "container.logs": ContainerLogsParams,
+    **IMAGE_METHODS,
 }
 
 

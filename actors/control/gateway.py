@@ -54,10 +54,12 @@ from ..errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from ..images._api import Image
 from . import _frames as frames
 from . import _protocol as proto
 from ._binds import unstage
 from ._gateway_logs import ContainerLogSettings, LogManager, send_log_frames
+from ._images_rpc import ImageMethods
 from ._labels import (
     BINDS_LABEL,
     OWNER_LABEL,
@@ -270,6 +272,7 @@ class Gateway:
         self._ssl_context = ssl_context
         self._token_digest = _digest(config.token)
         self._processes: dict[tuple[str, str], Process] = {}
+        self._image_methods = ImageMethods(lambda: self.client.images)
         self._tickets: dict[str, tuple[str, str, float]] = {}
         self._attached: set[tuple[str, str]] = set()
         self._connections = 0
@@ -329,11 +332,14 @@ class Gateway:
             max_pending=config.max_pending_handshakes,
             max_pending_per_peer=config.max_pending_per_peer,
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.logs.run)
-            await self._drain_restored()
-            await nursery.start(server.run)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.logs.run)
+                await self._drain_restored()
+                await nursery.start(server.run)
+                task_status.started(self)
+        finally:
+            self._image_methods.close()  # unfinished image uploads and downloads
 
     def _count_rejected(self) -> None:
         self._rejected += 1
@@ -572,7 +578,8 @@ class Gateway:
                 labels = store_user_labels(params.labels)
                 labels[OWNER_LABEL] = OWNER_VALUE
                 policy = self.config.policy
-                spec = build_container_spec(params, policy, namespace=client.namespace)
+                image = await self._container_image(params)
+                spec = build_container_spec(params, policy, namespace=client.namespace, image=image)
                 staged = stage_bind_sources(
                     f"container {params.id!r}", spec, params.mounts, policy, params.id
                 )
@@ -581,7 +588,9 @@ class Gateway:
                 settings = _log_settings(params.log)
                 try:
                     # The default runtime and no runtime options: a request can name neither.
-                    container = await client.new_container(params.id, spec, labels=labels)
+                    container = await client.new_container(
+                        params.id, spec, labels=labels, image=image or ""
+                    )
                 except BaseException:
                     if staged is not None:
                         unstage(staged, policy.bind_staging_dir)
@@ -680,8 +689,25 @@ class Gateway:
                 return ticket
             case "container.logs":
                 return await self._issue_log_ticket(params)
+            case name if name.startswith("image."):
+                return await self._image_methods.call(
+                    name,
+                    params,
+                    lambda kind, body: session.send(proto.encode_notification(kind, body)),
+                )
             case _:
                 raise InvalidArgument(f"method {method!r} is not served", local=True)
+
+    async def _container_image(self, params: Any) -> Image | None:
+        # A directory rootfs (requested, or the policy's legacy default) has no image; any
+        # other request runs on an image, each container on its own snapshot of it.
+        if params.rootfs is not None:
+            if params.image is not None:
+                raise InvalidArgument("give either an image or a rootfs", local=True)
+            return None
+        if params.image is None and self.config.policy.default_rootfs is not None:
+            return None
+        return await self._image_methods.resolve(params.image or self.config.policy.default_image)
 
     def _forget(self, container_id: str) -> None:
         for key in [k for k in self._processes if k[0] == container_id]:

@@ -482,7 +482,7 @@ def test_serve_flags_set_the_policy(tmp_path: Path) -> None:
 
     def policy(*flags: str) -> SpecPolicy:
         args = build_parser().parse_args(["serve", *flags])
-        return serve_policy(args, tmp_path / "busybox", tmp_path)
+        return serve_policy(args)
 
     default = policy()
     assert (default.default_memory_limit, default.default_pids_limit) == (
