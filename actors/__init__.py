@@ -20,6 +20,7 @@ from .core._delivery import DeliveryStatistics as DeliveryStatistics
 from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
+from .core._image_spec import image_spec as image_spec
 from .core._logformat import LogRecord as LogRecord
 from .core._logstore import LogConfig as LogConfig
 from .core._logstore import LogReadOptions as LogReadOptions
@@ -64,6 +65,10 @@ from .errors import Unauthenticated as Unauthenticated
 from .errors import Unavailable as Unavailable
 from .errors import Unimplemented as Unimplemented
 from .errors import Unknown as Unknown
+from .images._api import Image as Image
+from .images._api import Images as Images
+from .images._api import LayerProgress as LayerProgress
+from .images._api import PullProgress as PullProgress
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -89,8 +94,11 @@ __all__ = [
     "EventType",
     "ExitStatus",
     "FailedPrecondition",
+    "Image",
+    "Images",
     "Internal",
     "InvalidArgument",
+    "LayerProgress",
     "LogConfig",
     "LogManager",
     "LogReadOptions",
@@ -105,6 +113,7 @@ __all__ = [
     "PrivateContainerd",
     "Process",
     "ProcessState",
+    "PullProgress",
     "RemoteCancelled",
     "ResourceExhausted",
     "RestartLimitExceeded",
@@ -126,5 +135,6 @@ __all__ = [
     "build_spec",
     "default_seccomp_profile",
     "default_state_dir",
+    "image_spec",
     "open_client",
 ]

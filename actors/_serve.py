@@ -21,9 +21,10 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
-from .containerd._embedded import build_busybox_rootfs, containerd_address, default_state_root
+from .containerd._embedded import containerd_address, default_state_root
 from .containerd._remote import DEFAULT_ADDRESS
 from .control._cli import _say, load_or_create_token, run_cli, serve_policy
 from .control._gateway_logs import LogManager
@@ -32,6 +33,7 @@ from .core._client import Client, open_client
 from .core._logstore import LogConfig
 from .core._shimgroups import ShimGroups
 from .core._supervision import RestartPolicy
+from .images._builtin import ensure_busybox_image
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -84,9 +86,14 @@ async def serve(args: argparse.Namespace) -> int:
     state_root = Path(args.state_dir) if args.state_dir else default_state_root()
     token_file = Path(args.token_file) if args.token_file else state_root / "token"
     token = os.environ.get("CONTAINERD_ACTORS_TOKEN") or load_or_create_token(token_file)
-    _say("preparing the busybox rootfs")
-    rootfs = await trio.to_thread.run_sync(build_busybox_rootfs, state_root / "rootfs" / "busybox")
-    policy = serve_policy(args, rootfs, state_root / "rootfs")
+    policy = serve_policy(args)
+    # Our token, FIFOs and the embedded containerd (its sockets, bundles) live under the
+    # state root; a containerd we were pointed at keeps its sockets next to its address.
+    own_state = [str(state_root), str(token_file.parent)]
+    socket_path = (args.address or "").removeprefix("unix://")
+    if socket_path.startswith("/"):
+        own_state.append(socket_path.rsplit("/", 1)[0] or "/")
+    policy = msgspec.structs.replace(policy, protected_paths=(*policy.protected_paths, *own_state))
     host, _, port = args.listen.rpartition(":")
     config = GatewayConfig(
         token=token,
@@ -108,6 +115,12 @@ async def serve(args: argparse.Namespace) -> int:
         ) as client,
         trio.open_nursery() as nursery,
     ):
+        client.images.insecure = tuple(args.insecure_registry)
+        # The built-in busybox is an image in containerd's store (built in memory from the
+        # host binary, imported only when no image of that name exists): every container
+        # gets its own snapshot, and no directory a container wrote is ever touched here.
+        busybox = await ensure_busybox_image(client.images)
+        _say(f"image {busybox.name} ready ({busybox.id[:19]})")
         gateway = await nursery.start(Gateway(client, config, logs=logs).serve)
         where = (
             f"unix://{config.unix_socket}"

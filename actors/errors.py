@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import ssl
+from typing import Final
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
@@ -192,6 +193,15 @@ _CLASS_BY_STATUS: dict[Status, type[ContainerdError]] = {
 }
 
 
+#: runc/shim texts that containerd passes on as UNKNOWN but that mean "the process is not
+#: in a state for this" (e.g. an exec racing the init's exit).
+_STATE_TEXTS: Final = (
+    "cannot exec in a stopped container",
+    "container not running",
+    "process already finished",
+)
+
+
 def from_grpc_exception(exc: BaseException, *, method: str = "") -> ContainerdError | None:
     """Translate an exception raised by grpclib or its transport into our hierarchy.
 
@@ -201,7 +211,11 @@ def from_grpc_exception(exc: BaseException, *, method: str = "") -> ContainerdEr
     where = f"{method}: " if method else ""
     if isinstance(exc, GRPCError):
         cls = _CLASS_BY_STATUS.get(exc.status, Unknown)
-        return cls(f"{where}{exc.message or exc.status.name.lower()}")
+        message = exc.message or exc.status.name.lower()
+        if cls is Unknown and any(text in message for text in _STATE_TEXTS):
+            # runc's refusals reach us as UNKNOWN through the shim; they are preconditions.
+            cls = FailedPrecondition
+        return cls(f"{where}{message}")
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return DeadlineExceeded(f"{where}deadline exceeded")
     if isinstance(exc, StreamTerminatedError | ConnectionError | ssl.SSLError):

@@ -23,11 +23,11 @@ import trio
 
 from actors import open_client
 
-from . import _env, control, density, fanout, lifecycle, peers, report, scale
+from . import _env, control, density, fanout, images, lifecycle, peers, report, scale
 from ._lab import Lab, host_problem
 from ._progress import Progress
 
-PHASES = ("lifecycle", "exec", "fanout", "scale", "density", "peers")
+PHASES = ("lifecycle", "exec", "fanout", "scale", "images", "density", "peers")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -74,11 +74,14 @@ async def _main(
     cfg_control = control.config(quick, smoke=smoke)
     cfg_fan = fanout.config(quick, smoke=smoke)
     cfg_scale = scale.config(quick, smoke=smoke)
+    cfg_images = images.config(quick, smoke=smoke)
     cfg_density = density.config(quick, smoke=smoke)
     if args.containers is not None:
         cfg_density = msgspec.structs.replace(cfg_density, containers=args.containers)
     cfg_peers = peers.config(quick, smoke=smoke)
-    real = any(p in args.phases for p in ("lifecycle", "exec", "fanout", "density", "peers"))
+    real = any(
+        p in args.phases for p in ("lifecycle", "exec", "fanout", "images", "density", "peers")
+    )
     problem = host_problem() if real else None
 
     plan: list[tuple[str, bool, float, Callable[[], Awaitable[None]]]] = []
@@ -99,6 +102,13 @@ async def _main(
     async def do_scale_fake() -> None:
         collected.scale_fake = await scale.run_fake(cfg_scale, progress)
 
+    async def do_images() -> None:
+        missing = images.missing_tools()
+        if missing:
+            collected.not_measured.append(f"images: not measured (needs {', '.join(missing)})")
+            return
+        collected.images = await images.run(lab, cfg_images, progress)
+
     async def do_density() -> None:
         collected.density = await density.run_idle(lab, cfg_density, progress)
 
@@ -117,6 +127,8 @@ async def _main(
     if "fanout" in args.phases:
         estimate = fanout.estimate_latency(cfg_fan)
         plan.append(("publish-to-callback latency", True, estimate, do_fanout_latency))
+    if "images" in args.phases:
+        plan.append(("image pull and lifecycles", True, images.estimate(cfg_images), do_images))
     if "density" in args.phases:
         estimate = density.estimate_idle(cfg_density)
         plan.append((f"{cfg_density.containers} idle containers", True, estimate, do_density))
@@ -134,6 +146,7 @@ async def _main(
         "control": cfg_control,
         "fanout": cfg_fan,
         "scale": cfg_scale,
+        "images": cfg_images,
         "density": cfg_density,
         "peers": cfg_peers,
     }

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from . import control, density, fanout, lifecycle, scale
+from . import control, density, fanout, images, lifecycle, scale
 from ._profile import Profile
 from ._stats import Percentiles, Spread, spread
 from .density import IdleResult, LifecycleComparison
@@ -55,6 +56,7 @@ class Collected(msgspec.Struct, kw_only=True):
     fanout_profile: Profile | None = None
     event_latency: Percentiles | None = None
     scale_fake: scale.FakeScale | None = None
+    images: images.Result | None = None
     density: list[IdleResult] | None = None
     shim_groups: LifecycleComparison | None = None
     peers: PeersResult | None = None
@@ -779,6 +781,7 @@ def markdown(run: Collected) -> str:
             )
         out.append("")
 
+    out += _images_section(run.images)
     out += _density_markdown(run)
     out += _groups_markdown(run)
     out += _peers_markdown(run)
@@ -802,6 +805,60 @@ def markdown(run: Collected) -> str:
     out += readme_snippet(run)
     out.append("")
     return "\n".join(out)
+
+
+def _images_section(result: images.Result | None) -> list[str]:
+    if result is None:
+        return []
+    out = ["## Image pull and lifecycles from an image", ""]
+    out.append(
+        f"{result.layers}-layer image of {result.image_bytes / 1e6:.0f} MB (random data, "
+        "gzip), pushed to a loopback docker-registry; each pull into a fresh namespace, the "
+        "image removed with a synchronous GC after each (so every pull downloads); ours and "
+        "ctr alternate who goes first. A loaded, shared machine: compare within the run."
+    )
+    out.append("")
+    rows = []
+    for who, pulls in (("ours", result.ours), ("ctr images pull --plain-http", result.ctr)):
+        walls = sorted(p.wall_s for p in pulls)
+        cpus = sorted(p.cpu_s for p in pulls)
+        rpcs = {p.rpcs for p in pulls} if who == "ours" else set()
+        rows.append(
+            [
+                who,
+                " / ".join(f"{w:.2f}" for w in walls),
+                " / ".join(f"{c:.2f}" for c in cpus),
+                ", ".join(str(r) for r in sorted(rpcs)) if rpcs else "not visible (30 + 8/layer)",
+            ]
+        )
+    out += _table(["puller", "wall s (each run)", "client CPU s", "RPCs per pull"], rows)
+    if result.ours and result.ctr:
+        ratio = statistics.median(p.wall_s for p in result.ours) / statistics.median(
+            p.wall_s for p in result.ctr
+        )
+        out.append("")
+        out.append(f"Median wall time ours / ctr: **{ratio:.2f}x** (goal: at most 1.0x).")
+    out.append("")
+    out.append(
+        "RPCs of one pull by method: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(result.rpcs_by_method.items()))
+    )
+    out.append("")
+    life = [
+        [
+            "ours (`new_container(image=...)`)",
+            f"{result.rpcs_per_lifecycle:.1f}",
+            _pct(result.lifecycle_ours_ms, 1),
+        ],
+        [
+            "ctr run --rm IMAGE",
+            f"{result.ctr_rpcs_per_lifecycle} (reference count)",
+            _pct(result.lifecycle_ctr_ms, 1),
+        ],
+    ]
+    out += _table(["lifecycle of `true` from the image", "RPCs", "latency ms p50/p90/p99"], life)
+    out.append("")
+    return out
 
 
 # -- plots ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ..core._groups import collapse
 from ..core._logstore import LogConfig
 from ..core.spec import HARDENED_MEMORY_LIMIT, HARDENED_PIDS_LIMIT
 from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
+from ._images_cli import add_image_verbs, pull_with_progress
 from ._logopts import parse_size, parse_time
 from ._policy import SpecPolicy
 from .gateway_client import (
@@ -66,16 +67,24 @@ def load_or_create_token(path: Path) -> str:
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
+        # By descriptor: the path is not looked up again (nothing may follow a swapped name).
+        os.fchmod(handle.fileno(), 0o600)
         handle.write(token + "\n")
-    os.chmod(path, 0o600)
     return token
 
 
-def serve_policy(args: argparse.Namespace, rootfs: Path, rootfs_root: Path) -> SpecPolicy:
-    """The spec policy ``serve``'s flags ask for."""
+def serve_policy(args: argparse.Namespace) -> SpecPolicy:
+    """The spec policy ``serve``'s flags ask for.
+
+    Containers run on images (``busybox`` by default, the built-in one imported into
+    containerd's store when absent), each on its own snapshot. Directories under
+    ``--rootfs-root`` stay usable as rootfs, but read-only: one directory is shared by every
+    container on it, so a writable one would let a container change the next one's root.
+    """
     return SpecPolicy(
-        default_rootfs=str(rootfs),
-        allowed_rootfs_roots=(str(rootfs_root), *args.rootfs_root),
+        default_rootfs=None,
+        readonly_rootfs_dirs=True,
+        allowed_rootfs_roots=tuple(args.rootfs_root),
         allowed_bind_roots=tuple(args.bind_root),
         # 0 turns a default off; the ceilings still apply.
         default_memory_limit=args.default_memory or None,
@@ -212,10 +221,22 @@ def _raw_terminal(enabled: bool) -> Any:
         termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
+def _is_directory_rootfs(image: str) -> bool:
+    # Image references never start with "/" or "."; directories (under --rootfs-root) do.
+    return image.startswith(("/", "./", "../")) or image == "."
+
+
 def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    params: dict[str, Any] = {"id": name, "args": args.command or ["sh"], "terminal": args.tty}
-    if args.rootfs != "busybox":
-        params["rootfs"] = os.path.abspath(args.rootfs)
+    params: dict[str, Any] = {"id": name, "terminal": args.tty}
+    if _is_directory_rootfs(args.image):
+        params["rootfs"] = os.path.abspath(args.image)
+        params["args"] = args.command or ["sh"]
+    else:
+        params["image"] = args.image
+        if args.command:
+            params["args"] = args.command
+        if args.entrypoint is not None:
+            params["entrypoint"] = [args.entrypoint]
     if args.env:
         params["env"] = args.env
     if args.workdir:
@@ -243,7 +264,16 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
 async def cmd_run(args: argparse.Namespace) -> int:
     name = args.name or f"run-{secrets.token_hex(4)}"
     async with _gateway(args) as gw:
-        await gw.call("container.create", _create_params(args, name))
+        params = _create_params(args, name)
+        try:
+            await gw.call("container.create", params)
+        except NotFound:
+            if "image" not in params:
+                raise
+            # Like docker: an image that is not there is pulled first.
+            _say(f"Unable to find image '{args.image}' locally")
+            await pull_with_progress(gw, args.image)
+            await gw.call("container.create", params)
         try:
             try:
                 await gw.call("task.start", {"id": name, "stdin": args.interactive or args.tty})
@@ -444,6 +474,8 @@ EPILOG = """\
 examples:
   containerd-actors serve                               # control plane on ws://127.0.0.1:7878
   containerd-actors run --rm busybox -- echo hello      # prints hello, exits 0
+  containerd-actors pull alpine:3.20                    # per-layer progress
+  containerd-actors images                              # REPOSITORY TAG IMAGE ID CREATED SIZE
   containerd-actors run -d --name web busybox -- httpd -f -p 8080
   containerd-actors exec -it web -- sh
   containerd-actors ps --format json
@@ -505,7 +537,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--rootfs-root",
         action="append",
         default=[],
-        help="directory whose subdirectories clients may use as rootfs",
+        help="directory whose subdirectories clients may use as rootfs (mounted read-only)",
+    )
+    serve.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]|CIDR",
+        help="registry pulled over plain HTTP (repeatable; loopback registries always are)",
     )
     serve.add_argument(
         "--bind-root",
@@ -611,8 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="dropped output (lossy mode) is a warning, not a failure",
     )
     run.add_argument(
-        "rootfs",
-        help="'busybox' (the server's default rootfs) or a rootfs directory under an allowed root",
+        "--entrypoint",
+        help="replace the image's ENTRYPOINT (and drop its CMD); '' clears it",
+    )
+    run.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="an image (busybox is built in; others are pulled when missing) or a rootfs "
+        "directory (/path, ./path) under an allowed root",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
     run.set_defaults(handler=cmd_run)
@@ -650,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="dropped output (lossy mode) is a warning, not a failure",
         )
 
+    add_image_verbs(sub, _gateway)
     ps = sub.add_parser("ps", help="list containers")
     kill = sub.add_parser("kill", help="signal containers")
     kill.add_argument(

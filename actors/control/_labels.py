@@ -22,9 +22,13 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "BINDS_LABEL",
     "INTERNAL_LABEL_PREFIX",
+    "OWNER_LABEL",
+    "OWNER_VALUE",
     "RESERVED_LABEL_PREFIXES",
     "USER_LABEL_PREFIX",
+    "is_ours",
     "reserved_prefix",
     "store_user_labels",
     "user_labels",
@@ -32,6 +36,12 @@ __all__ = [
 
 #: Every label key this project writes starts with this.
 INTERNAL_LABEL_PREFIX: Final = "io.containerd-actors."
+#: Set (to ``"gateway"``) on every container the control plane creates, and on no other; the
+#: gateway acts only on containers that carry it. Clients cannot set it (reserved prefix).
+OWNER_LABEL: Final = INTERNAL_LABEL_PREFIX + "owner"
+OWNER_VALUE: Final = "gateway"
+#: Where the gateway staged a container's bind sources (``actors.control._binds``).
+BINDS_LABEL: Final = INTERNAL_LABEL_PREFIX + "binds"
 #: A control-plane client's label ``KEY`` is stored in containerd as ``USER_LABEL_PREFIX + KEY``.
 USER_LABEL_PREFIX: Final = INTERNAL_LABEL_PREFIX + "user/"
 #: Namespaces whose keys containerd, its plugins, shims, runc or other clients interpret
@@ -93,6 +103,11 @@ def store_user_labels(labels: Mapping[str, str]) -> dict[str, str]:
             )
         stored[full] = value
     return stored
+
+
+def is_ours(stored: Mapping[str, str]) -> bool:
+    """Whether a container record was created by the control plane."""
+    return stored.get(OWNER_LABEL) == OWNER_VALUE
 
 
 def user_labels(stored: Mapping[str, str]) -> dict[str, str]:

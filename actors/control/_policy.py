@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from ..core._ids import validate_id
+from ..core._image_spec import with_image_root
 from ..core._seccomp import default_seccomp_profile
 from ..core.spec import (
     DEFAULT_CAPABILITIES,
@@ -37,10 +37,13 @@ from ..core.spec import (
     exec_process_from,
 )
 from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from ..images._runconfig import merge_run_config
+from ._binds import DEFAULT_STAGING_DIR, PinnedSource, open_source, stage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from ..images._api import Image
     from ._protocol import (
         ContainerCreateParams,
         MountParams,
@@ -54,19 +57,39 @@ __all__ = [
     "build_container_spec",
     "build_exec_process",
     "check_resource_update",
+    "stage_bind_sources",
 ]
 
-#: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly).
+#: Host paths a bind mount may not be, lie inside, or contain ("/" only exactly): the host's
+#: own configuration and binaries, kernel trees, and every runtime's state (sockets, task
+#: bundles, FIFOs, tokens). ``SpecPolicy.protected_paths`` adds the server's own state
+#: directories (``serve`` adds its state root and the embedded containerd's). The allowed
+#: bind roots remain the allow-list; this is the floor under any root an operator picks.
 PROTECTED_HOST_PATHS: Final = (
     "/",
-    "/etc",
-    "/proc",
-    "/sys",
-    "/dev",
+    "/bin",
     "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt/cni",
+    "/proc",
     "/root",
-    "/var/lib/containerd",
     "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/cni",
+    "/var/lib/containerd",
+    "/var/lib/containerd-actors",
+    "/var/lib/docker",
+    "/var/lib/kubelet",
+    "/var/lib/nerdctl",
+    "/var/log",
     "/var/run",
 )
 
@@ -84,8 +107,15 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """What the control plane may grant; loadable from the daemon's configuration.
 
     Attributes:
-        default_rootfs: used when a request names none; trusted (operator-configured).
+        default_rootfs: a directory used when a request names neither rootfs nor image;
+            trusted (operator-configured). None (``serve``'s default): such a request runs
+            on ``default_image``, each container on its own snapshot.
         allowed_rootfs_roots: a requested rootfs must resolve inside one of these.
+        default_image: the image of a request that names neither rootfs nor image (the
+            built-in busybox, imported into containerd's store when absent).
+        readonly_rootfs_dirs: directory rootfs are mounted read-only, whatever the request
+            says (``serve`` sets it: a directory is shared by every container on it, so a
+            writable one would let one container change another's root).
         allowed_bind_roots: bind sources must resolve inside one of these; empty disables
             bind mounts.
         allow_extra_capabilities: capabilities a request may add to ``base_capabilities``.
@@ -98,10 +128,16 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
         max_pids_limit: ceiling on the number of tasks; None: no ceiling.
         seccomp: apply the project's default seccomp profile (for the container's
             capabilities) to every container.
+        protected_paths: host paths a bind may not be, lie inside or contain, on top of
+            :data:`PROTECTED_HOST_PATHS` (the server's state dirs).
+        bind_staging_dir: root-only directory where checked bind sources are mounted
+            before runc sees them (``actors.control._binds``); under ``/run`` by default.
     """
 
-    default_rootfs: str
-    allowed_rootfs_roots: tuple[str, ...]
+    default_rootfs: str | None = None
+    allowed_rootfs_roots: tuple[str, ...] = ()
+    default_image: str = "busybox"
+    readonly_rootfs_dirs: bool = False
     allowed_bind_roots: tuple[str, ...] = ()
     allow_extra_capabilities: frozenset[str] = frozenset()
     allow_terminal: bool = True
@@ -111,9 +147,18 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
     default_pids_limit: int | None = HARDENED_PIDS_LIMIT
     max_pids_limit: int | None = None
     seccomp: bool = True
+    protected_paths: tuple[str, ...] = ()
+    bind_staging_dir: str = DEFAULT_STAGING_DIR
 
     def __post_init__(self) -> None:
-        for root in (self.default_rootfs, *self.allowed_rootfs_roots, *self.allowed_bind_roots):
+        defaults = (self.default_rootfs,) if self.default_rootfs is not None else ()
+        for root in (
+            *defaults,
+            *self.allowed_rootfs_roots,
+            *self.allowed_bind_roots,
+            *self.protected_paths,
+            self.bind_staging_dir,
+        ):
             if not posixpath.isabs(root) or "\x00" in root:
                 raise ValueError(f"policy paths must be absolute, got {root!r}")
         capabilities = set(self.allow_extra_capabilities) | set(self.base_capabilities)
@@ -132,14 +177,27 @@ class SpecPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def build_container_spec(
-    params: ContainerCreateParams, policy: SpecPolicy, *, namespace: str
+    params: ContainerCreateParams,
+    policy: SpecPolicy,
+    *,
+    namespace: str,
+    image: Image | None = None,
 ) -> Spec:
     """Build the spec for a ``container.create`` request, or refuse it.
+
+    With ``image`` the container runs on its own snapshot of it (``root.path`` is the
+    bundle's ``rootfs``), and the image's config is merged with the request by docker's
+    rules. The image contributes **only** argv, env, working directory and user: things
+    the request itself may set. Its Volumes, ExposedPorts, Labels, Healthcheck or anything
+    else never reach the spec; privileges, capabilities, mounts, namespaces and limits come
+    from the request through the same checks as without an image.
 
     Args:
         params: the decoded request.
         policy: what may be granted.
         namespace: the containerd namespace; the cgroup path is ``/<namespace>/<id>``.
+        image: the image the container runs on (resolved by the caller), or None for a
+            directory rootfs.
 
     Raises:
         PermissionDenied: the request asks for something the policy does not allow.
@@ -170,19 +228,42 @@ def build_container_spec(
     pids_limit = _limit(
         what, "pids_limit", params.pids_limit, policy.default_pids_limit, policy.max_pids_limit
     )
-    rootfs = _rootfs(what, params.rootfs, policy)
     mounts = _bind_mounts(what, params.mounts, policy)
-    user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
+    readonly_rootfs = params.readonly_rootfs
+    if image is not None:
+        if params.rootfs is not None:
+            raise InvalidArgument(f"{what}: give either an image or a rootfs", local=True)
+        run = merge_run_config(
+            image.config.config,
+            args=params.args,
+            entrypoint=params.entrypoint,
+            env=params.env or (),
+            cwd=params.cwd,
+            user=f"{params.user.uid}:{params.user.gid}" if params.user is not None else None,
+        )
+        # A placeholder for the builder's directory check; the root is replaced below.
+        rootfs, args, cwd, user = "/", run.args, run.cwd, run.user
+        env: list[str] | None = run.env
+    else:
+        if params.entrypoint is not None:
+            raise InvalidArgument(f"{what}: an entrypoint needs an image", local=True)
+        if not params.args:
+            raise InvalidArgument(f"{what}: args are required without an image", local=True)
+        rootfs = _rootfs(what, params.rootfs, policy)
+        args, cwd = params.args, params.cwd or "/"
+        env = list(params.env) if params.env is not None else None
+        user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
+        readonly_rootfs = readonly_rootfs or policy.readonly_rootfs_dirs
     try:
-        return build_spec(
+        spec = build_spec(
             rootfs,
-            params.args,
-            env=params.env,
-            cwd=params.cwd or "/",
+            args,
+            env=env,
+            cwd=cwd,
             user=user,
             terminal=params.terminal,
             hostname=params.hostname,
-            readonly_rootfs=params.readonly_rootfs,
+            readonly_rootfs=readonly_rootfs,
             memory_limit=memory_limit,
             pids_limit=pids_limit,
             cpu_shares=params.cpu_shares,
@@ -194,6 +275,7 @@ def build_container_spec(
         )
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"{what}: {exc}", local=True) from None
+    return with_image_root(spec) if image is not None else spec
 
 
 def check_resource_update(params: TaskUpdateParams, policy: SpecPolicy) -> None:
@@ -328,6 +410,8 @@ def _inside_any(path: str, roots: Iterable[str]) -> bool:
 
 def _rootfs(what: str, requested: str | None, policy: SpecPolicy) -> str:
     if requested is None:
+        if policy.default_rootfs is None:
+            raise FailedPrecondition("the server has no default rootfs directory", local=True)
         resolved = os.path.realpath(policy.default_rootfs)
         if not os.path.isdir(resolved):
             # The operator's path is not the caller's business: do not echo it.
@@ -351,9 +435,10 @@ def _clashes(path: str, protected: str) -> bool:
     return _inside(protected, path) or (protected != "/" and _inside(path, protected))
 
 
-def _protected_paths() -> set[str]:
+def _protected_paths(policy: SpecPolicy) -> set[str]:
     # Also their resolved forms, e.g. /var/run is usually a symlink to /run.
-    return {*PROTECTED_HOST_PATHS, *(os.path.realpath(p) for p in PROTECTED_HOST_PATHS)}
+    listed = (*PROTECTED_HOST_PATHS, *policy.protected_paths, policy.bind_staging_dir)
+    return {*listed, *(os.path.realpath(p) for p in listed)}
 
 
 def _destination(what: str, destination: str) -> str:
@@ -386,7 +471,7 @@ def _bind_mounts(what: str, requested: Sequence[MountParams], policy: SpecPolicy
         return []
     if not policy.allowed_bind_roots:
         raise PermissionDenied(f"{what}: bind mounts are disabled by policy", local=True)
-    protected = _protected_paths()
+    protected = _protected_paths(policy)
     mounts: list[Mount] = []
     seen: set[str] = set()
     for entry in requested:
@@ -403,36 +488,57 @@ def _bind_mounts(what: str, requested: Sequence[MountParams], policy: SpecPolicy
 def _bind_mount(
     what: str, entry: MountParams, destination: str, policy: SpecPolicy, protected: set[str]
 ) -> Mount:
-    source = entry.source
-    label = f"bind mount source {source!r}"
-    resolved = _realpath(what, "bind mount source", source)
-    if not _inside_any(resolved, policy.allowed_bind_roots):
-        raise PermissionDenied(
-            f"{what}: {label} is outside the allowed host directories", local=True
-        )
-    literal = posixpath.normpath(source)
+    label = f"bind mount source {entry.source!r}"
+    literal = posixpath.normpath(entry.source) if posixpath.isabs(entry.source) else ""
     for path in sorted(protected):
-        if _clashes(literal, path):
+        if literal and _clashes(literal, path):
             raise PermissionDenied(
                 f"{what}: {label} is, contains or lies inside the protected host path {path}",
                 local=True,
             )
-        if _clashes(resolved, path):
-            raise PermissionDenied(f"{what}: {label} resolves to a protected host path", local=True)
-    try:
-        info = os.stat(resolved)
-    except FileNotFoundError:
-        raise InvalidArgument(f"{what}: {label} does not exist", local=True) from None
-    except OSError:
-        raise InvalidArgument(f"{what}: {label} cannot be inspected", local=True) from None
-    if stat.S_ISSOCK(info.st_mode):
-        raise PermissionDenied(
-            f"{what}: {label} is a unix socket; sockets cannot be mounted", local=True
-        )
-    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
-        raise PermissionDenied(f"{what}: {label} is not a directory or regular file", local=True)
-    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-        # A hard link defeats realpath: it could be /etc/shadow under another name.
-        raise PermissionDenied(f"{what}: {label} is a file with several hard links", local=True)
+    # Checked on a pinned descriptor; the path is only a placeholder until staged.
+    with open_source(what, entry.source, policy.allowed_bind_roots, protected) as pinned:
+        resolved = pinned.resolved
     options = ["ro" if entry.readonly else "rw", *_BIND_OPTIONS]
     return Mount(destination=destination, type="bind", source=resolved, options=options)
+
+
+def stage_bind_sources(
+    what: str, spec: Spec, requested: Sequence[MountParams], policy: SpecPolicy, container_id: str
+) -> str | None:
+    """Pin every requested bind source again and point ``spec`` at staged mounts of them.
+
+    The checks in :func:`build_container_spec` ran on descriptors since closed; these are
+    the descriptors that get mounted, checked again, so what runc mounts is exactly what
+    passed (see ``actors.control._binds``). Returns the staging directory (None without
+    binds); the caller removes it with ``_binds.unstage`` when the container goes.
+
+    Raises:
+        PermissionDenied, InvalidArgument: as for :func:`build_container_spec`.
+    """
+    if not requested:
+        return None
+    protected = _protected_paths(policy)
+    pinned: list[PinnedSource] = []
+    try:
+        for entry in requested:
+            pinned.append(open_source(what, entry.source, policy.allowed_bind_roots, protected))
+        try:
+            directory, targets = stage(pinned, policy.bind_staging_dir, container_id)
+        except FileNotFoundError:
+            # A pinned directory was removed before the mount; nothing is left staged.
+            raise InvalidArgument(
+                f"{what}: a bind mount source was removed while it was being mounted",
+                local=True,
+            ) from None
+    finally:
+        for source in pinned:
+            source.close()
+    by_destination = {
+        posixpath.normpath(entry.destination): target
+        for entry, target in zip(requested, targets, strict=True)
+    }
+    for mount in spec.mounts:
+        if mount.type == "bind" and mount.destination in by_destination:
+            mount.source = by_destination[mount.destination]
+    return directory

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 import re
+import secrets
 import signal as _signal
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias
@@ -99,6 +101,9 @@ Args: TypeAlias = Annotated[list[Arg], msgspec.Meta(min_length=1, max_length=256
 EnvList: TypeAlias = Annotated[
     list[Annotated[str, msgspec.Meta(pattern=_ENV_RE, max_length=32768)]],
     msgspec.Meta(max_length=1024),
+]
+ImageName: TypeAlias = Annotated[
+    str, msgspec.Meta(pattern=_NO_NUL_RE, min_length=1, max_length=512)
 ]
 AbsPath: TypeAlias = Annotated[str, msgspec.Meta(pattern=_ABS_PATH_RE, max_length=4096)]
 Hostname: TypeAlias = Annotated[str, msgspec.Meta(pattern=_HOSTNAME_RE, max_length=64)]
@@ -191,8 +196,13 @@ class ContainerCreateParams(Params, frozen=True):
     """
 
     id: ContainerId
-    args: Args
+    # Optional with an image (its Entrypoint/Cmd apply); required for a directory rootfs.
+    args: Args | None = None
     rootfs: AbsPath | None = None
+    # An image in the server's store (docker's short names work); see image.pull.
+    image: ImageName | None = None
+    # Replaces the image's Entrypoint (and drops its Cmd); [""] clears it, like docker.
+    entrypoint: Annotated[list[Arg], msgspec.Meta(max_length=256)] | None = None
     env: EnvList | None = None
     cwd: AbsPath | None = None
     user: UserParams | None = None
@@ -327,6 +337,60 @@ class ContainerLogsParams(Params, frozen=True):
     stderr: bool = True
 
 
+# -- images (handled by _images_rpc.ImageMethods) --------------------------------------
+
+#: Raw bytes per image.load / image.save piece (base64 on the wire, under the frame limit).
+IMAGE_PIECE_BYTES: Final = 512 << 10
+_IMAGE_TOKEN_RE: Final = r"\A[A-Za-z0-9_.-]{1,64}\Z"
+ImageToken: TypeAlias = Annotated[str, msgspec.Meta(pattern=_IMAGE_TOKEN_RE)]
+Secret: TypeAlias = Annotated[str, msgspec.Meta(pattern=_NO_NUL_RE, max_length=4096)]
+_PLATFORM_RE: Final = r"\A[a-z0-9_.]+/[a-z0-9_.]+(/[a-z0-9_.]+)?\Z"
+PlatformName: TypeAlias = Annotated[str, msgspec.Meta(pattern=_PLATFORM_RE)]
+# base64 of one piece (4/3 of IMAGE_PIECE_BYTES, rounded up).
+Piece: TypeAlias = Annotated[str, msgspec.Meta(max_length=(IMAGE_PIECE_BYTES * 4) // 3 + 4)]
+
+
+class ImagePullParams(Params, frozen=True):
+    reference: ImageName
+    platform: PlatformName | None = None
+    progress: ImageToken | None = None
+    username: Secret | None = None
+    password: Secret | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ImagePullParams(reference={self.reference!r})"
+
+
+class ImageNameParams(Params, frozen=True):
+    name: ImageName
+
+
+class ImageListParams(Params, frozen=True):
+    pass
+
+
+class ImageLoadParams(Params, frozen=True):
+    upload: ImageToken | None = None
+    data: Piece = ""
+    done: bool = False
+
+
+class ImageSaveParams(Params, frozen=True):
+    names: Annotated[list[ImageName], msgspec.Meta(min_length=1, max_length=64)] = []
+    download: ImageToken | None = None
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+IMAGE_METHODS: Final[Mapping[str, type[Params]]] = {
+    "image.pull": ImagePullParams,
+    "image.list": ImageListParams,
+    "image.inspect": ImageNameParams,
+    "image.remove": ImageNameParams,
+    "image.load": ImageLoadParams,
+    "image.save": ImageSaveParams,
+}
+
+
 #: Every method and the Struct its params decode to.
 METHODS: Final[Mapping[str, type[Params]]] = {
     "version": NoParams,
@@ -353,6 +417,7 @@ METHODS: Final[Mapping[str, type[Params]]] = {
     "events.unsubscribe": EventsUnsubscribeParams,
     "stdio.attach": StdioAttachParams,
     "container.logs": ContainerLogsParams,
+    **IMAGE_METHODS,
 }
 
 
@@ -649,11 +714,30 @@ def domain_error_code(grpc_code: int) -> int:
     return _DOMAIN_ERROR_BASE - grpc_code
 
 
+_log = logging.getLogger("containerd_actors.gateway")
+# An absolute path: a "/" not preceded by a name character (so "a/b" and "sha256:x" stay),
+# up to whitespace, a quote or a bracket (a colon just before one stays: "stat /x: no such
+# file"). "unix:///run/x" and "src:/dst" lose both paths.
+_HOST_PATH_RE: Final = re.compile(
+    r"(?<![\w.~-])/[^\s\"'`()\[\]{},;]*?(?=:?(?:[\s\"'`()\[\]{},;]|$))"
+)
+
+
+def redact_host_paths(text: str) -> str:
+    """``text`` with every absolute path replaced by ``<path>``."""
+    return _HOST_PATH_RE.sub("<path>", text)
+
+
 def error_response(request_id: int | str | None, exc: Exception) -> ErrorResponse:
     """Map an exception raised while serving a request to its error reply.
 
     Our :class:`~actors.errors.ContainerdError` classes keep their message and become
-    ``-32000 - grpc_code`` with ``data = {"status", "grpc_code", "local"}``. An actor crash
+    ``-32000 - grpc_code`` with ``data = {"status", "grpc_code", "local"}``. Text that came
+    from containerd, a shim or runc (``local=False``) names host paths (rootfs, bundle,
+    cgroup, FIFO, bind source, symlink targets): every absolute path in it is replaced by
+    ``<path>`` and the original is logged with a reference the reply carries (see
+    :func:`redact_host_paths`). Our own (``local``) messages name only what the caller sent.
+    An actor crash
     or a closing client is reported as UNAVAILABLE (retrying is safe). Anything else is a
     bug: it becomes -32603 with a fixed message, so no internal text reaches the client.
     """
@@ -673,6 +757,12 @@ def error_response(request_id: int | str | None, exc: Exception) -> ErrorRespons
         )
     else:
         return _fail(INTERNAL_ERROR, id=request_id)
+    if not local:
+        redacted = redact_host_paths(message)
+        if redacted != message:
+            reference = secrets.token_hex(4)
+            _log.warning("error %s sent to the client as %r was: %s", reference, redacted, message)
+            message = f"{redacted} (server log reference {reference})"
     data = {"status": status, "grpc_code": grpc_code, "local": local}
     return ErrorResponse(
         id=request_id, code=domain_error_code(grpc_code), message=message, data=data

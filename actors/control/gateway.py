@@ -47,13 +47,35 @@ from ..core._handles import Container, Process
 from ..core._logstore import LogReadOptions
 from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
 from ..core.stdio import DirectIO, OutputMode
-from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
+from ..errors import (
+    ContainerdError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from ..images._api import Image
 from . import _frames as frames
 from . import _protocol as proto
+from ._binds import unstage
 from ._gateway_logs import ContainerLogSettings, LogManager, send_log_frames
-from ._labels import store_user_labels, user_labels
-from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
-from ._wsserver import WebsocketListener
+from ._images_rpc import ImageMethods
+from ._labels import (
+    BINDS_LABEL,
+    OWNER_LABEL,
+    OWNER_VALUE,
+    is_ours,
+    store_user_labels,
+    user_labels,
+)
+from ._policy import (
+    SpecPolicy,
+    build_container_spec,
+    build_exec_process,
+    check_resource_update,
+    stage_bind_sources,
+)
+from ._wsserver import WebsocketListener, raise_fd_limit
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayStatistics", "is_loopback"]
 
@@ -64,7 +86,9 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_POLICY_VIOLATION: Final = 1008
 STDIO_TICKET_SECONDS: Final = 30.0
 WRITER_GRACE_SECONDS: Final = 10.0
-HANDSHAKE_SECONDS: Final = 10.0
+HANDSHAKE_SECONDS: Final = 5.0
+#: Descriptors kept free for containerd channels, stdio FIFOs and files (see serve()).
+FD_RESERVE: Final = 256
 DISCONNECT_SECONDS: Final = 5.0
 
 
@@ -86,6 +110,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
         rate: requests per second per connection (token bucket with ``burst``).
         max_subscriptions: event subscriptions per connection.
         outbound_buffer: messages queued for one connection before it counts as too slow.
+        max_connections: authenticated websockets at once; more are refused with 503.
+        max_pending_handshakes: connections that have not sent a complete (so not yet
+            authenticated) request, in total; past it the oldest is closed.
+        max_pending_per_peer: the same, per peer address.
     """
 
     token: str
@@ -102,10 +130,16 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     burst: int = 400
     max_subscriptions: int = 16
     outbound_buffer: int = 256
+    max_connections: int = 512
+    max_pending_handshakes: int = 64
+    max_pending_per_peer: int = 32
 
     def __post_init__(self) -> None:
         if len(self.token) < 16:
             raise ValueError("the gateway token must be at least 16 characters")
+        for name in ("max_connections", "max_pending_handshakes", "max_pending_per_peer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
         if self.unix_socket is None and not is_loopback(self.host) and not self.tls:
             raise ValueError(
                 f"refusing to listen on non-loopback address {self.host!r} without TLS: "
@@ -238,6 +272,7 @@ class Gateway:
         self._ssl_context = ssl_context
         self._token_digest = _digest(config.token)
         self._processes: dict[tuple[str, str], Process] = {}
+        self._image_methods = ImageMethods(lambda: self.client.images)
         self._tickets: dict[str, tuple[str, str, float]] = {}
         self._attached: set[tuple[str, str]] = set()
         self._connections = 0
@@ -249,6 +284,7 @@ class Gateway:
         self._stdio_sessions = 0
         self._internal_errors = 0
         self.port: int | None = None
+        self._max_connections = config.max_connections
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
@@ -275,6 +311,14 @@ class Gateway:
             tcp = await trio.open_tcp_listeners(config.port, host=config.host)
             listeners = tcp
             self.port = tcp[0].socket.getsockname()[1]
+        # Half-open handshakes, connections and our own descriptors must all fit, with room
+        # to spare, under the open-file limit.
+        budget = raise_fd_limit() - FD_RESERVE - config.max_pending_handshakes
+        self._max_connections = max(1, min(config.max_connections, budget // 2))
+        if self._max_connections < config.max_connections:
+            log.warning(
+                "open-file limit allows only %d control-plane connections", self._max_connections
+            )
         wrapped: list[Any] = listeners
         if self._ssl_context is not None:
             wrapped = [trio.SSLListener(listener, self._ssl_context) for listener in listeners]
@@ -285,12 +329,17 @@ class Gateway:
             handshake_timeout=HANDSHAKE_SECONDS,
             on_failed_handshake=self._count_rejected,
             on_error=self._count_internal_error,
+            max_pending=config.max_pending_handshakes,
+            max_pending_per_peer=config.max_pending_per_peer,
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.logs.run)
-            await self._drain_restored()
-            await nursery.start(server.run)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.logs.run)
+                await self._drain_restored()
+                await nursery.start(server.run)
+                task_status.started(self)
+        finally:
+            self._image_methods.close()  # unfinished image uploads and downloads
 
     def _count_rejected(self) -> None:
         self._rejected += 1
@@ -300,7 +349,7 @@ class Gateway:
 
     async def _drain_restored(self) -> None:
         """After a restart, the log is again the consumer of every restored task's output."""
-        for container in self.client.containers():
+        for container in self._ours():  # never drain (or attach to) what we did not create
             if container.task_state() is None:
                 continue
             try:
@@ -373,6 +422,10 @@ class Gateway:
         if refusal is not None:
             self._rejected += 1
             await request.reject(refusal[0], body=refusal[1].encode())
+            return
+        if self._connections >= self._max_connections:
+            self._rejected += 1
+            await request.reject(503, body=b"too many connections")
             return
         chosen = next((p for p in wanted if p in request.proposed_subprotocols), None)
         if chosen is None:
@@ -486,7 +539,23 @@ class Gateway:
                 self._reply_error(session, proto.error_response(request.id, RuntimeError()))
 
     async def _container(self, container_id: str) -> Container:
-        return await self.client.load_container(container_id)
+        """One of our containers; every handler reaches containers through here only.
+
+        A container someone else created in the namespace (``ctr run --privileged``, say)
+        has a spec our policy never checked: acting on it (exec, start, attach) would hand
+        the caller whatever that spec grants, so it is refused by name.
+        """
+        container = await self.client.load_container(container_id)
+        if not is_ours(container.labels):
+            raise PermissionDenied(
+                f"container {container_id!r} was not created through this control plane; "
+                "it cannot be managed here",
+                local=True,
+            )
+        return container
+
+    def _ours(self) -> list[Container]:
+        return [c for c in self.client.containers() if is_ours(c.labels)]
 
     async def _process(self, container_id: str, exec_id: str) -> Process:
         process = self._processes.get((container_id, exec_id))
@@ -507,20 +576,39 @@ class Gateway:
                 }
             case "container.create":
                 labels = store_user_labels(params.labels)
-                spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
+                labels[OWNER_LABEL] = OWNER_VALUE
+                policy = self.config.policy
+                image = await self._container_image(params)
+                spec = build_container_spec(params, policy, namespace=client.namespace, image=image)
+                staged = stage_bind_sources(
+                    f"container {params.id!r}", spec, params.mounts, policy, params.id
+                )
+                if staged is not None:
+                    labels[BINDS_LABEL] = staged
                 settings = _log_settings(params.log)
-                # The default runtime and no runtime options: a request can name neither.
-                container = await client.new_container(params.id, spec, labels=labels)
+                try:
+                    # The default runtime and no runtime options: a request can name neither.
+                    container = await client.new_container(
+                        params.id, spec, labels=labels, image=image or ""
+                    )
+                except BaseException:
+                    if staged is not None:
+                        unstage(staged, policy.bind_staging_dir)
+                    raise
                 self.logs.configure(params.id, settings)
                 return _describe(container)
             case "container.list":
-                return [_describe(c) for c in client.containers()]
+                return [_describe(c) for c in self._ours()]
             case "container.inspect":
                 return _describe(await self._container(params.id))
             case "container.delete":
-                await (await self._container(params.id)).delete()
+                container = await self._container(params.id)
+                await container.delete()
                 self._forget(params.id)
                 self.logs.remove(params.id)
+                staged = container.labels.get(BINDS_LABEL)
+                if staged is not None:
+                    unstage(staged, self.config.policy.bind_staging_dir)
                 return None
             case "task.start":
                 container = await self._container(params.id)
@@ -563,7 +651,9 @@ class Gateway:
             case "process.exec":
                 container = await self._container(params.id)
                 task = await container.task()
-                process_spec = build_exec_process(params, container.spec())
+                process_spec = build_exec_process(
+                    params, container.spec(), policy=self.config.policy
+                )
                 process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
                 self._processes[(params.id, params.exec_id)] = process
                 return {"pid": process.pid}
@@ -599,8 +689,25 @@ class Gateway:
                 return ticket
             case "container.logs":
                 return await self._issue_log_ticket(params)
+            case name if name.startswith("image."):
+                return await self._image_methods.call(
+                    name,
+                    params,
+                    lambda kind, body: session.send(proto.encode_notification(kind, body)),
+                )
             case _:
                 raise InvalidArgument(f"method {method!r} is not served", local=True)
+
+    async def _container_image(self, params: Any) -> Image | None:
+        # A directory rootfs (requested, or the policy's legacy default) has no image; any
+        # other request runs on an image, each container on its own snapshot of it.
+        if params.rootfs is not None:
+            if params.image is not None:
+                raise InvalidArgument("give either an image or a rootfs", local=True)
+            return None
+        if params.image is None and self.config.policy.default_rootfs is not None:
+            return None
+        return await self._image_methods.resolve(params.image or self.config.policy.default_image)
 
     def _forget(self, container_id: str) -> None:
         for key in [k for k in self._processes if k[0] == container_id]:
@@ -620,11 +727,13 @@ class Gateway:
 
         async def pump() -> None:
             with scope, contextlib.closing(subscription):
-                labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
+                labels_of = {c.id: user_labels(c.labels) for c in self._ours()}
                 async for event in subscription:
                     cid = event.info.container_id
                     if cid not in labels_of:
-                        labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
+                        labels_of = {c.id: user_labels(c.labels) for c in self._ours()}
+                        if cid not in labels_of:
+                            continue  # not ours: clients see only what they may touch
                     message = proto.event_message(event, labels_of.get(cid, {}))
                     if event_filter.matches(message):
                         session.send(proto.event_notification(name, message))

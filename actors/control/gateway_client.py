@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import secrets
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -141,6 +142,8 @@ class GatewayClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._subscriptions: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        # image.pull progress notifications, by the token the request carried.
+        self._progress: dict[str, Callable[[dict[str, Any]], None]] = {}
         #: the server closed the connection (or it broke) while we were using it
         self.connection_lost = False
 
@@ -155,6 +158,12 @@ class GatewayClient:
                     if channel is not None:
                         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                             channel.send_nowait(params.get("event", {}))
+                    continue
+                if "method" in body and body.get("method") == "image.progress":
+                    params = body.get("params", {})
+                    callback = self._progress.get(str(params.get("progress", "")))
+                    if callback is not None:
+                        callback(params.get("layer", {}))
                     continue
                 request_id = body.get("id")
                 waiter = (
@@ -188,6 +197,17 @@ class GatewayClient:
         if "error" in body:
             raise _error_from(body["error"])
         return body.get("result")
+
+    async def call_with_progress(
+        self, method: str, params: dict[str, Any], progress: Callable[[dict[str, Any]], None]
+    ) -> Any:
+        """``call`` with ``image.progress`` notifications for it passed to ``progress``."""
+        token = f"p{secrets.token_hex(6)}"
+        self._progress[token] = progress
+        try:
+            return await self.call(method, {**params, "progress": token})
+        finally:
+            self._progress.pop(token, None)
 
     @contextlib.asynccontextmanager
     async def subscribe(

@@ -23,7 +23,16 @@ from actors.containerd.pb.containerd.services.containers.v1 import containers_pb
 
 from ..containerd._bridge import AsyncioBridge, BridgeStatistics
 from ..containerd._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
-from ..errors import AlreadyExists, ClientClosed, ContainerdError, InvalidArgument, NotFound
+from ..errors import (
+    AlreadyExists,
+    ClientClosed,
+    ContainerdActorsError,
+    ContainerdError,
+    InvalidArgument,
+    NotFound,
+)
+from ..images._api import Image, Images
+from ..images._store import ContentStore
 from . import _commands as cmd
 from ._container import (
     RUNC_OPTIONS_TYPE_URL,
@@ -167,6 +176,7 @@ class Client:
         self._resyncs = 0
         self._resync_wanted = trio.Event()
         self._closed = False
+        self._images: Images | None = None
         self.hub = SubscriberHub()
         self.router = EventRouter(remote, self._dispatch_event, on_resubscribed=self.request_resync)
 
@@ -408,6 +418,14 @@ class Client:
             return None  # a deleted container's actor may still be winding down
         return actor
 
+    @property
+    def images(self) -> Images:
+        """The namespace's images in containerd's store: pull, list, get, remove, import,
+        export (see :class:`actors.Images`). Created on first use (no RPC)."""
+        if self._images is None:
+            self._images = Images(ContentStore(self._remote))
+        return self._images
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosed("the client is closed")
@@ -451,7 +469,7 @@ class Client:
     async def new_container(
         self,
         container_id: str,
-        spec: Spec | bytes,
+        spec: Spec | bytes | None = None,
         *,
         shim: str = DEFAULT_SHIM,
         runtime_options: RuncOptions | None = None,
@@ -459,13 +477,28 @@ class Client:
         rootfs: Sequence[Mount] = (),
         snapshotter: str = "",
         snapshot_key: str = "",
-        image: str = "",
+        image: str | Image = "",
+        args: Sequence[str] | None = None,
+        entrypoint: Sequence[str] | None = None,
     ) -> Container:
         """Create a container record (one RPC: Containers.Create) and its actor.
 
+        From an image (``image=`` an :class:`actors.Image` or a name, and no
+        ``snapshot_key``): the container gets its own writable snapshot on the image's top
+        chain ID (one Snapshots.Prepare, after Containers.Create so the record protects the
+        snapshot from containerd's GC from the start), recorded as ``snapshotter`` and
+        ``snapshot_key = container_id``; :meth:`Container.delete` removes it. ``spec``
+        defaults to :func:`actors.image_spec` of the image with ``args``/``entrypoint``
+        (docker's rules), and a given spec is re-rooted on the snapshot. A name costs one
+        Images.Get more (its documents are cached by digest); an :class:`Image` none::
+
+            image = await client.images.pull("busybox")
+            container = await client.new_container("c1", image=image, args=["echo", "hi"])
+
         Args:
             container_id: containerd identifier (validated locally, no RPC when invalid).
-            spec: an OCI spec (see :func:`actors.build_spec`) or its JSON bytes.
+            spec: an OCI spec (see :func:`actors.build_spec`) or its JSON bytes; optional
+                with ``image``.
             shim: runtime name, ``io.containerd.runc.v2`` by default.
             runtime_options: runc options kept with the container and reused at restore.
             labels: containerd labels.
@@ -474,7 +507,9 @@ class Client:
                 ``rootfs`` (relative to the bundle).
             snapshotter, snapshot_key: the container's snapshot, recorded so containerd's GC
                 keeps it while the container exists.
-            image: the image name, recorded for information.
+            image: an image (or its name) to run on; with ``rootfs``/``snapshot_key`` only
+                the name, recorded for information.
+            args, entrypoint: overrides of the image's Cmd and Entrypoint (no ``spec``).
 
         Raises:
             InvalidArgument: bad id, spec or labels (nothing sent).
@@ -484,6 +519,15 @@ class Client:
         validate_id(container_id)
         if self._live_actor(container_id) is not None:
             raise AlreadyExists(f"container {container_id} already exists", local=True)
+        from_image: Image | None = None
+        if image and not snapshot_key and not rootfs:
+            from_image = image if isinstance(image, Image) else await self.images.get(image)
+            spec = _image_spec_for(from_image, spec, args, entrypoint)
+            snapshotter = await self.images.store.snapshotter()
+            snapshot_key = container_id
+        image_name = image.name if isinstance(image, Image) else image
+        if spec is None:
+            raise InvalidArgument("new_container needs a spec or an image", local=True)
         label_map = _validate_labels(labels)
         if snapshot_key and not snapshotter:
             raise InvalidArgument("a snapshot_key needs its snapshotter", local=True)
@@ -498,10 +542,12 @@ class Client:
         record_pb.snapshotter, record_pb.snapshot_key, record_pb.image = (
             snapshotter,
             snapshot_key,
-            image,
+            image_name,
         )
         try:
             created = await self._remote.containers_create(record_pb)
+            if from_image is not None:
+                rootfs = await self._prepare_image_snapshot(container_id, from_image)
         except BaseException:
             if pool is not None and self._live_actor(container_id) is None:
                 pool.release(container_id)
@@ -513,7 +559,7 @@ class Client:
             spec=spec_bytes,
             terminal=terminal,
             runtime_options=options,
-            image=image,
+            image=image_name,
             snapshotter=snapshotter,
             snapshot_key=snapshot_key,
             rootfs=tuple(rootfs),
@@ -521,6 +567,17 @@ class Client:
         actor = await self._spawn_actor(record)
         container: Container = Container._create(actor, record)
         return container
+
+    async def _prepare_image_snapshot(self, container_id: str, image: Image) -> list[Mount]:
+        # The record exists and names the snapshot, so GC keeps it from its first moment
+        # (no lease needed: containerd does not require a recorded snapshot to exist).
+        try:
+            _, mounts = await self.images.prepare_snapshot(container_id, image)
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(ContainerdActorsError):
+                await self._remote.containers_delete(container_id)
+            raise
+        return mounts
 
     def containers(self) -> list[Container]:
         """Every container this client supervises (0 RPCs)."""
@@ -609,6 +666,28 @@ def _spec_payload(
         decoded = msgspec.structs.replace(decoded, annotations=annotations)
     terminal = decoded.process is not None and bool(decoded.process.terminal)
     return encode_spec(decoded), terminal
+
+
+def _image_spec_for(
+    image: Image,
+    spec: Spec | bytes | None,
+    args: Sequence[str] | None,
+    entrypoint: Sequence[str] | None,
+) -> Spec:
+    from ._image_spec import image_spec, with_image_root
+
+    if spec is None:
+        return image_spec(image, args=args, entrypoint=entrypoint)
+    if args is not None or entrypoint is not None:
+        raise InvalidArgument("give either a spec or args/entrypoint, not both", local=True)
+    if isinstance(spec, bytes | bytearray):
+        try:
+            spec = decode_spec(bytes(spec))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidArgument(f"invalid OCI spec: {exc}", local=True) from None
+    if not isinstance(spec, Spec):
+        raise InvalidArgument("spec must be an actors.Spec or JSON bytes", local=True)
+    return with_image_root(spec)
 
 
 def _validate_labels(labels: Mapping[str, str] | None) -> dict[str, str]:

@@ -132,8 +132,8 @@ class ContentStore:
     """containerd's content, image, lease, snapshot and diff services for one namespace.
 
     Args:
-        remote: the client's :class:`~actors.containerd._remote.Remote` (namespace and
-                RPC counters).
+        remote: the client's :class:`~actors.containerd._remote.Remote` (namespace and RPC
+            counters).
         snapshotter: the snapshotter for unpack and container snapshots; by default
             ``overlayfs``, or ``native`` when containerd cannot use overlayfs (probed once,
             one RPC, on first use).

@@ -408,7 +408,7 @@ async def test_gateway_containers_are_hardened_by_default(
         await gw.call("task.start", {"id": cid})
         output = b""
         with trio.fail_after(30):
-            async with gw.attach(cid) as session:
+            async with gw.attach(cid, replay=True) as session:
                 async for _, data in session.output():
                     output += data
         await gw.call("task.delete", {"id": cid})
@@ -482,7 +482,7 @@ def test_serve_flags_set_the_policy(tmp_path: Path) -> None:
 
     def policy(*flags: str) -> SpecPolicy:
         args = build_parser().parse_args(["serve", *flags])
-        return serve_policy(args, tmp_path / "busybox", tmp_path)
+        return serve_policy(args)
 
     default = policy()
     assert (default.default_memory_limit, default.default_pids_limit) == (

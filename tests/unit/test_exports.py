@@ -41,3 +41,9 @@ def test_handles_have_no_public_constructor() -> None:
     for handle in (actors.Container, actors.Task, actors.Process):
         with pytest.raises(TypeError, match="come from a Client"):
             handle()  # type: ignore[call-arg]  # the point: no public constructor
+
+
+def test_images_api_is_exported() -> None:
+    for name in ("Image", "Images", "LayerProgress", "PullProgress", "image_spec"):
+        assert name in actors.__all__, name
+    assert isinstance(actors.Client.images, property)

@@ -104,6 +104,16 @@ VALID_PARAMS: dict[str, dict[str, Any]] = {
     "events.subscribe": {"filters": {"container": ["c1"], "event": ["die"], "label": ["a=b"]}},
     "events.unsubscribe": {"subscription": "s1"},
     "stdio.attach": {"id": "c1", "exec_id": "e1"},
+    "image.pull": {
+        "reference": "localhost:5000/app:1",
+        "platform": "linux/amd64",
+        "progress": "p1",
+    },
+    "image.list": {},
+    "image.inspect": {"name": "busybox"},
+    "image.remove": {"name": "busybox"},
+    "image.load": {"data": "AAAA", "done": False},
+    "image.save": {"names": ["busybox"]},
     "container.logs": {"id": "c1", "follow": True, "tail": 3, "since": 1, "timestamps": True},
 }
 
@@ -776,3 +786,28 @@ def test_decode_frame_never_raises(frame: bytes, subprotocol: str) -> None:
                 parse(payload)
             except errors.InvalidArgument:
                 pass
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "path"),
+    [
+        ("image.pull", {"reference": ""}, "$.params.reference"),
+        ("image.pull", {"reference": "a\u0000"}, "$.params.reference"),
+        ("image.pull", {"reference": "a", "platform": "linux"}, "$.params.platform"),
+        ("image.pull", {"reference": "a", "progress": "a b"}, "$.params.progress"),
+        ("image.load", {"data": "A" * 800_000}, "$.params.data"),
+        ("image.save", {"names": ["a"], "offset": -1}, "$.params.offset"),
+        ("container.create", {"id": "c", "image": ""}, "$.params.image"),
+    ],
+)
+def test_image_params_are_checked(method: str, params: dict[str, Any], path: str) -> None:
+    error = error_of(message(method, params))
+    assert error.code == INVALID_PARAMS
+    assert error.data is not None and error.data["path"] == path
+
+
+def test_pull_params_never_show_the_password() -> None:
+    from actors.control._protocol import ImagePullParams
+
+    params = ImagePullParams(reference="r", username="u", password="s3cret-value")
+    assert "s3cret" not in repr(params)

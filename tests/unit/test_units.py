@@ -225,3 +225,20 @@ async def test_open_client_without_containerd_raises_unavailable_alone(tmp_path:
     with pytest.raises(errors.Unavailable, match="socket not found"):
         async with open_client(str(tmp_path / "none.sock"), "x", state_dir=str(tmp_path)):
             pass  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "OCI runtime exec failed: exec failed: cannot exec in a stopped container: unknown",
+        "container not running",
+        "process already finished: not found",
+    ],
+)
+def test_runtime_state_refusals_are_preconditions(text: str) -> None:
+    """runc's "not in a state for this" reaches us as UNKNOWN; callers race exits with it."""
+    mapped = errors.from_grpc_exception(GRPCError(Status.UNKNOWN, text), method="Tasks.Start")
+    assert isinstance(mapped, errors.FailedPrecondition)
+    assert str(mapped) == f"Tasks.Start: {text}"
+    other = errors.from_grpc_exception(GRPCError(Status.UNKNOWN, "boom"))
+    assert type(other) is errors.Unknown
