@@ -34,7 +34,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
 import msgspec
 import trio
@@ -211,6 +211,25 @@ class _Session:
             self.nursery.cancel_scope.cancel()
         finally:
             done.set()
+
+
+_P = TypeVar("_P", bound=proto.Params)
+# A method's handler: the gateway, the calling session and the decoded params in, the JSON
+# result out.
+_Handler: TypeAlias = Callable[["Gateway", _Session, _P], Awaitable[Any]]
+_HANDLERS: dict[type[proto.Params], _Handler[Any]] = {}
+
+
+def _handles(params_type: type[_P]) -> Callable[[_Handler[_P]], _Handler[_P]]:
+    """Register the decorated method as the handler of the method with ``params_type``."""
+
+    def register(handler: _Handler[_P]) -> _Handler[_P]:
+        if params_type in _HANDLERS:
+            raise RuntimeError(f"two handlers for {params_type.__name__}")
+        _HANDLERS[params_type] = handler
+        return handler
+
+    return register
 
 
 class Gateway:
@@ -468,103 +487,162 @@ class Gateway:
         task = await (await self._container(container_id)).task()
         return await task.process(exec_id)
 
-    async def _call(self, session: _Session, method: str, params: Any) -> Any:
+    async def _call(self, session: _Session, method: str, params: proto.Params) -> Any:
+        handler = _HANDLERS.get(type(params))
+        if handler is None:  # unreachable: the table is checked complete at import
+            raise InvalidArgument(f"method {method!r} is not served", local=True)
+        return await handler(self, session, params)
+
+    # -- handlers: one per params class of proto.METHODS ---------------------------------
+
+    @_handles(proto.VersionParams)
+    async def _version(self, session: _Session, params: proto.VersionParams) -> Any:
+        version, revision = await self.client.version()
+        return {"version": version, "revision": revision, "protocol": proto.JSONRPC_SUBPROTOCOL}
+
+    @_handles(proto.ContainerCreateParams)
+    async def _container_create(
+        self, session: _Session, params: proto.ContainerCreateParams
+    ) -> Any:
         client = self.client
-        match method:
-            case "version":
-                version, revision = await client.version()
-                return {
-                    "version": version,
-                    "revision": revision,
-                    "protocol": proto.JSONRPC_SUBPROTOCOL,
-                }
-            case "container.create":
-                labels = store_user_labels(params.labels)
-                spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
-                # The default runtime and no runtime options: a request can name neither.
-                container = await client.new_container(params.id, spec, labels=labels)
-                return _describe(container)
-            case "container.list":
-                return [_describe(c) for c in client.containers()]
-            case "container.inspect":
-                return _describe(await self._container(params.id))
-            case "container.delete":
-                await (await self._container(params.id)).delete()
-                self._forget(params.id)
-                return None
-            case "task.start":
-                container = await self._container(params.id)
-                task = await container.start(with_stdin=params.stdin)
-                return {"pid": task.pid}
-            case "task.kill":
-                task = await (await self._container(params.id)).task()
-                await task.kill(params.signo, all=params.all)
-                return None
-            case "task.pause" | "task.resume":
-                task = await (await self._container(params.id)).task()
-                await (task.pause() if method == "task.pause" else task.resume())
-                return None
-            case "task.stats":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.stats())
-            case "task.pids":
-                task = await (await self._container(params.id)).task()
-                return [msgspec.to_builtins(p) for p in await task.summary()]
-            case "task.status":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.status(refresh=params.refresh))
-            case "task.resize":
-                task = await (await self._container(params.id)).task()
-                await task.resize(params.width, params.height)
-                return None
-            case "task.update":
-                check_resource_update(params, self.config.policy)
-                task = await (await self._container(params.id)).task()
-                await task.update_resources(_resources(params))
-                return None
-            case "task.delete":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.delete())
-            case "task.wait":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.wait())
-            case "process.exec":
-                container = await self._container(params.id)
-                task = await container.task()
-                process_spec = build_exec_process(params, container.spec())
-                process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
-                self._processes[(params.id, params.exec_id)] = process
-                return {"pid": process.pid}
-            case "process.kill":
-                process = await self._process(params.id, params.exec_id)
-                await process.kill(params.signo)
-                return None
-            case "process.wait":
-                process = await self._process(params.id, params.exec_id)
-                return msgspec.to_builtins(await process.wait())
-            case "process.delete":
-                process = await self._process(params.id, params.exec_id)
-                status = await process.delete()
-                self._processes.pop((params.id, params.exec_id), None)
-                return msgspec.to_builtins(status)
-            case "events.subscribe":
-                return await self._subscribe(session, params)
-            case "events.unsubscribe":
-                scope = session.subscriptions.pop(params.subscription, None)
-                if scope is None:
-                    raise NotFound(f"no subscription {params.subscription!r}", local=True)
-                scope.cancel()
-                return None
-            case "stdio.attach":
-                return await self._issue_ticket(params.id, params.exec_id or "")
-            case _:
-                raise InvalidArgument(f"method {method!r} is not served", local=True)
+        labels = store_user_labels(params.labels)
+        spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
+        # The default runtime and no runtime options: a request can name neither.
+        container = await client.new_container(params.id, spec, labels=labels)
+        return _describe(container)
+
+    @_handles(proto.ContainerListParams)
+    async def _container_list(self, session: _Session, params: proto.ContainerListParams) -> Any:
+        return [_describe(c) for c in self.client.containers()]
+
+    @_handles(proto.ContainerInspectParams)
+    async def _container_inspect(
+        self, session: _Session, params: proto.ContainerInspectParams
+    ) -> Any:
+        return _describe(await self._container(params.id))
+
+    @_handles(proto.ContainerDeleteParams)
+    async def _container_delete(
+        self, session: _Session, params: proto.ContainerDeleteParams
+    ) -> Any:
+        await (await self._container(params.id)).delete()
+        self._forget(params.id)
+        return None
+
+    @_handles(proto.TaskStartParams)
+    async def _task_start(self, session: _Session, params: proto.TaskStartParams) -> Any:
+        container = await self._container(params.id)
+        task = await container.start(with_stdin=params.stdin)
+        return {"pid": task.pid}
+
+    @_handles(proto.TaskKillParams)
+    async def _task_kill(self, session: _Session, params: proto.TaskKillParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        await task.kill(params.signo, all=params.all)
+        return None
+
+    @_handles(proto.TaskPauseParams)
+    async def _task_pause(self, session: _Session, params: proto.TaskPauseParams) -> Any:
+        await (await (await self._container(params.id)).task()).pause()
+        return None
+
+    @_handles(proto.TaskResumeParams)
+    async def _task_resume(self, session: _Session, params: proto.TaskResumeParams) -> Any:
+        await (await (await self._container(params.id)).task()).resume()
+        return None
+
+    @_handles(proto.TaskStatsParams)
+    async def _task_stats(self, session: _Session, params: proto.TaskStatsParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.stats())
+
+    @_handles(proto.TaskPidsParams)
+    async def _task_pids(self, session: _Session, params: proto.TaskPidsParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return [msgspec.to_builtins(p) for p in await task.summary()]
+
+    @_handles(proto.TaskStatusParams)
+    async def _task_status(self, session: _Session, params: proto.TaskStatusParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.status(refresh=params.refresh))
+
+    @_handles(proto.TaskResizeParams)
+    async def _task_resize(self, session: _Session, params: proto.TaskResizeParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        await task.resize(params.width, params.height)
+        return None
+
+    @_handles(proto.TaskUpdateParams)
+    async def _task_update(self, session: _Session, params: proto.TaskUpdateParams) -> Any:
+        check_resource_update(params, self.config.policy)
+        task = await (await self._container(params.id)).task()
+        await task.update_resources(_resources(params))
+        return None
+
+    @_handles(proto.TaskDeleteParams)
+    async def _task_delete(self, session: _Session, params: proto.TaskDeleteParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.delete())
+
+    @_handles(proto.TaskWaitParams)
+    async def _task_wait(self, session: _Session, params: proto.TaskWaitParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.wait())
+
+    @_handles(proto.ProcessExecParams)
+    async def _process_exec(self, session: _Session, params: proto.ProcessExecParams) -> Any:
+        container = await self._container(params.id)
+        task = await container.task()
+        process_spec = build_exec_process(params, container.spec())
+        process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
+        self._processes[(params.id, params.exec_id)] = process
+        return {"pid": process.pid}
+
+    @_handles(proto.ProcessKillParams)
+    async def _process_kill(self, session: _Session, params: proto.ProcessKillParams) -> Any:
+        process = await self._process(params.id, params.exec_id)
+        await process.kill(params.signo)
+        return None
+
+    @_handles(proto.ProcessWaitParams)
+    async def _process_wait(self, session: _Session, params: proto.ProcessWaitParams) -> Any:
+        process = await self._process(params.id, params.exec_id)
+        return msgspec.to_builtins(await process.wait())
+
+    @_handles(proto.ProcessDeleteParams)
+    async def _process_delete(self, session: _Session, params: proto.ProcessDeleteParams) -> Any:
+        process = await self._process(params.id, params.exec_id)
+        status = await process.delete()
+        self._processes.pop((params.id, params.exec_id), None)
+        return msgspec.to_builtins(status)
+
+    @_handles(proto.EventsSubscribeParams)
+    async def _events_subscribe(
+        self, session: _Session, params: proto.EventsSubscribeParams
+    ) -> Any:
+        return await self._subscribe(session, params)
+
+    @_handles(proto.EventsUnsubscribeParams)
+    async def _events_unsubscribe(
+        self, session: _Session, params: proto.EventsUnsubscribeParams
+    ) -> Any:
+        scope = session.subscriptions.pop(params.subscription, None)
+        if scope is None:
+            raise NotFound(f"no subscription {params.subscription!r}", local=True)
+        scope.cancel()
+        return None
+
+    @_handles(proto.StdioAttachParams)
+    async def _stdio_attach(self, session: _Session, params: proto.StdioAttachParams) -> Any:
+        return await self._issue_ticket(params.id, params.exec_id or "")
 
     def _forget(self, container_id: str) -> None:
         for key in [k for k in self._processes if k[0] == container_id]:
             del self._processes[key]
 
-    async def _subscribe(self, session: _Session, params: Any) -> dict[str, str]:
+    async def _subscribe(
+        self, session: _Session, params: proto.EventsSubscribeParams
+    ) -> dict[str, str]:
         if len(session.subscriptions) >= self.config.max_subscriptions:
             raise ResourceExhausted(
                 f"at most {self.config.max_subscriptions} subscriptions per connection",
@@ -649,6 +727,11 @@ class Gateway:
         return process, process.io
 
 
+_unserved = sorted(m for m, cls in proto.METHODS.items() if cls not in _HANDLERS)
+if _unserved:
+    raise RuntimeError(f"methods without a handler: {_unserved}")
+
+
 async def _bridge_stdio(
     ws: WebSocketConnection, process: Process, io: DirectIO, subprotocol: str
 ) -> None:
@@ -725,7 +808,7 @@ def _describe(container: Container) -> dict[str, Any]:
     }
 
 
-def _resources(params: Any) -> LinuxResources:
+def _resources(params: proto.TaskUpdateParams) -> LinuxResources:
     if params.memory_limit is None and params.pids_limit is None and params.cpu_shares is None:
         raise InvalidArgument(
             "task.update needs memory_limit, pids_limit or cpu_shares", local=True
