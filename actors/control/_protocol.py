@@ -200,11 +200,19 @@ class ContainerCreateParams(Params, frozen=True):
     ] = msgspec.field(default_factory=list)
     privileged: bool = False
     hooks: dict[str, Any] | None = None
+    # Removed by the server when its task exits (docker's --rm), even with no client attached.
+    auto_remove: bool = False
+    # What ``container.stop`` sends first (docker's --stop-signal); SIGTERM when unset.
+    stop_signal: SignalValue | None = None
 
 
 class TaskStartParams(Params, frozen=True):
+    """``attach`` also returns a stdio ticket (as ``stdio.attach`` would) in the same call, so
+    an auto-remove container is not removed before its client reads the output."""
+
     id: ContainerId
     stdin: bool = False
+    attach: bool = False
 
 
 class TaskKillParams(Params, frozen=True):
@@ -247,6 +255,7 @@ class ProcessExecParams(Params, frozen=True):
     cwd: AbsPath | None = None
     terminal: bool = False
     stdin: bool = False
+    user: UserParams | None = None
 
 
 class ProcessParams(Params, frozen=True):
@@ -282,7 +291,10 @@ class EventFilters(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
 
 class EventsSubscribeParams(Params, frozen=True):
+    """``since`` (unix nanoseconds) replays the matching events the server still keeps."""
+
     filters: EventFilters | None = None
+    since: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class EventsUnsubscribeParams(Params, frozen=True):
@@ -338,6 +350,19 @@ class TaskWaitParams(IdParams, frozen=True):
     """``task.wait``."""
 
 
+class ContainerStopParams(Params, frozen=True):
+    """``container.stop``: the stop signal, then SIGKILL after ``timeout`` seconds (docker's
+    default 10); ``signal`` overrides the container's stop signal."""
+
+    id: ContainerId
+    timeout: Annotated[int, msgspec.Meta(ge=0, le=86_400)] | None = None
+    signal: SignalValue | None = None
+
+
+class TaskTopParams(IdParams, frozen=True):
+    """``task.top``."""
+
+
 class ProcessDeleteParams(ProcessParams, frozen=True):
     """``process.delete``."""
 
@@ -355,12 +380,14 @@ METHODS: Final[Mapping[str, type[Params]]] = {
     "container.list": ContainerListParams,
     "container.inspect": ContainerInspectParams,
     "container.delete": ContainerDeleteParams,
+    "container.stop": ContainerStopParams,
     "task.start": TaskStartParams,
     "task.kill": TaskKillParams,
     "task.pause": TaskPauseParams,
     "task.resume": TaskResumeParams,
     "task.stats": TaskStatsParams,
     "task.pids": TaskPidsParams,
+    "task.top": TaskTopParams,
     "task.status": TaskStatusParams,
     "task.resize": TaskResizeParams,
     "task.update": TaskUpdateParams,
@@ -380,11 +407,17 @@ if len(set(METHODS.values())) != len(METHODS):
 
 def _post_check(params: Params) -> tuple[str, str] | None:
     # What msgspec's constraints cannot express; returns (field, reason) on failure.
-    if isinstance(params, TaskKillParams | ProcessKillParams):
+    if isinstance(params, TaskKillParams | ProcessKillParams | ContainerStopParams):
         try:
-            parse_signal(params.signal)
+            if params.signal is not None:
+                parse_signal(params.signal)
         except InvalidArgument as exc:
             return "signal", exc.message
+    elif isinstance(params, ContainerCreateParams) and params.stop_signal is not None:
+        try:
+            parse_signal(params.stop_signal)
+        except InvalidArgument as exc:
+            return "stop_signal", exc.message
     elif isinstance(params, TaskUpdateParams) and params == TaskUpdateParams(id=params.id):
         return "", "nothing to update: give memory_limit, pids_limit or cpu_shares"
     return None

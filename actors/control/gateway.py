@@ -32,6 +32,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias, TypeVar
@@ -41,13 +42,32 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from ..core._client import Client
+from ..core._container import TaskStatus
 from ..core._handles import Container, Process
-from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
+from ..core._subscribers import EventStreamLagged
+from ..core.events import EventType
+from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources, User
 from ..core.stdio import DirectIO
-from ..errors import ContainerdError, InvalidArgument, NotFound, ResourceExhausted
+from ..errors import (
+    ContainerdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from . import _frames as frames
 from . import _protocol as proto
 from ._labels import store_user_labels, user_labels
+from ._lifecycle import (
+    DEFAULT_STOP_TIMEOUT,
+    EventLog,
+    auto_remove,
+    default_hostname,
+    describe_extra,
+    lifecycle_labels,
+    read_top,
+    stop_signal,
+)
 from ._policy import SpecPolicy, build_container_spec, build_exec_process, check_resource_update
 from ._wsserver import WebsocketListener
 
@@ -256,6 +276,9 @@ class Gateway:
         self._stdio_sessions = 0
         self._internal_errors = 0
         self.port: int | None = None
+        self._events = EventLog()
+        self._background: trio.Nursery | None = None
+        self._starting: dict[str, int] = {}
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
@@ -294,6 +317,8 @@ class Gateway:
             on_error=self._count_internal_error,
         )
         async with trio.open_nursery() as nursery:
+            self._background = nursery
+            await nursery.start(self._watch_events)
             await nursery.start(server.run)
             task_status.started(self)
 
@@ -302,6 +327,67 @@ class Gateway:
 
     def _count_internal_error(self) -> None:
         self._internal_errors += 1
+
+    # -- what the server does on its own: the event log and docker's --rm ----------------
+
+    async def _watch_events(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep recent events (``events --since``) and remove ``--rm`` containers on exit."""
+        started = False
+        while True:
+            subscription = self.client.events(buffer=self.config.outbound_buffer)
+            with contextlib.closing(subscription):
+                # Also after a lag: exits missed meanwhile are found by the sweep.
+                for container in self.client.containers():
+                    self._auto_remove_soon(container.id)
+                if not started:
+                    started = True
+                    task_status.started()
+                labels_of: dict[str, dict[str, str]] = {}
+                try:
+                    async for event in subscription:
+                        info = event.info
+                        cid = info.container_id
+                        if cid not in labels_of:
+                            labels_of = {
+                                c.id: user_labels(c.labels) for c in self.client.containers()
+                            }
+                        self._events.append(proto.event_message(event, labels_of.get(cid, {})))
+                        if event.type is EventType.EXIT and info.process_id in ("", cid):
+                            self._auto_remove_soon(cid)
+                    return  # the client closed
+                except EventStreamLagged:
+                    log.warning("event log fell behind; resubscribing")
+
+    def _auto_remove_soon(self, container_id: str) -> None:
+        if self._background is not None:
+            self._background.start_soon(self._auto_remove, container_id)
+
+    async def _auto_remove(self, container_id: str) -> None:
+        # While a client reads the output, removing would cut it off: the stdio
+        # connection calls this again when it ends.
+        if (container_id, "") in self._attached or container_id in self._starting:
+            return
+        expiry = self._ticket_pending(container_id)
+        if expiry is not None:
+            # A client is about to attach; look again once its ticket is used or expired.
+            await trio.sleep_until(expiry)
+            self._auto_remove_soon(container_id)
+            return
+        try:
+            container = await self._container(container_id)
+            if not auto_remove(container.labels):
+                return
+            state = container.task_state()
+            if state is not None:
+                if state.status is not TaskStatus.STOPPED:
+                    return
+                await (await container.task()).delete()
+            await container.delete()
+            self._forget(container_id)
+        except (NotFound, FailedPrecondition):
+            pass  # already removed, or a new task was started meanwhile
+        except ContainerdError:
+            log.warning("could not auto-remove %s", container_id, exc_info=True)
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -505,7 +591,10 @@ class Gateway:
         self, session: _Session, params: proto.ContainerCreateParams
     ) -> Any:
         client = self.client
-        labels = store_user_labels(params.labels)
+        signo = proto.parse_signal(params.stop_signal) if params.stop_signal is not None else None
+        labels = store_user_labels(params.labels) | lifecycle_labels(params, signo)
+        if params.hostname is None:
+            params = msgspec.structs.replace(params, hostname=default_hostname(params.id))
         spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
         # The default runtime and no runtime options: a request can name neither.
         container = await client.new_container(params.id, spec, labels=labels)
@@ -529,11 +618,53 @@ class Gateway:
         self._forget(params.id)
         return None
 
+    @_handles(proto.ContainerStopParams)
+    async def _container_stop(self, session: _Session, params: proto.ContainerStopParams) -> Any:
+        container = await self._container(params.id)
+        state = container.task_state()
+        if state is None:
+            return None
+        task = await container.task()
+        if state.status is not TaskStatus.STOPPED:
+            signo = (
+                proto.parse_signal(params.signal)
+                if params.signal is not None
+                else stop_signal(container.labels)
+            )
+            timeout = DEFAULT_STOP_TIMEOUT if params.timeout is None else params.timeout
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await task.kill(signo)
+                if state.status is TaskStatus.PAUSED:
+                    # A frozen process cannot act on the signal until thawed.
+                    await task.resume()
+            with trio.move_on_after(timeout):
+                return msgspec.to_builtins(await task.wait())
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await task.kill(signal.SIGKILL, all=True)
+        return msgspec.to_builtins(await task.wait())
+
+    @_handles(proto.TaskTopParams)
+    async def _task_top(self, session: _Session, params: proto.TaskTopParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        summary = [(p.pid, p.exec_id) for p in await task.summary()]
+        return await trio.to_thread.run_sync(read_top, summary)
+
     @_handles(proto.TaskStartParams)
     async def _task_start(self, session: _Session, params: proto.TaskStartParams) -> Any:
         container = await self._container(params.id)
-        task = await container.start(with_stdin=params.stdin)
-        return {"pid": task.pid}
+        self._starting[params.id] = self._starting.get(params.id, 0) + 1
+        try:
+            task = await container.start(with_stdin=params.stdin)
+            result: dict[str, Any] = {"pid": task.pid}
+            if params.attach:
+                result["stdio"] = self._new_ticket(params.id, "")
+        finally:
+            self._starting[params.id] -= 1
+            if not self._starting[params.id]:
+                del self._starting[params.id]
+        # An exit seen while starting was deferred; look again (a no-op while it runs).
+        self._auto_remove_soon(params.id)
+        return result
 
     @_handles(proto.TaskKillParams)
     async def _task_kill(self, session: _Session, params: proto.TaskKillParams) -> Any:
@@ -594,6 +725,8 @@ class Gateway:
         container = await self._container(params.id)
         task = await container.task()
         process_spec = build_exec_process(params, container.spec())
+        if params.user is not None:
+            process_spec.user = User(uid=params.user.uid, gid=params.user.gid)
         process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
         self._processes[(params.id, params.exec_id)] = process
         return {"pid": process.pid}
@@ -642,7 +775,7 @@ class Gateway:
 
     async def _subscribe(
         self, session: _Session, params: proto.EventsSubscribeParams
-    ) -> dict[str, str]:
+    ) -> dict[str, Any]:
         if len(session.subscriptions) >= self.config.max_subscriptions:
             raise ResourceExhausted(
                 f"at most {self.config.max_subscriptions} subscriptions per connection",
@@ -654,19 +787,29 @@ class Gateway:
         scope = trio.CancelScope()
         session.subscriptions[name] = scope
 
+        # The live subscription exists before the replay is taken, so nothing falls between.
+        replayed = (
+            self._events.since(params.since, event_filter) if params.since is not None else []
+        )
+        seen = {(m.time_nano, m.action, m.actor.id) for m in replayed}
+
         async def pump() -> None:
             with scope, contextlib.closing(subscription):
+                for message in replayed:
+                    session.send(proto.event_notification(name, message))
                 labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
                 async for event in subscription:
                     cid = event.info.container_id
                     if cid not in labels_of:
                         labels_of = {c.id: user_labels(c.labels) for c in self.client.containers()}
                     message = proto.event_message(event, labels_of.get(cid, {}))
+                    if (message.time_nano, message.action, cid) in seen:
+                        continue
                     if event_filter.matches(message):
                         session.send(proto.event_notification(name, message))
 
         session.nursery.start_soon(pump)
-        return {"subscription": name}
+        return {"subscription": name, "replayed": len(replayed)}
 
     # -- stdio ---------------------------------------------------------------------------
 
@@ -676,11 +819,24 @@ class Gateway:
             await self._process(container_id, exec_id)
         elif container.task_state() is None:
             raise NotFound(f"container {container_id} has no task", local=True)
+        return self._new_ticket(container_id, exec_id)
+
+    def _new_ticket(self, container_id: str, exec_id: str) -> dict[str, str]:
         now = trio.current_time()
         self._tickets = {k: v for k, v in self._tickets.items() if v[2] > now}
         ticket = secrets.token_urlsafe(24)
         self._tickets[ticket] = (container_id, exec_id, now + STDIO_TICKET_SECONDS)
         return {"path": f"/stdio/{ticket}", "expires_in": str(int(STDIO_TICKET_SECONDS))}
+
+    def _ticket_pending(self, container_id: str) -> float | None:
+        """When the last unused ticket for the container's task expires, if any."""
+        now = trio.current_time()
+        expiries = [
+            expiry
+            for cid, exec_id, expiry in self._tickets.values()
+            if cid == container_id and not exec_id and expiry > now
+        ]
+        return max(expiries) if expiries else None
 
     async def _stdio_connection(
         self, ws: WebSocketConnection, ticket: str, subprotocol: str
@@ -716,6 +872,8 @@ class Gateway:
             await ws.aclose(CLOSE_POLICY_VIOLATION, "process not found")
         finally:
             self._attached.discard(key)
+            if not exec_id:
+                self._auto_remove_soon(container_id)
 
     async def _stdio_target(self, container_id: str, exec_id: str) -> tuple[Process, DirectIO]:
         if exec_id:
@@ -805,6 +963,7 @@ def _describe(container: Container) -> dict[str, Any]:
         "labels": user_labels(container.labels),
         "runtime": container.runtime,
         "task": msgspec.to_builtins(state) if state is not None else None,
+        **describe_extra(container),
     }
 
 

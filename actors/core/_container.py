@@ -857,6 +857,10 @@ class ContainerActor:
             if not self._apply_exit(info):
                 self._duplicate_exits += 1
                 return
+        elif event.type is EventType.OOM and self._init is not None and self._init.oom_killed:
+            # The shim reports OOM on every change of the cgroup's memory.events while its
+            # oom_kill count is non-zero (hundreds for one kill): one per task is the news.
+            return
         else:
             self._apply_state_event(event.type, info)
         if self._backend is not None:

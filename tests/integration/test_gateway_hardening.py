@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from actors import InvalidArgument, NotFound
 from actors.containerd._embedded import PrivateContainerd
 from actors.control._labels import USER_LABEL_PREFIX
+from actors.control._lifecycle import CREATED_LABEL, IMAGE_LABEL
 from actors.control.gateway_client import GatewayClient, connect_gateway
 
 from ..conftest import unique_id
@@ -215,7 +216,11 @@ async def test_user_labels_round_trip_and_are_stored_prefixed(
     # containerd's own record: only our prefix, the default runtime, no options, no
     # annotations.
     record = await served.client._remote.containers_get(cid)
-    assert dict(record.labels) == {USER_LABEL_PREFIX + k: v for k, v in labels.items()}
+    stored = dict(record.labels)
+    ours = {k: v for k, v in stored.items() if k.startswith(USER_LABEL_PREFIX)}
+    assert ours == {USER_LABEL_PREFIX + k: v for k, v in labels.items()}
+    # Besides the client's: only the gateway's own bookkeeping (creation time, rootfs name).
+    assert set(stored) - set(ours) == {CREATED_LABEL, IMAGE_LABEL}
     assert record.runtime.name == "io.containerd.runc.v2"
     assert not record.runtime.HasField("options")
     assert not json.loads(record.spec.value).get("annotations")
