@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import shlex
 import signal
 import textwrap
 from pathlib import Path
@@ -94,11 +96,27 @@ async def serve(args: argparse.Namespace) -> int:
         open_supervisor(address, args.namespace, state_dir=str(state_root / "io")) as client,
         trio.open_nursery() as nursery,
     ):
-        gateway = await nursery.start(Gateway(client, config).serve)
+        try:
+            gateway = await nursery.start(Gateway(client, config).serve)
+        except OSError as exc:
+            place = config.unix_socket or f"{config.host}:{config.port}"
+            reason = (
+                "the address is already in use (is another serve running? choose --listen)"
+                if exc.errno == errno.EADDRINUSE
+                else exc.strerror or str(exc)
+            )
+            _say(f"cannot listen on {place}: {reason}")
+            return 125
         where = (
             f"unix://{config.unix_socket}"
             if config.unix_socket
             else f"ws://{config.host}:{gateway.port}"
+        )
+        # The client finds the token through the same flags serve was given.
+        client_flags = "".join(
+            f" {flag} {shlex.quote(value)}"
+            for flag, value in (("--state-dir", args.state_dir), ("--token-file", args.token_file))
+            if value
         )
         version, _ = await client.version()
         print(
@@ -108,7 +126,7 @@ async def serve(args: argparse.Namespace) -> int:
                   control plane: {where}  (subprotocol containerd-actors.v1)
                   token file:    {token_file}
                   supervising:   {len(client.containers())} existing container(s)
-                try:  containerd-actors --url {where} run --rm busybox -- echo hello
+                try:  containerd-actors --url {where}{client_flags} run --rm busybox -- echo hello
                 stop with Ctrl-C (containers keep running)"""
             ),
             flush=True,
