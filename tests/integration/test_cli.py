@@ -610,3 +610,46 @@ async def test_serve_default_capabilities_allow_chown_and_ping(
                 if expected == 0:
                     assert done.stdout == b"ok\n"
                 nursery.cancel_scope.cancel()
+
+
+async def test_serve_hint_names_the_state_dir_and_a_busy_port_is_one_line(
+    containerd: PrivateContainerd, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    namespace = unique_id("serve")
+    base = [sys.executable, "-m", "supervisor", "--state-dir", str(state), "serve",
+            "--address", containerd.address, "--namespace", namespace]  # fmt: skip
+    busy = trio.socket.socket()
+    await busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with trio.fail_after(60):
+            refused = await trio.run_process(
+                [*base, "--listen", f"127.0.0.1:{busy.getsockname()[1]}"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=REPO,
+            )
+    finally:
+        busy.close()
+    assert refused.returncode == 125
+    assert b"already in use" in refused.stderr
+    assert b"Traceback" not in refused.stderr
+    with trio.fail_after(60):
+        proc = await trio.lowlevel.open_process(
+            [*base, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, cwd=REPO
+        )
+        try:
+            assert proc.stdout is not None
+            seen = bytearray()
+            await read_until(proc.stdout, b"stop with Ctrl-C", seen)
+            [hint] = [line for line in seen.decode().splitlines() if line.startswith("try:")]
+            assert f"--state-dir {state}" in hint
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.stdout.aclose()
