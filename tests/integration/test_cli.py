@@ -652,4 +652,5 @@ async def test_serve_hint_names_the_state_dir_and_a_busy_port_is_one_line(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            await proc.stdout.aclose()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
