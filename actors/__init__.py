@@ -14,10 +14,12 @@ from .core._client import open_client as open_client
 from .core._container import ActorStatistics as ActorStatistics
 from .core._container import Backend as Backend
 from .core._container import ProcessState as ProcessState
+from .core._container import RestartStatus as RestartStatus
 from .core._container import TaskStatus as TaskStatus
 from .core._handles import Container as Container
 from .core._handles import Process as Process
 from .core._handles import Task as Task
+from .core._restart import ContainerRestartPolicy as ContainerRestartPolicy
 from .core._seccomp import default_seccomp_profile as default_seccomp_profile
 from .core._subscribers import EventStreamLagged as EventStreamLagged
 from .core._subscribers import Subscription as Subscription
@@ -64,6 +66,7 @@ __all__ = [
     "ClientClosed",
     "ClientStatistics",
     "Container",
+    "ContainerRestartPolicy",
     "ContainerdActorsError",
     "ContainerdError",
     "DataLoss",
@@ -87,6 +90,7 @@ __all__ = [
     "ResourceExhausted",
     "RestartLimitExceeded",
     "RestartPolicy",
+    "RestartStatus",
     "RuncOptions",
     "Spec",
     "Subscription",

@@ -118,20 +118,22 @@ async def serve(args: argparse.Namespace) -> int:
             for flag, value in (("--state-dir", args.state_dir), ("--token-file", args.token_file))
             if value
         )
-        version, _ = await client.version()
-        print(
-            textwrap.dedent(
-                f"""\
-                containerd-actors is serving namespace {args.namespace!r} (containerd {version})
-                  control plane: {where}  (subprotocol containerd-actors.v1)
-                  token file:    {token_file}
-                  supervising:   {len(client.containers())} existing container(s)
-                try:  containerd-actors --url {where}{client_flags} run --rm busybox -- echo hello
-                stop with Ctrl-C (containers keep running)"""
-            ),
-            flush=True,
-        )
+        hint = f"containerd-actors --url {where}{client_flags} run --rm busybox -- echo hello"
+        # Signals are ours before the hint says Ctrl-C stops us.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            version, _ = await client.version()
+            print(
+                textwrap.dedent(
+                    f"""\
+                    containerd-actors is serving namespace {args.namespace!r} (containerd {version})
+                      control plane: {where}  (subprotocol containerd-actors.v1)
+                      token file:    {token_file}
+                      supervising:   {len(client.containers())} existing container(s)
+                    try:  {hint}
+                    stop with Ctrl-C (containers keep running)"""
+                ),
+                flush=True,
+            )
             async for signum in signals:
                 _say(f"{signal.Signals(signum).name}: stopping (containers keep running)")
                 break

@@ -24,6 +24,7 @@ import msgspec
 import trio
 
 from ..core._groups import collapse
+from ..core._restart import ContainerRestartPolicy
 from ..core.spec import (
     CONTAINERD_DEFAULT_CAPABILITIES,
     DEFAULT_CAPABILITIES,
@@ -205,6 +206,10 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
         params["stop_signal"] = args.stop_signal
     if args.label:
         params["labels"] = dict(label.partition("=")[::2] for label in args.label)
+    if args.restart and args.restart != "no":
+        if args.rm:
+            raise InvalidArgument("Conflicting options: --restart and --rm")
+        params["restart"] = args.restart
     if args.rm:
         params["auto_remove"] = True
     return params
@@ -668,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stop-signal", help="what stop sends first (default SIGTERM)")
         p.add_argument("--init", action="store_true", help="not supported (see the message)")
         p.add_argument(
+            "--restart",
+            type=_restart_policy,
+            help="no (default), always, unless-stopped or on-failure[:N]; the server "
+            "restarts the container when it exits, even with no client attached",
+        )
+        p.add_argument(
             "rootfs",
             help="'busybox' (the server's default rootfs) or a rootfs directory under an "
             "allowed root",
@@ -837,6 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     format_opt(version)
     return parser
+
+
+def _restart_policy(text: str) -> str:
+    try:
+        return str(ContainerRestartPolicy.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _boolean(text: str) -> bool:

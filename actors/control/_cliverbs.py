@@ -139,6 +139,8 @@ def docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
     exit_ = task.get("exit") or {}
     state = docker_state(info)
     args = info.get("args") or []
+    restart = info.get("restart") or {}
+    policy, _, retries = str(restart.get("policy", "no")).partition(":")
     return {
         "Id": info["id"],
         "Name": "/" + info["id"],
@@ -149,7 +151,7 @@ def docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
             "Status": state,
             "Running": state in ("running", "paused"),
             "Paused": state == "paused",
-            "Restarting": False,
+            "Restarting": bool(restart.get("pending")),
             "Dead": False,
             "Pid": task.get("pid", 0) if state in ("running", "paused") else 0,
             "ExitCode": exit_.get("code", 0),
@@ -172,8 +174,10 @@ def docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
             "Memory": info.get("memory_limit", 0),
             "PidsLimit": info.get("pids_limit", 0),
             "AutoRemove": info.get("auto_remove", False),
+            "RestartPolicy": {"Name": policy, "MaximumRetryCount": int(retries or 0)},
             "Runtime": info.get("runtime", ""),
         },
+        "RestartCount": restart.get("count", 0),
         "Platform": "linux",
     }
 

@@ -155,6 +155,7 @@ def describe_extra(container: Container) -> dict[str, Any]:
         "image": labels.get(IMAGE_LABEL) or container._record.image or "",
         "auto_remove": auto_remove(labels),
         "stop_signal": stop_signal(labels),
+        "restart": msgspec.to_builtins(container.restart_status()),
     }
     try:
         spec = decode_spec(container.spec_json)

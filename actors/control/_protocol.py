@@ -81,6 +81,7 @@ _HOSTNAME_RE: Final = (
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
 _TOKENISH_RE: Final = r"\A[A-Za-z0-9_-]+\Z"
+_RESTART_RE: Final = r"\A(?:no|always|unless-stopped|on-failure(?::[0-9]{1,9})?)\Z"
 
 # msgspec reports a failed pattern as the regex itself; clients get a description instead.
 _PATTERN_HINTS: Final = {
@@ -91,6 +92,7 @@ _PATTERN_HINTS: Final = {
     _ENV_RE: "a KEY=VALUE entry",
     _HOSTNAME_RE: "an RFC 1123 hostname",
     _TOKENISH_RE: "letters, digits, '_' or '-'",
+    _RESTART_RE: "a restart policy: no, always, unless-stopped or on-failure[:N]",
 }
 
 ContainerId: TypeAlias = Annotated[str, msgspec.Meta(pattern=_ID_RE, max_length=MAX_ID_LENGTH)]
@@ -204,6 +206,8 @@ class ContainerCreateParams(Params, frozen=True):
     auto_remove: bool = False
     # What ``container.stop`` sends first (docker's --stop-signal); SIGTERM when unset.
     stop_signal: SignalValue | None = None
+    # docker's --restart: no, always, unless-stopped or on-failure[:N].
+    restart: Annotated[str, msgspec.Meta(pattern=_RESTART_RE, max_length=32)] | None = None
 
 
 class TaskStartParams(Params, frozen=True):

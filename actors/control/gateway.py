@@ -44,6 +44,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from ..core._client import Client
 from ..core._container import TaskStatus
 from ..core._handles import Container, Process
+from ..core._restart import ContainerRestartPolicy
 from ..core._subscribers import EventStreamLagged
 from ..core.events import EventType
 from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources, User
@@ -597,7 +598,14 @@ class Gateway:
             params = msgspec.structs.replace(params, hostname=default_hostname(params.id))
         spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
         # The default runtime and no runtime options: a request can name neither.
-        container = await client.new_container(params.id, spec, labels=labels)
+        restart = ContainerRestartPolicy.parse(params.restart) if params.restart else None
+        if restart is not None and restart.mode != "no" and params.auto_remove:
+            raise InvalidArgument(
+                "conflicting options: a restart policy and auto-remove (--rm)", local=True
+            )
+        container = await client.new_container(
+            params.id, spec, labels=labels, restart_policy=restart
+        )
         return _describe(container)
 
     @_handles(proto.ContainerListParams)
@@ -625,7 +633,12 @@ class Gateway:
         if state is None:
             return None
         task = await container.task()
-        if state.status is not TaskStatus.STOPPED:
+        if state.status is TaskStatus.STOPPED:
+            # Still a user's stop: it cancels a pending restart (the actor notes it even
+            # though the process is gone).
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await task.kill(signal.SIGKILL)
+        else:
             signo = (
                 proto.parse_signal(params.signal)
                 if params.signal is not None

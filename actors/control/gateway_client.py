@@ -44,6 +44,8 @@ _encoder: Final = msgspec.json.Encoder()
 
 
 DEFAULT_TIMEOUT: Final = 10.0
+# Events kept for a subscription id not registered yet (see GatewayClient._reader).
+_EARLY_EVENTS: Final = 4096
 
 
 class GatewayError(ContainerdActorsError):
@@ -172,6 +174,8 @@ class GatewayClient:
         self._timeout = timeout
         #: How many kept events the last ``subscribe`` with ``since`` replays first.
         self.replayed = 0
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        self._early_total = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._subscriptions: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
@@ -183,10 +187,16 @@ class GatewayClient:
                 body = _decoder.decode(message)
                 if "method" in body and body.get("method") == "event":
                     params = body.get("params", {})
-                    channel = self._subscriptions.get(params.get("subscription", ""))
+                    name = params.get("subscription", "")
+                    channel = self._subscriptions.get(name)
                     if channel is not None:
                         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                             channel.send_nowait(params.get("event", {}))
+                    elif self._early_total < _EARLY_EVENTS:
+                        # Events may arrive before subscribe() has registered the id it was
+                        # just given (the reply and the first events come back to back).
+                        self._early.setdefault(name, []).append(params.get("event", {}))
+                        self._early_total += 1
                     continue
                 request_id = body.get("id")
                 waiter = (
@@ -243,6 +253,11 @@ class GatewayClient:
         name = result["subscription"]
         self.replayed = int(result.get("replayed", 0))
         self._subscriptions[name] = send
+        early = self._early.pop(name, [])
+        self._early_total -= len(early)
+        for event in early:
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(event)
         try:
             yield receive
         finally:

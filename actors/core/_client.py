@@ -36,6 +36,7 @@ from ._container import (
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
+from ._restart import RESTART_POLICY_LABEL, ContainerRestartPolicy
 from ._subscribers import SubscriberHub, SubscriberStatistics, Subscription
 from ._supervision import CrashHistory, RestartLimitExceeded, RestartPolicy
 from .events import EventRouter, EventType, RouterStatistics, TaskEvent
@@ -333,6 +334,7 @@ class Client:
         snapshotter: str = "",
         snapshot_key: str = "",
         image: str = "",
+        restart_policy: ContainerRestartPolicy | None = None,
     ) -> Container:
         """Create a container record (one RPC: Containers.Create) and its actor.
 
@@ -348,6 +350,8 @@ class Client:
             snapshotter, snapshot_key: the container's snapshot, recorded so containerd's GC
                 keeps it while the container exists.
             image: the image name, recorded for information.
+            restart_policy: docker's ``--restart``, honoured by the container's actor when
+                its task exits (stored in a label, so later supervisors honour it too).
 
         Raises:
             InvalidArgument: bad id, spec or labels (nothing sent).
@@ -359,6 +363,8 @@ class Client:
             raise AlreadyExists(f"container {container_id} already exists", local=True)
         spec_bytes, terminal = _spec_payload(spec, self.namespace, container_id)
         label_map = _validate_labels(labels)
+        if restart_policy is not None and restart_policy.mode != "no":
+            label_map[RESTART_POLICY_LABEL] = str(restart_policy)
         options = runtime_options.to_proto() if runtime_options is not None else b""
         record_pb = containers_pb2.Container(id=container_id, labels=label_map)
         record_pb.runtime.name = shim

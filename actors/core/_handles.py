@@ -14,7 +14,7 @@ import trio
 
 from ..errors import FailedPrecondition, NotFound
 from . import _commands as cmd
-from ._container import ActorStatistics, ContainerActor, ProcessState, call_actor
+from ._container import ActorStatistics, ContainerActor, ProcessState, RestartStatus, call_actor
 from ._ids import validate_id
 from .metrics import ProcessSummary, TaskStats, decode_metric, decode_process_info
 from .spec import (
@@ -219,6 +219,10 @@ class Container(metaclass=_NoPublicConstructor):
 
     def statistics(self) -> ActorStatistics:
         return self._actor.statistics()
+
+    def restart_status(self) -> RestartStatus:
+        """The restart policy, count and whether a restart is pending (0 RPCs)."""
+        return self._actor.restart_status()
 
     def task_state(self) -> ProcessState | None:
         """The task as this container's actor knows it (0 RPCs), or None without one."""

@@ -654,3 +654,39 @@ async def test_serve_hint_names_the_state_dir_and_a_busy_port_is_one_line(
                 await proc.wait()
             if proc.stdout is not None:
                 await proc.stdout.aclose()
+
+
+# -- 7. restart policies ---------------------------------------------------------------------
+
+
+async def test_run_restart_on_failure_restarts_exactly_twice_and_stop_is_final(
+    served: Served, gw: GatewayClient
+) -> None:
+    failing, stopped = unique_id("rf"), unique_id("rs")
+    try:
+        with trio.fail_after(90):
+            async with gw.subscribe({"container": [failing]}) as events:
+                done = await cli(served, "run", "-d", "--restart", "on-failure:2", "--name",
+                                 failing, "busybox", "--", "sh", "-c", "exit 1")  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                actions: list[str] = []
+                while actions.count("die") < 3:
+                    actions.append((await events.receive())["Action"])
+            assert actions.count("start") == 3
+            code = await cli(served, "inspect", "-f",
+                             "{{.RestartCount}} {{.State.Restarting}} {{.State.ExitCode}} "
+                             "{{.HostConfig.RestartPolicy.Name}}", failing)  # fmt: skip
+            assert code.stdout == b"2 false 1 on-failure\n", code.stderr
+            assert (await cli(served, "run", "-d", "--restart", "always", "--name", stopped,
+                              "busybox", "--", "sleep", "300")).returncode == 0  # fmt: skip
+            assert (await cli(served, "stop", "-t", "0", stopped)).returncode == 0
+            after = await cli(served, "inspect", "-f",
+                              "{{.RestartCount}} {{.State.Restarting}} {{.State.Status}}",
+                              stopped)  # fmt: skip
+            assert after.stdout == b"0 false exited\n"
+            conflict = await cli(served, "run", "--rm", "--restart", "always", "busybox")
+            assert conflict.returncode == 125
+            assert b"Conflicting options: --restart and --rm" in conflict.stderr
+    finally:
+        await remove(gw, failing)
+        await remove(gw, stopped)

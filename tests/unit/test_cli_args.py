@@ -110,3 +110,16 @@ def test_gateway_errors_carry_the_field_and_reason() -> None:
     assert str(GatewayError(-32601, "Method not found", {"method": "x.y"})) == (
         "Method not found: x.y (-32601)"
     )
+
+
+def test_a_bad_restart_policy_is_named_in_the_error() -> None:
+    from actors.control._protocol import ErrorResponse, decode_request
+
+    decoded = decode_request(
+        '{"jsonrpc":"2.0","id":1,"method":"container.create",'
+        '"params":{"id":"a","args":["true"],"restart":"sometimes"}}'
+    )
+    assert isinstance(decoded, ErrorResponse)
+    assert decoded.data is not None
+    assert decoded.data["path"] == "$.params.restart"
+    assert "on-failure[:N]" in decoded.data["reason"]
