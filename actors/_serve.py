@@ -90,6 +90,7 @@ async def serve(args: argparse.Namespace) -> int:
         port=int(port),
         unix_socket=args.unix,
         allowed_origins=frozenset(args.allow_origin),
+        files_dir=str(state_root / "files"),
     )
     async with (
         containerd_address(args.address, state_root, progress=_say) as address,

@@ -58,6 +58,7 @@ from ..errors import (
 )
 from . import _frames as frames
 from . import _protocol as proto
+from ._etcfiles import remove_container_files, write_container_files
 from ._labels import store_user_labels, user_labels
 from ._lifecycle import (
     DEFAULT_STOP_TIMEOUT,
@@ -103,6 +104,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
         rate: requests per second per connection (token bucket with ``burst``).
         max_subscriptions: event subscriptions per connection.
         outbound_buffer: messages queued for one connection before it counts as too slow.
+        files_dir: where each container's /etc/hosts and /etc/resolv.conf are written
+            (bind-mounted read-only, as docker provides them); None: not provided.
     """
 
     token: str
@@ -119,6 +122,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     burst: int = 400
     max_subscriptions: int = 16
     outbound_buffer: int = 256
+    files_dir: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.token) < 16:
@@ -385,6 +389,7 @@ class Gateway:
                 await (await container.task()).delete()
             await container.delete()
             self._forget(container_id)
+            await self._remove_files(container_id)
         except (NotFound, FailedPrecondition):
             pass  # already removed, or a new task was started meanwhile
         except ContainerdError:
@@ -597,15 +602,29 @@ class Gateway:
         if params.hostname is None:
             params = msgspec.structs.replace(params, hostname=default_hostname(params.id))
         spec = build_container_spec(params, self.config.policy, namespace=client.namespace)
+        files_dir = self.config.files_dir
+        own = {m.destination for m in params.mounts}
+        if files_dir is not None and not own & {"/etc/hosts", "/etc/resolv.conf"}:
+            spec.mounts.extend(
+                await trio.to_thread.run_sync(
+                    write_container_files, files_dir, params.id, params.hostname or params.id
+                )
+            )
         # The default runtime and no runtime options: a request can name neither.
         restart = ContainerRestartPolicy.parse(params.restart) if params.restart else None
         if restart is not None and restart.mode != "no" and params.auto_remove:
             raise InvalidArgument(
                 "conflicting options: a restart policy and auto-remove (--rm)", local=True
             )
-        container = await client.new_container(
-            params.id, spec, labels=labels, restart_policy=restart
-        )
+        try:
+            container = await client.new_container(
+                params.id, spec, labels=labels, restart_policy=restart
+            )
+        except BaseException:
+            if files_dir is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(remove_container_files, files_dir, params.id)
+            raise
         return _describe(container)
 
     @_handles(proto.ContainerListParams)
@@ -624,6 +643,7 @@ class Gateway:
     ) -> Any:
         await (await self._container(params.id)).delete()
         self._forget(params.id)
+        await self._remove_files(params.id)
         return None
 
     @_handles(proto.ContainerStopParams)
@@ -781,6 +801,12 @@ class Gateway:
     @_handles(proto.StdioAttachParams)
     async def _stdio_attach(self, session: _Session, params: proto.StdioAttachParams) -> Any:
         return await self._issue_ticket(params.id, params.exec_id or "")
+
+    async def _remove_files(self, container_id: str) -> None:
+        if self.config.files_dir is not None:
+            await trio.to_thread.run_sync(
+                remove_container_files, self.config.files_dir, container_id
+            )
 
     def _forget(self, container_id: str) -> None:
         for key in [k for k in self._processes if k[0] == container_id]:

@@ -50,15 +50,17 @@ class Served:
 
 @pytest.fixture
 async def served(
-    containerd: PrivateContainerd, io_dir: Path, rootfs: Path
+    containerd: PrivateContainerd, io_dir: Path, rootfs: Path, tmp_path: Path
 ) -> AsyncIterator[Served]:
     token = secrets.token_urlsafe(32)
     policy = SpecPolicy(default_rootfs=str(rootfs), allowed_rootfs_roots=(str(rootfs),))
+    files = str(tmp_path / "files")
     async with (
         open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as client,
         trio.open_nursery() as nursery,
     ):
-        gateway = Gateway(client, GatewayConfig(token=token, policy=policy, port=0))
+        config = GatewayConfig(token=token, policy=policy, port=0, files_dir=files)
+        gateway = Gateway(client, config)
         await nursery.start(gateway.serve)
         yield Served(client, gateway, f"ws://127.0.0.1:{gateway.port}", token)
         nursery.cancel_scope.cancel()
@@ -690,3 +692,31 @@ async def test_run_restart_on_failure_restarts_exactly_twice_and_stop_is_final(
     finally:
         await remove(gw, failing)
         await remove(gw, stopped)
+
+
+# -- 8. inside the container -----------------------------------------------------------------
+
+
+async def test_hosts_and_resolv_conf_are_provided_read_only_and_removed_with_it(
+    served: Served, gw: GatewayClient, tmp_path: Path
+) -> None:
+    from actors.control._etcfiles import resolv_conf
+
+    cid = unique_id("etc")
+    script = "cat /etc/hosts; echo ---; cat /etc/resolv.conf; echo x >> /etc/hosts || echo refused"
+    with trio.fail_after(60):
+        done = await cli(served, "run", "--name", cid, "busybox", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    hosts, resolv = done.stdout.decode().split("---\n")
+    assert "127.0.0.1\tlocalhost" in hosts and f"127.0.1.1\t{cid}" in hosts
+    assert "nameserver 127." not in resolv and "nameserver" in resolv
+    assert resolv.endswith("refused\n")
+    assert (tmp_path / "files" / cid / "hosts").exists()
+    with trio.fail_after(30):
+        assert (await cli(served, "rm", cid)).returncode == 0
+    assert not (tmp_path / "files" / cid).exists()
+    # docker's filter: loopback resolvers are unreachable from the container's network.
+    assert resolv_conf("nameserver 127.0.0.53\nsearch lan\n") == (
+        "search lan\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+    )
+    assert resolv_conf("nameserver ::1\nnameserver 10.0.0.1\n") == "nameserver 10.0.0.1\n"
