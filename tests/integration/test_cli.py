@@ -720,3 +720,88 @@ async def test_hosts_and_resolv_conf_are_provided_read_only_and_removed_with_it(
         "search lan\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
     )
     assert resolv_conf("nameserver ::1\nnameserver 10.0.0.1\n") == "nameserver 10.0.0.1\n"
+
+
+# -- RPC budgets of the new gateway operations ------------------------------------------------
+
+
+def _calls(client: Client) -> dict[str, int]:
+    return dict(client.statistics().rpc.calls)
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+async def test_rpc_budgets_of_stop_top_and_auto_remove(served: Served, gw: GatewayClient) -> None:
+    client = served.client
+    polite, stubborn, auto = unique_id("bp"), unique_id("bs"), unique_id("ba")
+    trap = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+    with trio.fail_after(60):
+        for cid, args in ((polite, ["sh", "-c", trap]), (stubborn, ["sleep", "300"])):
+            before = _calls(client)
+            await gw.call("container.create", {"id": cid, "args": args})
+            await gw.call("task.start", {"id": cid})
+            assert _delta(before, _calls(client)) == {
+                "Containers.Create": 1, "Tasks.Create": 1, "Tasks.Start": 1
+            }  # fmt: skip
+        before = _calls(client)
+        rows = await gw.call("task.top", {"id": polite})
+        assert _delta(before, _calls(client)) == {"Tasks.ListPids": 1}
+        assert any("sleep" in row["cmd"] or "sh" in row["cmd"] for row in rows)
+        before = _calls(client)
+        assert (await gw.call("container.stop", {"id": polite}))["code"] == 0
+        assert _delta(before, _calls(client)) == {"Tasks.Kill": 1}
+        before = _calls(client)
+        await gw.call("container.stop", {"id": stubborn, "timeout": 0})
+        assert _delta(before, _calls(client)) == {"Tasks.Kill": 2}  # TERM, then KILL
+        for cid in (polite, stubborn):
+            await remove(gw, cid)
+        async with gw.subscribe({"container": [auto], "event": ["die"]}) as events:
+            await gw.call(
+                "container.create",
+                {"id": auto, "args": ["sh", "-c", "read x"], "auto_remove": True},
+            )
+            await gw.call("task.start", {"id": auto, "stdin": True})
+            before = _calls(client)
+            await gw.call("task.kill", {"id": auto, "signal": "KILL"})
+            await events.receive()
+            while not await gone(gw, auto):
+                await trio.sleep(0.05)
+        made = _delta(before, _calls(client))
+        # Our own polling: inspecting a deleted container asks containerd (NotFound).
+        assert made.pop("Containers.Get", 0) >= 1
+        assert made == {
+            "Tasks.Kill": 1, "Tasks.Delete": 1, "Containers.Delete": 1
+        }  # fmt: skip
+
+
+async def test_a_new_gateway_removes_auto_remove_containers_that_exited_meanwhile(
+    containerd: PrivateContainerd, io_dir: Path, rootfs: Path
+) -> None:
+    cid = unique_id("sweep")
+    token = secrets.token_urlsafe(32)
+    policy = SpecPolicy(default_rootfs=str(rootfs), allowed_rootfs_roots=(str(rootfs),))
+    with trio.fail_after(60):
+        async with open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as client:
+            async with trio.open_nursery() as nursery:
+                gateway = Gateway(client, GatewayConfig(token=token, policy=policy, port=0))
+                await nursery.start(gateway.serve)
+                async with connect_gateway(f"ws://127.0.0.1:{gateway.port}", token) as gw:
+                    await gw.call(
+                        "container.create",
+                        {"id": cid, "args": ["sh", "-c", "read x"], "auto_remove": True},
+                    )
+                    await gw.call("task.start", {"id": cid, "stdin": True})
+                nursery.cancel_scope.cancel()
+            # No gateway now: the task exits with nobody to remove it.
+            task = await (await client.load_container(cid)).task()
+            await task.kill(9)
+            await task.wait()
+            async with trio.open_nursery() as nursery:
+                gateway = Gateway(client, GatewayConfig(token=token, policy=policy, port=0))
+                await nursery.start(gateway.serve)
+                async with connect_gateway(f"ws://127.0.0.1:{gateway.port}", token) as gw:
+                    while not await gone(gw, cid):
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
