@@ -471,6 +471,14 @@ async def _copy_out(gw: GatewayClient, cid: str, source: str, dest: str) -> int:
 
 
 def _extract(archive: IO[bytes], base: str, dest: Path) -> None:
+    try:
+        _extract_unchecked(archive, base, dest)
+    except (tarfile.TarError, OSError) as exc:
+        # e.g. a member the data filter refused: say so rather than fail with a traceback.
+        raise InvalidArgument(f"cannot copy to {dest}: {exc}") from None
+
+
+def _extract_unchecked(archive: IO[bytes], base: str, dest: Path) -> None:
     # The archive comes from a container: the "data" filter refuses absolute paths, links
     # that leave the destination, device files and setuid bits.
     with tarfile.open(fileobj=archive, mode="r:") as tar:

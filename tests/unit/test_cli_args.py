@@ -123,3 +123,23 @@ def test_a_bad_restart_policy_is_named_in_the_error() -> None:
     assert decoded.data is not None
     assert decoded.data["path"] == "$.params.restart"
     assert "on-failure[:N]" in decoded.data["reason"]
+
+
+def test_cp_refuses_an_archive_that_leaves_the_destination(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from actors.control._cliverbs import _extract
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:") as tar:
+        data = b"owned\n"
+        member = tarfile.TarInfo("../escaped")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    buffer.seek(0)
+    target = tmp_path / "inside"
+    target.mkdir()
+    with pytest.raises(InvalidArgument, match="cannot copy"):
+        _extract(buffer, "escaped", target)
+    assert not (tmp_path / "escaped").exists()
