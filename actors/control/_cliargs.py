@@ -110,11 +110,16 @@ def parse_user(text: str, *, flag: str = "--user") -> tuple[int, int]:
 
 
 def validate_name(name: str) -> str:
-    """Docker's wording for a bad ``--name``; our rule is the id pattern of containerd."""
+    """Docker's wording for a bad ``--name``; our rule is the id pattern of containerd.
+
+    The message also names the field as the server would (``$.params.id``), so it reads
+    the same whichever side refuses it.
+    """
     if len(name) > MAX_ID_LENGTH or _ID_PATTERN.fullmatch(name) is None:
         raise InvalidArgument(
-            f"Invalid container name ({name}), only letters and digits joined by single '.', "
-            f"'_' or '-' are allowed (at most {MAX_ID_LENGTH} characters)"
+            f"Invalid container name ({name}): Expected an identifier at $.params.id: only "
+            f"letters and digits joined by single '.', '_' or '-' are allowed (at most "
+            f"{MAX_ID_LENGTH} characters)"
         )
     return name
 

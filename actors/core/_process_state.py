@@ -24,7 +24,8 @@ RUNNING    ``paused`` (Tasks.Pause) / event paused             PAUSED     Publis
 PAUSED     ``resumed`` (Tasks.Resume) / event resumed          RUNNING    Publish (events)
 any live   ``killed`` (Tasks.Kill acknowledged)                same       ``signalled`` set
 any        event oom                                           same       ``oom_killed`` set,
-                                                                          Publish
+                                                                          Publish (the first
+                                                                          per task only)
 any live   exit: event, ``reconcile`` (Tasks.List/Get says     STOPPED    Publish once, Wake
            STOPPED or the task is gone), ``refreshed``
            (status refresh says STOPPED), ``deleted`` (Delete
