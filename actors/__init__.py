@@ -15,6 +15,7 @@ from .core._client import open_client as open_client
 from .core._container import ActorStatistics as ActorStatistics
 from .core._container import Backend as Backend
 from .core._container import ProcessState as ProcessState
+from .core._container import RestartStatus as RestartStatus
 from .core._container import TaskStatus as TaskStatus
 from .core._delivery import DeliveryStatistics as DeliveryStatistics
 from .core._handles import Container as Container
@@ -25,6 +26,7 @@ from .core._logformat import LogRecord as LogRecord
 from .core._logstore import LogConfig as LogConfig
 from .core._logstore import LogReadOptions as LogReadOptions
 from .core._logstore import LogStore as LogStore
+from .core._restart import ContainerRestartPolicy as ContainerRestartPolicy
 from .core._seccomp import default_seccomp_profile as default_seccomp_profile
 from .core._shimgroups import ShimGroups as ShimGroups
 from .core._shimgroups import ShimGroupStatistics as ShimGroupStatistics
@@ -82,6 +84,7 @@ __all__ = [
     "ClientClosed",
     "ClientStatistics",
     "Container",
+    "ContainerRestartPolicy",
     "ContainerdActorsError",
     "ContainerdError",
     "DataLoss",
@@ -118,6 +121,7 @@ __all__ = [
     "ResourceExhausted",
     "RestartLimitExceeded",
     "RestartPolicy",
+    "RestartStatus",
     "RuncOptions",
     "ShimGroupStatistics",
     "ShimGroups",

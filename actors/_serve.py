@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import shlex
 import signal
 import textwrap
 from pathlib import Path
@@ -102,6 +104,7 @@ async def serve(args: argparse.Namespace) -> int:
         port=int(port),
         unix_socket=args.unix,
         allowed_origins=frozenset(args.allow_origin),
+        files_dir=str(state_root / "files"),
     )
     log_config = LogConfig(max_size=args.log_max_size, max_files=args.log_max_files)
     logs = LogManager(state_root / "logs" / args.namespace, log_config)
@@ -121,28 +124,46 @@ async def serve(args: argparse.Namespace) -> int:
         # gets its own snapshot, and no directory a container wrote is ever touched here.
         busybox = await ensure_busybox_image(client.images)
         _say(f"image {busybox.name} ready ({busybox.id[:19]})")
-        gateway = await nursery.start(Gateway(client, config, logs=logs).serve)
+        try:
+            gateway = await nursery.start(Gateway(client, config, logs=logs).serve)
+        except OSError as exc:
+            place = config.unix_socket or f"{config.host}:{config.port}"
+            reason = (
+                "the address is already in use (is another serve running? choose --listen)"
+                if exc.errno == errno.EADDRINUSE
+                else exc.strerror or str(exc)
+            )
+            _say(f"cannot listen on {place}: {reason}")
+            return 125
         where = (
             f"unix://{config.unix_socket}"
             if config.unix_socket
             else f"ws://{config.host}:{gateway.port}"
         )
-        version, _ = await client.version()
-        kept = f"{log_config.max_files} files of {log_config.max_size} bytes"
-        print(
-            textwrap.dedent(
-                f"""\
-                containerd-actors is serving namespace {args.namespace!r} (containerd {version})
-                  control plane: {where}  (subprotocol containerd-actors.v1)
-                  token file:    {token_file}
-                  logs:          {logs.root} (per container: {kept})
-                  supervising:   {len(client.containers())} existing container(s)
-                try:  containerd-actors --url {where} run --rm busybox -- echo hello
-                stop with Ctrl-C (containers keep running)"""
-            ),
-            flush=True,
+        # The client finds the token through the same flags serve was given.
+        client_flags = "".join(
+            f" {flag} {shlex.quote(value)}"
+            for flag, value in (("--state-dir", args.state_dir), ("--token-file", args.token_file))
+            if value
         )
+        hint = f"containerd-actors --url {where}{client_flags} run --rm busybox -- echo hello"
+        # Signals are ours before the hint says Ctrl-C stops us.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            version, _ = await client.version()
+            kept = f"{log_config.max_files} files of {log_config.max_size} bytes"
+            print(
+                textwrap.dedent(
+                    f"""\
+                    containerd-actors is serving namespace {args.namespace!r} (containerd {version})
+                      control plane: {where}  (subprotocol containerd-actors.v1)
+                      token file:    {token_file}
+                      logs:          {logs.root} (per container: {kept})
+                      supervising:   {len(client.containers())} existing container(s)
+                    try:  {hint}
+                    stop with Ctrl-C (containers keep running)"""
+                ),
+                flush=True,
+            )
             async for signum in signals:
                 _say(f"{signal.Signals(signum).name}: stopping (containers keep running)")
                 break

@@ -26,7 +26,7 @@ from ..errors import ClientClosed, from_grpc_exception
 from ._streams import Duplex, RequestSlot, ResponseStream, duplex_messages
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from google.protobuf.empty_pb2 import Empty
 
@@ -321,6 +321,22 @@ class Remote:
             deadline,
         )
         return list(response.containers)
+
+    async def containers_update(
+        self,
+        container: containers_pb2.Container,
+        paths: Sequence[str],
+        *,
+        deadline: float | None = None,
+    ) -> containers_pb2.Container:
+        """Containers.Update of the fields in ``paths`` (e.g. ``labels.KEY``; an empty
+        label value removes the label)."""
+        request = containers_pb2.UpdateContainerRequest(container=container)
+        request.update_mask.paths.extend(paths)
+        response: containers_pb2.UpdateContainerResponse = await self._unary(
+            "Containers.Update", self._containers.Update, request, deadline
+        )
+        return response.container
 
     async def containers_delete(self, container_id: str, *, deadline: float | None = None) -> None:
         await self._unary(

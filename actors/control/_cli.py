@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import math
 import os
 import secrets
 import signal
@@ -16,40 +18,65 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import trio
 
-from ..containerd._embedded import default_state_root
 from ..core._groups import collapse
 from ..core._logstore import LogConfig
-from ..core.spec import HARDENED_MEMORY_LIMIT, HARDENED_PIDS_LIMIT
-from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
-from ._images_cli import add_image_verbs, pull_with_progress
-from ._logopts import parse_size, parse_time
-from ._policy import SpecPolicy
-from .gateway_client import (
-    DEFAULT_URL,
-    GatewayClient,
-    GatewayError,
-    StdioSession,
-    connect_gateway,
+from ..core._restart import ContainerRestartPolicy
+from ..core.spec import (
+    CONTAINERD_DEFAULT_CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    HARDENED_MEMORY_LIMIT,
+    HARDENED_PIDS_LIMIT,
 )
+from ..errors import ContainerdActorsError, FailedPrecondition, InvalidArgument, NotFound
+from ._cliargs import (
+    DEFAULT_DETACH_KEYS,
+    parse_bytes,
+    parse_detach_keys,
+    parse_time,
+    parse_user,
+    resolve_env,
+    validate_name,
+    validate_workdir,
+)
+from ._clibase import (
+    EXIT_CANNOT_INVOKE,
+    EXIT_DAEMON_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_STREAM_FAILED,
+    open_gateway,
+    print_json,
+    say,
+)
+from ._cliterm import StreamResult, forwarded_signals, raw_terminal, stream
+from ._cliverbs import (
+    cmd_cp,
+    cmd_inspect,
+    cmd_kill,
+    cmd_pause,
+    cmd_ps,
+    cmd_restart,
+    cmd_start,
+    cmd_stats,
+    cmd_stop,
+    cmd_top,
+    cmd_wait,
+)
+from ._images_cli import add_image_verbs, pull_with_progress
+from ._logopts import parse_size
+from ._logopts import parse_time as parse_log_time
+from ._policy import SpecPolicy
+from ._protocol import EventAction
+from .gateway_client import DEFAULT_TIMEOUT, DEFAULT_URL, GatewayClient, StdioSession
 
 # A verb: parsed arguments in, exit code out (run under trio.run).
 Verb = Callable[[argparse.Namespace], Awaitable[int]]
 
-EXIT_DAEMON_ERROR = 125
-EXIT_CANNOT_INVOKE = 126
-EXIT_NOT_FOUND = 127
-# docker's code for a failed client stream: the server went away, or output was dropped.
-EXIT_STREAM_FAILED = 1
 _json = msgspec.json.Encoder()
-
-
-def _say(message: str) -> None:
-    print(f"containerd-actors: {message}", file=sys.stderr, flush=True)
 
 
 # -- serve (the composition itself is actors/_serve.py, outside this layer) ---------------
@@ -92,35 +119,22 @@ def serve_policy(args: argparse.Namespace) -> SpecPolicy:
         max_memory_limit=args.max_memory,
         max_pids_limit=args.max_pids,
         seccomp=not args.no_seccomp,
+        # Docker's default set (chown, ping, ...) now that the seccomp profile confines it;
+        # an operator may narrow it to runc's minimal three.
+        base_capabilities=(
+            DEFAULT_CAPABILITIES
+            if args.default_capabilities == "minimal"
+            else CONTAINERD_DEFAULT_CAPABILITIES
+        ),
     )
 
 
 # -- client verbs --------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _gateway(args: argparse.Namespace) -> Any:
-    state_root = Path(args.state_dir) if args.state_dir else default_state_root()
-    token = os.environ.get("CONTAINERD_ACTORS_TOKEN")
-    if not token:
-        token_file = Path(args.token_file) if args.token_file else state_root / "token"
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise GatewayError(
-                -32000,
-                f"cannot read the token file {token_file} ({exc.strerror}); "
-                "is `containerd-actors serve` running? (or set CONTAINERD_ACTORS_TOKEN)",
-            ) from None
-    try:
-        async with connect_gateway(args.url, token) as gateway:
-            yield gateway
-    except OSError as exc:
-        raise GatewayError(
-            -32000,
-            f"cannot reach the control plane at {args.url} ({exc}); "
-            "start it with `containerd-actors serve`",
-        ) from None
+# The shared pieces moved to _clibase; these names stay for the modules that import them.
+_gateway = open_gateway
+_say = say
 
 
 def _non_negative(text: str) -> int:
@@ -146,14 +160,6 @@ def _start_exit_code(exc: Exception) -> int:
     return EXIT_DAEMON_ERROR
 
 
-async def _pump_stdin(session: Any) -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    async with stdin:
-        while data := await stdin.receive_some(1 << 16):
-            await session.send_stdin(data)
-    await session.close_stdin()
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -176,49 +182,13 @@ def _dropped_verdict(session: StdioSession, allow_dropped: bool) -> bool:
     return not allow_dropped
 
 
-async def _stream(
-    gw: GatewayClient,
-    container_id: str,
-    exec_id: str | None,
-    *,
-    interactive: bool,
-    tty: bool,
-    replay: bool = False,
-    allow_dropped: bool = False,
-) -> int | None:
-    """Copy a process's stdio to ours until it exits; returns its exit code."""
-    async with (
-        gw.attach(container_id, exec_id, replay=replay) as session,
-        trio.open_nursery() as nursery,
-    ):
-        if tty and sys.stdout.isatty():
-            size = os.get_terminal_size()
-            await session.resize(size.columns, size.lines)
-        if interactive:
-            nursery.start_soon(_pump_stdin, session)
-        await _copy_output(session)
-        nursery.cancel_scope.cancel()
-    if session.failure is not None:
-        _say(session.failure)
-    if _dropped_verdict(session, allow_dropped) and not session.exit_code:
-        return EXIT_STREAM_FAILED
-    return session.exit_code
+class _NotATty(Exception):
+    """docker's "the input device is not a TTY" (exit 1)."""
 
 
-@contextlib.contextmanager
-def _raw_terminal(enabled: bool) -> Any:
-    if not enabled or not sys.stdin.isatty():
-        yield
-        return
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(sys.stdin.fileno())
-    tty.setraw(sys.stdin.fileno())
-    try:
-        yield
-    finally:
-        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+def _check_tty(args: argparse.Namespace) -> None:
+    if args.interactive and args.tty and not sys.stdin.isatty():
+        raise _NotATty("the input device is not a TTY")
 
 
 def _is_directory_rootfs(image: str) -> bool:
@@ -227,6 +197,12 @@ def _is_directory_rootfs(image: str) -> bool:
 
 
 def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    if args.init:
+        raise InvalidArgument(
+            "--init is not supported: it needs an init binary (docker-init/tini) in the "
+            "container, which the busybox rootfs lacks; a shell `trap` or `exec` in the "
+            "command reaps and forwards signals instead"
+        )
     params: dict[str, Any] = {"id": name, "terminal": args.tty}
     if _is_directory_rootfs(args.image):
         params["rootfs"] = os.path.abspath(args.image)
@@ -237,12 +213,20 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
             params["args"] = args.command
         if args.entrypoint is not None:
             params["entrypoint"] = [args.entrypoint]
-    if args.env:
-        params["env"] = args.env
+    env = resolve_env(args.env or (), args.env_file or (), os.environ)
+    if env:
+        params["env"] = env
     if args.workdir:
-        params["cwd"] = args.workdir
+        params["cwd"] = validate_workdir(args.workdir)
     if args.memory:
-        params["memory_limit"] = args.memory
+        params["memory_limit"] = parse_bytes(args.memory)
+    if args.user:
+        uid, gid = parse_user(args.user)
+        params["user"] = {"uid": uid, "gid": gid}
+    if args.hostname:
+        params["hostname"] = args.hostname
+    if args.stop_signal:
+        params["stop_signal"] = args.stop_signal
     if args.label:
         params["labels"] = dict(label.partition("=")[::2] for label in args.label)
     log = {
@@ -258,99 +242,183 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
         log["mode"] = args.log_mode
     if log:
         params["log"] = log
+    if args.restart and args.restart != "no":
+        if args.rm:
+            raise InvalidArgument("Conflicting options: --restart and --rm")
+        params["restart"] = args.restart
+    if args.rm:
+        params["auto_remove"] = True
     return params
 
 
-async def cmd_run(args: argparse.Namespace) -> int:
-    name = args.name or f"run-{secrets.token_hex(4)}"
+async def _create(gw: GatewayClient, args: argparse.Namespace, params: dict[str, Any]) -> None:
+    try:
+        await gw.call("container.create", params)
+    except NotFound:
+        if "image" not in params:
+            raise
+        # Like docker: an image that is not there is pulled first.
+        _say(f"Unable to find image '{args.image}' locally")
+        await pull_with_progress(gw, args.image)
+        await gw.call("container.create", params)
+
+
+def _container_name(args: argparse.Namespace) -> str:
+    return validate_name(args.name) if args.name else f"run-{secrets.token_hex(4)}"
+
+
+async def cmd_create(args: argparse.Namespace) -> int:
+    name = _container_name(args)
+    params = _create_params(args, name)
     async with _gateway(args) as gw:
-        params = _create_params(args, name)
-        try:
-            await gw.call("container.create", params)
-        except NotFound:
-            if "image" not in params:
-                raise
-            # Like docker: an image that is not there is pulled first.
-            _say(f"Unable to find image '{args.image}' locally")
-            await pull_with_progress(gw, args.image)
-            await gw.call("container.create", params)
-        try:
+        await _create(gw, args, params)
+    print(name)
+    return 0
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    _check_tty(args)
+    name = _container_name(args)
+    params = _create_params(args, name)
+    detach_keys = parse_detach_keys(args.detach_keys) if args.tty and args.interactive else None
+    async with _gateway(args) as gw:
+        await _create(gw, args, params)
+        if args.detach:
             try:
                 await gw.call("task.start", {"id": name, "stdin": args.interactive or args.tty})
             except ContainerdActorsError as exc:
                 _say(f"cannot start {name}: {exc}")
+                if args.rm:
+                    with contextlib.suppress(ContainerdActorsError):
+                        await gw.call("container.delete", {"id": name})
                 return _start_exit_code(exc)
-            if args.detach:
-                print(name)
+            print(name)
+            return 0
+        result: StreamResult | None = None
+        try:
+            with forwarded_signals(args.sig_proxy) as signals:
+                try:
+                    started = await gw.call(
+                        "task.start",
+                        {"id": name, "stdin": args.interactive or args.tty, "attach": True},
+                    )
+                except ContainerdActorsError as exc:
+                    _say(f"cannot start {name}: {exc}")
+                    return _start_exit_code(exc)
+                with raw_terminal(args.tty and args.interactive):
+                    result = await stream(
+                        gw,
+                        name,
+                        None,
+                        stdin=args.interactive,
+                        tty=args.tty,
+                        signals=signals,
+                        detach_keys=detach_keys,
+                        ticket=started["stdio"],
+                        allow_dropped=args.allow_dropped,
+                    )
+            if result.detached:
                 return 0
-            with _raw_terminal(args.tty):
-                # From the start of the log: every byte, in order, however fast it came.
-                code = await _stream(
-                    gw,
-                    name,
-                    None,
-                    interactive=args.interactive,
-                    tty=args.tty,
-                    replay=True,
-                    allow_dropped=args.allow_dropped,
-                )
-            status = await gw.call("task.wait", {"id": name})
-            await gw.call("task.delete", {"id": name})
-            return int(status["code"]) if code is None else code
+            if result.failure is not None:
+                _say(result.failure)
+            if result.code is not None:
+                return result.code
+            try:
+                return int((await gw.call("task.wait", {"id": name}))["code"])
+            except NotFound:
+                _say(f"{name} was removed before its exit status was read")
+                return EXIT_DAEMON_ERROR
         finally:
-            if args.rm and not args.detach:
-                with trio.CancelScope(shield=True), contextlib.suppress(ContainerdActorsError):
-                    await gw.call("container.delete", {"id": name})
+            if args.rm and (result is None or not result.detached):
+                # The server removes it too (auto_remove); whoever comes second sees NotFound.
+                with trio.CancelScope(shield=True):
+                    await _remove_quietly(gw, name)
+
+
+async def _remove_quietly(gw: GatewayClient, name: str) -> None:
+    for method in ("task.wait", "task.delete", "container.delete"):
+        try:
+            await gw.call(method, {"id": name})
+        except NotFound:
+            continue
+        except ContainerdActorsError as exc:
+            _say(f"removing {name}: {exc}")
+            return
 
 
 async def cmd_exec(args: argparse.Namespace) -> int:
+    _check_tty(args)
     exec_id = f"exec-{secrets.token_hex(4)}"
+    params: dict[str, Any] = {
+        "id": args.container,
+        "exec_id": exec_id,
+        "args": args.command,
+        "terminal": args.tty,
+        "stdin": args.interactive or args.tty,
+    }
+    env = resolve_env(args.env or (), args.env_file or (), os.environ)
+    if env:
+        params["env"] = env
+    if args.workdir:
+        params["cwd"] = validate_workdir(args.workdir)
+    if args.user:
+        uid, gid = parse_user(args.user)
+        params["user"] = {"uid": uid, "gid": gid}
+    detach_keys = parse_detach_keys(args.detach_keys) if args.tty and args.interactive else None
     async with _gateway(args) as gw:
-        params = {
-            "id": args.container,
-            "exec_id": exec_id,
-            "args": args.command,
-            "terminal": args.tty,
-            "stdin": args.interactive or args.tty,
-        }
         try:
             await gw.call("process.exec", params)
         except ContainerdActorsError as exc:
             _say(f"cannot exec in {args.container}: {exc}")
             return _start_exit_code(exc)
-        with _raw_terminal(args.tty):
-            code = await _stream(
-                gw, args.container, exec_id, interactive=args.interactive, tty=args.tty
+        if args.detach:
+            return 0
+        with forwarded_signals(True) as signals, raw_terminal(args.tty and args.interactive):
+            result = await stream(
+                gw,
+                args.container,
+                exec_id,
+                stdin=args.interactive,
+                tty=args.tty,
+                signals=signals,
+                detach_keys=detach_keys,
             )
+        if result.detached:
+            return 0
+        if result.failure is not None:
+            _say(result.failure)
         status = await gw.call("process.wait", {"id": args.container, "exec_id": exec_id})
         await gw.call("process.delete", {"id": args.container, "exec_id": exec_id})
-        return int(status["code"]) if code is None else code
+        return int(status["code"]) if result.code is None else result.code
 
 
-async def cmd_ps(args: argparse.Namespace) -> int:
+async def cmd_attach(args: argparse.Namespace) -> int:
     async with _gateway(args) as gw:
-        containers = await gw.call("container.list")
-    if args.format == "json":
-        for container in containers:
-            print(_json.encode(container).decode())
+        info = await gw.call("container.inspect", {"id": args.container})
+        terminal = bool(info.get("terminal"))
+        forward_stdin = not args.no_stdin
+        if terminal and forward_stdin and not sys.stdin.isatty():
+            raise _NotATty("the input device is not a TTY")
+        keys = parse_detach_keys(args.detach_keys) if terminal and forward_stdin else None
+        with (
+            forwarded_signals(args.sig_proxy) as signals,
+            raw_terminal(terminal and forward_stdin),
+        ):
+            result = await stream(
+                gw,
+                args.container,
+                None,
+                stdin=forward_stdin,
+                tty=terminal,
+                signals=signals,
+                detach_keys=keys,
+                allow_dropped=args.allow_dropped,
+            )
+    if result.detached:
         return 0
-    print(f"{'CONTAINER ID':<32} {'STATUS':<10} {'PID':>8}  EXIT")
-    for c in sorted(containers, key=lambda c: c["id"]):
-        task = c.get("task") or {}
-        exit_ = task.get("exit") or {}
-        print(
-            f"{c['id']:<32} {task.get('status', 'no task'):<10} {task.get('pid', ''):>8}  "
-            f"{exit_.get('code', '')}"
-        )
-    return 0
-
-
-async def cmd_kill(args: argparse.Namespace) -> int:
-    async with _gateway(args) as gw:
-        for container_id in args.containers:
-            await gw.call("task.kill", {"id": container_id, "signal": args.signal})
-            print(container_id)
-    return 0
+    if result.failure is not None:
+        _say(result.failure)
+    return 0 if result.code is None else result.code
 
 
 async def cmd_rm(args: argparse.Namespace) -> int:
@@ -365,7 +433,8 @@ async def cmd_rm(args: argparse.Namespace) -> int:
                 if task is not None:
                     if task.get("status") != "stopped" and not args.force:
                         raise FailedPrecondition(
-                            f"container {container_id} is running; stop it or use --force"
+                            f"container {container_id} is running: stop it "
+                            f"(containerd-actors stop {container_id}) or use --force"
                         )
                     if task.get("status") != "stopped":
                         with contextlib.suppress(NotFound):
@@ -382,28 +451,15 @@ async def cmd_rm(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-async def cmd_attach(args: argparse.Namespace) -> int:
-    async with _gateway(args) as gw:
-        code = await _stream(
-            gw,
-            args.container,
-            None,
-            interactive=args.interactive,
-            tty=False,
-            allow_dropped=args.allow_dropped,
-        )
-    return 0 if code is None else code
-
-
 async def cmd_logs(args: argparse.Namespace) -> int:
     wall = time.time_ns()  # --since 10m means ten minutes of the wall clock
     options: dict[str, Any] = {"follow": args.follow, "timestamps": args.timestamps}
     if args.tail != "all":
         options["tail"] = int(args.tail)
     if args.since:
-        options["since"] = parse_time(args.since, now_ns=wall)
+        options["since"] = parse_log_time(args.since, now_ns=wall)
     if args.until:
-        options["until"] = parse_time(args.until, now_ns=wall)
+        options["until"] = parse_log_time(args.until, now_ns=wall)
     async with _gateway(args) as gw, gw.logs(args.container, **options) as session:
         await _copy_output(session)
     failed = _dropped_verdict(session, args.allow_dropped)
@@ -416,43 +472,68 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_STREAM_FAILED if failed else 0
 
 
-async def cmd_events(args: argparse.Namespace) -> int:
+_EVENT_FILTERS = ("container", "event", "label")
+
+
+def _event_filters(entries: Sequence[str]) -> dict[str, list[str]]:
+    actions = [str(action) for action in EventAction]
     filters: dict[str, list[str]] = {}
-    for entry in args.filter:
+    for entry in entries:
         key, sep, value = entry.partition("=")
-        if not sep or key not in ("container", "event", "label"):
-            raise InvalidArgument(f"invalid filter {entry!r}: use container=, event= or label=")
+        if not sep or key not in _EVENT_FILTERS:
+            raise InvalidArgument(
+                f"invalid filter {entry!r}: use container=ID, event=ACTION or label=KEY[=VALUE]"
+            )
+        if key == "event" and value not in actions:
+            raise InvalidArgument(
+                f"invalid filter {entry!r}: unknown event {value!r}; "
+                f"events are {', '.join(actions)}"
+            )
         filters.setdefault(key, []).append(value)
-    async with _gateway(args) as gw, gw.subscribe(filters or None) as events:
-        async for event in events:
-            if args.format == "json":
-                print(_json.encode(event).decode(), flush=True)
-            else:
-                attributes = ", ".join(f"{k}={v}" for k, v in event["Actor"]["Attributes"].items())
-                print(
-                    f"{event['time']} container {event['Action']} {event['Actor']['ID']} "
-                    f"({attributes})",
-                    flush=True,
-                )
+    return filters
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    nanos = int(event.get("timeNano") or int(event.get("time", 0)) * 10**9)
+    when = dt.datetime.fromtimestamp(nanos // 10**9, dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos % 10**9:09d}Z"
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    filters = _event_filters(args.filter)
+    now_ns = time.time_ns()
+    since = parse_time(args.since, flag="--since") if args.since else None
+    until = parse_time(args.until, flag="--until") if args.until else None
+    if until is not None and since is None and until <= now_ns:
+        since = 0  # docker: --until alone in the past shows what is kept up to then
+    deadline = math.inf if until is None else trio.current_time() + (until - now_ns) / 1e9
+    async with _gateway(args) as gw, gw.subscribe(filters or None, since=since) as events:
+        # The kept events come first and are shown whatever the deadline; then live ones
+        # until --until.
+        for _ in range(gw.replayed):
+            _print_event(args, await events.receive(), until)
+        with trio.move_on_at(deadline):
+            async for event in events:
+                if not _print_event(args, event, until):
+                    break
         if gw.connection_lost:
             _say("the control plane went away; no more events")
             return EXIT_STREAM_FAILED
     return 0
 
 
-async def cmd_stats(args: argparse.Namespace) -> int:
-    async with _gateway(args) as gw:
-        for container_id in args.containers:
-            stats = await gw.call("task.stats", {"id": container_id})
-            if args.format == "json":
-                print(_json.encode({"id": container_id, **stats}).decode())
-                continue
-            memory, cpu, pids = stats["memory"], stats["cpu"], stats["pids"]
-            print(
-                f"{container_id}: cpu {cpu['usage_total_ns'] / 1e9:.2f}s  "
-                f"mem {memory['usage_bytes'] / 2**20:.1f} MiB  pids {pids['current']}"
-            )
-    return 0
+def _print_event(args: argparse.Namespace, event: dict[str, Any], until: int | None) -> bool:
+    if until is not None and int(event.get("timeNano", 0)) > until:
+        return False
+    if args.format == "json":
+        print_json(event)
+        return True
+    attributes = ", ".join(f"{k}={v}" for k, v in event["Actor"]["Attributes"].items())
+    print(
+        f"{_event_time(event)} container {event['Action']} {event['Actor']['ID']} ({attributes})",
+        flush=True,
+    )
+    return True
 
 
 async def cmd_version(args: argparse.Namespace) -> int:
@@ -485,7 +566,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="containerd-actors",
         description="Run containers through containerd, one Trio actor per container. "
         "`serve` runs the control plane; the other verbs are its clients.",
@@ -505,7 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir", help="state directory (default /var/lib/containerd-actors for root)"
     )
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up connecting (and on the handshake) after this long (default %(default)s)",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
 
     serve = sub.add_parser(
         "serve",
@@ -579,6 +667,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse pids limits above this (default: no ceiling)",
     )
     serve.add_argument(
+        "--default-capabilities",
+        choices=("docker", "minimal"),
+        default="docker",
+        help="capabilities every container gets: docker's default 14 (chown, setuid, "
+        "net_raw for ping, ...) or runc's minimal 3 (default %(default)s)",
+    )
+    serve.add_argument(
         "--no-seccomp",
         action="store_true",
         help="do not apply the default seccomp profile (not recommended)",
@@ -611,66 +706,142 @@ def build_parser() -> argparse.ArgumentParser:
         help="log files kept per container, the one being written included (default %(default)s)",
     )
 
-    def container_opts(p: argparse.ArgumentParser) -> None:
+    def verb(
+        name: str, helptext: str, example: str, handler: Verb, *, short_help: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=helptext,
+            description=helptext[0].upper() + helptext[1:] + ".",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            # run and create keep -h for --hostname, as docker does.
+            add_help=short_help,
+        )
+        if not short_help:
+            p.add_argument("--help", action="help", help="show this help message and exit")
+        p.set_defaults(handler=handler)
+        return p
+
+    def format_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--format", choices=("table", "json"), default="table", help="json: one object per line"
+        )
+
+    def terminal_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
         p.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+        p.add_argument(
+            "--detach-keys",
+            default=DEFAULT_DETACH_KEYS,
+            help="keys that detach from a terminal session (default %(default)s)",
+        )
 
-    run = sub.add_parser(
+    def env_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-e",
+            "--env",
+            action="append",
+            metavar="KEY[=VALUE]",
+            help="set a variable; KEY alone copies it from this environment (repeatable)",
+        )
+        p.add_argument("--env-file", action="append", metavar="FILE", help="KEY=VALUE lines")
+        p.add_argument("-w", "--workdir", help="working directory inside the container")
+        p.add_argument("-u", "--user", help="UID[:GID] (or root)")
+
+    def sig_proxy(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--sig-proxy",
+            type=_boolean,
+            nargs="?",
+            const=True,
+            default=True,
+            metavar="BOOL",
+            help="send signals this command receives on to the process (default true)",
+        )
+
+    def create_opts(p: argparse.ArgumentParser) -> None:
+        terminal_opts(p)
+        env_opts(p)
+        p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+        p.add_argument("--name", help="container id (default run-<random>)")
+        p.add_argument("-l", "--label", action="append", help="KEY=VALUE label (repeatable)")
+        p.add_argument("-m", "--memory", help="memory limit: bytes or 512k, 64m, 1g")
+        p.add_argument("-h", "--hostname", help="hostname (default: the container id)")
+        p.add_argument("--stop-signal", help="what stop sends first (default SIGTERM)")
+        p.add_argument("--init", action="store_true", help="not supported (see the message)")
+        p.add_argument(
+            "--restart",
+            type=_restart_policy,
+            help="no (default), always, unless-stopped or on-failure[:N]; the server "
+            "restarts the container when it exits, even with no client attached",
+        )
+        p.add_argument(
+            "--log-max-size", type=parse_size, help="this container's log file size (e.g. 10m)"
+        )
+        p.add_argument("--log-max-files", type=int, help="this container's log files kept")
+        p.add_argument(
+            "--log-mode",
+            choices=("blocking", "lossy"),
+            default="blocking",
+            help="blocking (default): the container waits when its log cannot keep up; "
+            "lossy: output is dropped instead, and readers are told how much",
+        )
+        p.add_argument(
+            "--log-buffer-size",
+            type=parse_size,
+            help="output held in memory before blocking or dropping (default 1m)",
+        )
+        p.add_argument(
+            "--entrypoint",
+            help="replace the image's ENTRYPOINT (and drop its CMD); '' clears it",
+        )
+        p.add_argument(
+            "image",
+            metavar="IMAGE",
+            help="an image (busybox is built in; others are pulled when missing) or a rootfs "
+            "directory (/path, ./path) under an allowed root",
+        )
+        p.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
+
+    def allow_dropped(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--allow-dropped",
+            action="store_true",
+            help="dropped output (lossy mode) is a warning, not a failure",
+        )
+
+    run = verb(
         "run",
-        help="create and start a container, print its output",
-        epilog="example: containerd-actors run --rm busybox -- sh -c 'exit 3'; echo $?   # 3",
+        "create and start a container, print its output",
+        "containerd-actors run --rm busybox -- sh -c 'exit 3'; echo $?   # 3",
+        cmd_run,
+        short_help=False,
     )
-    container_opts(run)
-    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     run.add_argument("-d", "--detach", action="store_true", help="print the id and return")
-    run.add_argument("--name", help="container id (default run-<random>)")
-    run.add_argument("-e", "--env", action="append", help="KEY=VALUE (repeatable)")
-    run.add_argument("-w", "--workdir", help="working directory inside the container")
-    run.add_argument("-l", "--label", action="append", help="KEY=VALUE label (repeatable)")
-    run.add_argument("-m", "--memory", type=int, help="memory limit in bytes")
-    run.add_argument(
-        "--log-max-size", type=parse_size, help="this container's log file size (e.g. 10m)"
+    sig_proxy(run)
+    allow_dropped(run)
+    create_opts(run)
+    create = verb(
+        "create",
+        "create a container without starting it",
+        "containerd-actors create --name web busybox -- httpd -f -p 8080",
+        cmd_create,
+        short_help=False,
     )
-    run.add_argument("--log-max-files", type=int, help="this container's log files kept")
-    run.add_argument(
-        "--log-mode",
-        choices=("blocking", "lossy"),
-        default="blocking",
-        help="blocking (default): the container waits when its log cannot keep up; "
-        "lossy: output is dropped instead, and readers are told how much",
-    )
-    run.add_argument(
-        "--log-buffer-size",
-        type=parse_size,
-        help="output held in memory before blocking or dropping (default 1m)",
-    )
-    run.add_argument(
-        "--allow-dropped",
-        action="store_true",
-        help="dropped output (lossy mode) is a warning, not a failure",
-    )
-    run.add_argument(
-        "--entrypoint",
-        help="replace the image's ENTRYPOINT (and drop its CMD); '' clears it",
-    )
-    run.add_argument(
-        "image",
-        metavar="IMAGE",
-        help="an image (busybox is built in; others are pulled when missing) or a rootfs "
-        "directory (/path, ./path) under an allowed root",
-    )
-    run.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
-    run.set_defaults(handler=cmd_run)
+    create_opts(create)
 
-    exec_ = sub.add_parser(
+    exec_ = verb(
         "exec",
-        help="run a command in a running container",
-        epilog="example: containerd-actors exec -it web -- sh",
+        "run a command in a running container",
+        "containerd-actors exec -it -e TERM web -- sh",
+        cmd_exec,
     )
-    container_opts(exec_)
+    terminal_opts(exec_)
+    env_opts(exec_)
+    exec_.add_argument("-d", "--detach", action="store_true", help="run in the background")
     exec_.add_argument("container")
     exec_.add_argument("command", nargs=argparse.REMAINDER, help="command (after --)")
-    exec_.set_defaults(handler=cmd_exec)
 
     logs = sub.add_parser(
         "logs",
@@ -682,22 +853,43 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--since", help="from this time: RFC 3339, Unix time, or 10m/1h ago")
     logs.add_argument("--until", help="up to this time (same forms as --since)")
     logs.add_argument("-t", "--timestamps", action="store_true", help="prefix each line")
+    allow_dropped(logs)
     logs.add_argument("container")
     logs.set_defaults(handler=cmd_logs)
-    attach = sub.add_parser("attach", help="attach to a container's stdio (output from now on)")
-    attach.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+
+    attach = verb(
+        "attach",
+        "attach this terminal to a container's stdio (output from now on)",
+        "containerd-actors attach web   # detach with Ctrl-P Ctrl-Q",
+        cmd_attach,
+    )
+    attach.add_argument("--no-stdin", action="store_true", help="do not forward stdin")
+    attach.add_argument("-i", "--interactive", action="store_true", help=argparse.SUPPRESS)
+    attach.add_argument(
+        "--detach-keys",
+        default=DEFAULT_DETACH_KEYS,
+        help="keys that detach (default %(default)s)",
+    )
+    sig_proxy(attach)
+    allow_dropped(attach)
     attach.add_argument("container")
-    attach.set_defaults(handler=cmd_attach)
-    for p in (logs, attach):
-        p.add_argument(
-            "--allow-dropped",
-            action="store_true",
-            help="dropped output (lossy mode) is a warning, not a failure",
-        )
 
     add_image_verbs(sub, _gateway)
-    ps = sub.add_parser("ps", help="list containers")
-    kill = sub.add_parser("kill", help="signal containers")
+
+    ps = verb("ps", "list containers", "containerd-actors ps -a --filter status=exited", cmd_ps)
+    ps.add_argument("-a", "--all", action="store_true", help="also stopped containers")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    ps.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        help="id=, name=, label=KEY[=VALUE], status=(created|running|paused|exited), exited=CODE",
+    )
+    ps.add_argument("--no-trunc", action="store_true", help="do not shorten the command")
+    format_opt(ps)
+
+    kill = verb("kill", "signal containers", "containerd-actors kill -s HUP web", cmd_kill)
     kill.add_argument(
         "-s",
         "--signal",
@@ -706,12 +898,67 @@ def build_parser() -> argparse.ArgumentParser:
         "(default KILL; note PID 1 ignores signals it has no handler for)",
     )
     kill.add_argument("containers", nargs="+")
-    kill.set_defaults(handler=cmd_kill)
-    rm = sub.add_parser("rm", help="remove containers (their tasks must be stopped, or -f)")
+
+    for name, helptext, handler in (
+        ("stop", "stop containers: the stop signal, then SIGKILL after -t", cmd_stop),
+        ("restart", "stop, then start containers", cmd_restart),
+    ):
+        p = verb(name, helptext, f"containerd-actors {name} -t 2 web", handler)
+        p.add_argument(
+            "-t",
+            "--time",
+            "--timeout",
+            type=_non_negative,
+            help="seconds to wait before SIGKILL (default 10)",
+        )
+        p.add_argument("-s", "--signal", help="signal to send first (default: the stop signal)")
+        p.add_argument("containers", nargs="+")
+    for name, helptext, handler in (
+        ("start", "start stopped or created containers", cmd_start),
+        ("pause", "freeze every process of containers", cmd_pause),
+        ("unpause", "thaw paused containers", cmd_pause),
+        ("wait", "wait for containers to exit, print their exit codes", cmd_wait),
+    ):
+        verb(name, helptext, f"containerd-actors {name} web", handler).add_argument(
+            "containers", nargs="+"
+        )
+
+    rm = verb(
+        "rm", "remove containers (stopped ones, or -f)", "containerd-actors rm -f web", cmd_rm
+    )
     rm.add_argument("-f", "--force", action="store_true", help="kill a running task first")
     rm.add_argument("containers", nargs="+")
-    rm.set_defaults(handler=cmd_rm)
-    events = sub.add_parser("events", help="stream events (docker's fields + containerd topic)")
+
+    inspect = verb(
+        "inspect",
+        "show containers in docker's inspect shape",
+        "containerd-actors inspect -f '{{.State.ExitCode}}' web",
+        cmd_inspect,
+    )
+    inspect.add_argument(
+        "-f", "--format", help="json (one object per line) or a template such as {{.State.Pid}}"
+    )
+    inspect.add_argument("containers", nargs="+")
+
+    top = verb("top", "list a container's processes", "containerd-actors top web", cmd_top)
+    top.add_argument("container")
+    format_opt(top)
+
+    cp = verb(
+        "cp",
+        "copy files between a container and this host (through the container's tar)",
+        "containerd-actors cp web:/etc/hostname ./hostname",
+        cmd_cp,
+    )
+    cp.add_argument("source", help="CONTAINER:PATH or a local path")
+    cp.add_argument("destination", help="CONTAINER:PATH, a local path, or - for a tar on stdout")
+
+    events = verb(
+        "events",
+        "stream events (docker's fields + containerd topic)",
+        "containerd-actors events --since 10m --filter event=die",
+        cmd_events,
+    )
     events.add_argument(
         "--filter",
         action="append",
@@ -719,20 +966,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="container=ID, event=ACTION (create, start, die, oom, exec_create, "
         "exec_start, exec_die, pause, unpause) or label=KEY[=VALUE]",
     )
-    stats = sub.add_parser("stats", help="one snapshot of cgroup statistics")
-    stats.add_argument("containers", nargs="+")
-    version = sub.add_parser("version", help="containerd's and the protocol's versions")
-    for p, handler in (
-        (ps, cmd_ps),
-        (events, cmd_events),
-        (stats, cmd_stats),
-        (version, cmd_version),
-    ):
-        p.add_argument(
-            "--format", choices=("table", "json"), default="table", help="json: one object per line"
-        )
-        p.set_defaults(handler=handler)
+    events.add_argument("--since", help="also events kept since then (RFC 3339, unix, or 10m)")
+    events.add_argument("--until", help="stop at that time (RFC 3339, unix, or a duration ago)")
+    format_opt(events)
+
+    stats = verb(
+        "stats",
+        "live CPU, memory and pids of containers",
+        "containerd-actors stats --no-stream web",
+        cmd_stats,
+    )
+    stats.add_argument("--no-stream", action="store_true", help="print one sample and exit")
+    stats.add_argument("containers", nargs="*", help="default: every running container")
+    format_opt(stats)
+
+    version = verb(
+        "version",
+        "containerd's and the protocol's versions",
+        "containerd-actors version",
+        cmd_version,
+    )
+    format_opt(version)
     return parser
+
+
+def _restart_policy(text: str) -> str:
+    try:
+        return str(ContainerRestartPolicy.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 125, as docker's do (argparse would exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_DAEMON_ERROR, f"{self.prog}: error: {message}\nSee '{self.prog} --help'.\n")
 
 
 def run_cli(argv: Sequence[str] | None, serve: Verb) -> int:
@@ -760,6 +1039,9 @@ def run_cli(argv: Sequence[str] | None, serve: Verb) -> int:
             raise collapse(group) from None
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except _NotATty as exc:
+        _say(str(exc))
+        return 1
     except (ContainerdActorsError, ValueError) as exc:
         _say(str(exc))
         return EXIT_DAEMON_ERROR

@@ -83,6 +83,7 @@ _HOSTNAME_RE: Final = (
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
 _TOKENISH_RE: Final = r"\A[A-Za-z0-9_-]+\Z"
+_RESTART_RE: Final = r"\A(?:no|always|unless-stopped|on-failure(?::[0-9]{1,9})?)\Z"
 
 # msgspec reports a failed pattern as the regex itself; clients get a description instead.
 _PATTERN_HINTS: Final = {
@@ -93,6 +94,7 @@ _PATTERN_HINTS: Final = {
     _ENV_RE: "a KEY=VALUE entry",
     _HOSTNAME_RE: "an RFC 1123 hostname",
     _TOKENISH_RE: "letters, digits, '_' or '-'",
+    _RESTART_RE: "a restart policy: no, always, unless-stopped or on-failure[:N]",
 }
 
 ContainerId: TypeAlias = Annotated[str, msgspec.Meta(pattern=_ID_RE, max_length=MAX_ID_LENGTH)]
@@ -224,11 +226,21 @@ class ContainerCreateParams(Params, frozen=True):
     privileged: bool = False
     hooks: dict[str, Any] | None = None
     log: LogParams | None = None
+    # Removed by the server when its task exits (docker's --rm), even with no client attached.
+    auto_remove: bool = False
+    # What ``container.stop`` sends first (docker's --stop-signal); SIGTERM when unset.
+    stop_signal: SignalValue | None = None
+    # docker's --restart: no, always, unless-stopped or on-failure[:N].
+    restart: Annotated[str, msgspec.Meta(pattern=_RESTART_RE, max_length=32)] | None = None
 
 
 class TaskStartParams(Params, frozen=True):
+    """``attach`` also returns a stdio ticket (as ``stdio.attach`` would) in the same call, so
+    an auto-remove container is not removed before its client reads the output."""
+
     id: ContainerId
     stdin: bool = False
+    attach: bool = False
 
 
 class TaskKillParams(Params, frozen=True):
@@ -271,6 +283,7 @@ class ProcessExecParams(Params, frozen=True):
     cwd: AbsPath | None = None
     terminal: bool = False
     stdin: bool = False
+    user: UserParams | None = None
 
 
 class ProcessParams(Params, frozen=True):
@@ -306,7 +319,10 @@ class EventFilters(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
 
 class EventsSubscribeParams(Params, frozen=True):
+    """``since`` (unix nanoseconds) replays the matching events the server still keeps."""
+
     filters: EventFilters | None = None
+    since: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class EventsUnsubscribeParams(Params, frozen=True):
@@ -365,6 +381,14 @@ class ImageNameParams(Params, frozen=True):
     name: ImageName
 
 
+class ImageInspectParams(ImageNameParams, frozen=True):
+    """``image.inspect``."""
+
+
+class ImageRemoveParams(ImageNameParams, frozen=True):
+    """``image.remove``."""
+
+
 class ImageListParams(Params, frozen=True):
     pass
 
@@ -384,50 +408,127 @@ class ImageSaveParams(Params, frozen=True):
 IMAGE_METHODS: Final[Mapping[str, type[Params]]] = {
     "image.pull": ImagePullParams,
     "image.list": ImageListParams,
-    "image.inspect": ImageNameParams,
-    "image.remove": ImageNameParams,
+    "image.inspect": ImageInspectParams,
+    "image.remove": ImageRemoveParams,
     "image.load": ImageLoadParams,
     "image.save": ImageSaveParams,
 }
 
 
-#: Every method and the Struct its params decode to.
+# One params class per method, so the class alone names the method and leads the gateway to
+# its handler; methods with the same fields share a base.
+
+
+class VersionParams(NoParams, frozen=True):
+    """``version``."""
+
+
+class ContainerListParams(NoParams, frozen=True):
+    """``container.list``."""
+
+
+class ContainerInspectParams(IdParams, frozen=True):
+    """``container.inspect``."""
+
+
+class ContainerDeleteParams(IdParams, frozen=True):
+    """``container.delete``."""
+
+
+class TaskPauseParams(IdParams, frozen=True):
+    """``task.pause``."""
+
+
+class TaskResumeParams(IdParams, frozen=True):
+    """``task.resume``."""
+
+
+class TaskStatsParams(IdParams, frozen=True):
+    """``task.stats``."""
+
+
+class TaskPidsParams(IdParams, frozen=True):
+    """``task.pids``."""
+
+
+class TaskDeleteParams(IdParams, frozen=True):
+    """``task.delete``."""
+
+
+class TaskWaitParams(IdParams, frozen=True):
+    """``task.wait``."""
+
+
+class ContainerStopParams(Params, frozen=True):
+    """``container.stop``: the stop signal, then SIGKILL after ``timeout`` seconds (docker's
+    default 10); ``signal`` overrides the container's stop signal."""
+
+    id: ContainerId
+    timeout: Annotated[int, msgspec.Meta(ge=0, le=86_400)] | None = None
+    signal: SignalValue | None = None
+
+
+class TaskTopParams(IdParams, frozen=True):
+    """``task.top``."""
+
+
+class ProcessDeleteParams(ProcessParams, frozen=True):
+    """``process.delete``."""
+
+
+class ProcessWaitParams(ProcessParams, frozen=True):
+    """``process.wait``."""
+
+
+#: Every method and the Struct its params decode to: the one table of the protocol. Each
+#: method has its own class (the gateway finds the handler from it), so adding a method is
+#: one entry here plus its handler.
 METHODS: Final[Mapping[str, type[Params]]] = {
-    "version": NoParams,
+    "version": VersionParams,
     "container.create": ContainerCreateParams,
-    "container.list": NoParams,
-    "container.inspect": IdParams,
-    "container.delete": IdParams,
+    "container.list": ContainerListParams,
+    "container.inspect": ContainerInspectParams,
+    "container.delete": ContainerDeleteParams,
+    "container.stop": ContainerStopParams,
     "task.start": TaskStartParams,
     "task.kill": TaskKillParams,
-    "task.pause": IdParams,
-    "task.resume": IdParams,
-    "task.stats": IdParams,
-    "task.pids": IdParams,
+    "task.pause": TaskPauseParams,
+    "task.resume": TaskResumeParams,
+    "task.stats": TaskStatsParams,
+    "task.pids": TaskPidsParams,
+    "task.top": TaskTopParams,
     "task.status": TaskStatusParams,
     "task.resize": TaskResizeParams,
     "task.update": TaskUpdateParams,
-    "task.delete": IdParams,
-    "task.wait": IdParams,
+    "task.delete": TaskDeleteParams,
+    "task.wait": TaskWaitParams,
     "process.exec": ProcessExecParams,
     "process.kill": ProcessKillParams,
-    "process.delete": ProcessParams,
-    "process.wait": ProcessParams,
+    "process.delete": ProcessDeleteParams,
+    "process.wait": ProcessWaitParams,
     "events.subscribe": EventsSubscribeParams,
     "events.unsubscribe": EventsUnsubscribeParams,
     "stdio.attach": StdioAttachParams,
     "container.logs": ContainerLogsParams,
     **IMAGE_METHODS,
 }
+if len(set(METHODS.values())) != len(METHODS):
+    raise RuntimeError("every method needs its own params class")
 
 
 def _post_check(params: Params) -> tuple[str, str] | None:
     # What msgspec's constraints cannot express; returns (field, reason) on failure.
-    if isinstance(params, TaskKillParams | ProcessKillParams):
+    if isinstance(params, TaskKillParams | ProcessKillParams | ContainerStopParams):
         try:
-            parse_signal(params.signal)
+            if params.signal is not None:
+                parse_signal(params.signal)
         except InvalidArgument as exc:
             return "signal", exc.message
+    elif isinstance(params, ContainerCreateParams) and params.stop_signal is not None:
+        try:
+            parse_signal(params.stop_signal)
+        except InvalidArgument as exc:
+            return "stop_signal", exc.message
     elif isinstance(params, TaskUpdateParams) and params == TaskUpdateParams(id=params.id):
         return "", "nothing to update: give memory_limit, pids_limit or cpu_shares"
     elif isinstance(params, ContainerLogsParams):

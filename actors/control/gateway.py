@@ -26,6 +26,7 @@ what we send is disconnected with close code 1013 instead of stalling anyone.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import functools
 import hashlib
@@ -33,22 +34,29 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
 import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from ..core._client import Client
+from ..core._container import TaskStatus
 from ..core._handles import Container, Process
 from ..core._logstore import LogReadOptions
-from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources
+from ..core._restart import ContainerRestartPolicy
+from ..core._subscribers import EventStreamLagged
+from ..core.events import EventType
+from ..core.spec import LinuxCPU, LinuxMemory, LinuxPids, LinuxResources, User
 from ..core.stdio import DirectIO, OutputMode
 from ..errors import (
     ContainerdError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -58,6 +66,7 @@ from ..images._api import Image
 from . import _frames as frames
 from . import _protocol as proto
 from ._binds import unstage
+from ._etcfiles import remove_container_files, write_container_files
 from ._gateway_logs import ContainerLogSettings, LogManager, send_log_frames
 from ._images_rpc import ImageMethods
 from ._labels import (
@@ -67,6 +76,17 @@ from ._labels import (
     is_ours,
     store_user_labels,
     user_labels,
+)
+from ._lifecycle import (
+    DEFAULT_STOP_TIMEOUT,
+    IMAGE_LABEL,
+    EventLog,
+    auto_remove,
+    default_hostname,
+    describe_extra,
+    lifecycle_labels,
+    read_top,
+    stop_signal,
 )
 from ._policy import (
     SpecPolicy,
@@ -114,6 +134,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
         max_pending_handshakes: connections that have not sent a complete (so not yet
             authenticated) request, in total; past it the oldest is closed.
         max_pending_per_peer: the same, per peer address.
+        files_dir: where each container's /etc/hosts and /etc/resolv.conf are written
+            (bind-mounted read-only, as docker provides them); None: not provided.
     """
 
     token: str
@@ -133,6 +155,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 512
     max_pending_handshakes: int = 64
     max_pending_per_peer: int = 32
+    files_dir: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.token) < 16:
@@ -251,6 +274,25 @@ class _Session:
             done.set()
 
 
+_P = TypeVar("_P", bound=proto.Params)
+# A method's handler: the gateway, the calling session and the decoded params in, the JSON
+# result out.
+_Handler: TypeAlias = Callable[["Gateway", _Session, _P], Awaitable[Any]]
+_HANDLERS: dict[type[proto.Params], _Handler[Any]] = {}
+
+
+def _handles(params_type: type[_P]) -> Callable[[_Handler[_P]], _Handler[_P]]:
+    """Register the decorated method as the handler of the method with ``params_type``."""
+
+    def register(handler: _Handler[_P]) -> _Handler[_P]:
+        if params_type in _HANDLERS:
+            raise RuntimeError(f"two handlers for {params_type.__name__}")
+        _HANDLERS[params_type] = handler
+        return handler
+
+    return register
+
+
 class Gateway:
     """Serves one Client over websockets. Run with ``await nursery.start(gateway.serve)``."""
 
@@ -285,6 +327,11 @@ class Gateway:
         self._internal_errors = 0
         self.port: int | None = None
         self._max_connections = config.max_connections
+        self._events = EventLog()
+        self._background: trio.Nursery | None = None
+        self._starting: dict[str, int] = {}
+        # Clients reading a task's output (run, attach) per container: --rm waits for them.
+        self._readers: collections.Counter[str] = collections.Counter()
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
@@ -334,8 +381,10 @@ class Gateway:
         )
         try:
             async with trio.open_nursery() as nursery:
+                self._background = nursery
                 await nursery.start(self.logs.run)
                 await self._drain_restored()
+                await nursery.start(self._watch_events)
                 await nursery.start(server.run)
                 task_status.started(self)
         finally:
@@ -353,12 +402,72 @@ class Gateway:
             if container.task_state() is None:
                 continue
             try:
-                task = await container.attach_task()
+                # Through the callback: the actor reuses it for the tasks its restart policy
+                # starts, so their output reaches the log too.
+                await container.attach_task(self.logs.stdio_callback(container.id))
             except ContainerdError as exc:
                 log.warning("cannot re-attach the log of %s: %s", container.id, exc)
-                continue
-            if task.io is not None:
-                self.logs.drain(container.id, task.io)
+
+    # -- what the server does on its own: the event log and docker's --rm ----------------
+
+    async def _watch_events(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep recent events (``events --since``) and remove ``--rm`` containers on exit."""
+        started = False
+        while True:
+            subscription = self.client.events(buffer=self.config.outbound_buffer)
+            with contextlib.closing(subscription):
+                # Also after a lag: exits missed meanwhile are found by the sweep.
+                for container in self._ours():
+                    self._auto_remove_soon(container.id)
+                if not started:
+                    started = True
+                    task_status.started()
+                labels_of: dict[str, dict[str, str]] = {}
+                try:
+                    async for event in subscription:
+                        info = event.info
+                        cid = info.container_id
+                        if cid not in labels_of:
+                            labels_of = {c.id: user_labels(c.labels) for c in self._ours()}
+                            if cid not in labels_of:
+                                continue  # not ours: never kept, never replayed to clients
+                        self._events.append(proto.event_message(event, labels_of.get(cid, {})))
+                        if event.type is EventType.EXIT and info.process_id in ("", cid):
+                            self._auto_remove_soon(cid)
+                    return  # the client closed
+                except EventStreamLagged:
+                    log.warning("event log fell behind; resubscribing")
+
+    def _auto_remove_soon(self, container_id: str) -> None:
+        if self._background is not None:
+            self._background.start_soon(self._auto_remove, container_id)
+
+    async def _auto_remove(self, container_id: str) -> None:
+        # While a client reads the output, removing would cut it off: the stdio
+        # connection calls this again when it ends.
+        if self._readers[container_id] or container_id in self._starting:
+            return
+        expiry = self._ticket_pending(container_id)
+        if expiry is not None:
+            # A client is about to attach; look again once its ticket is used or expired.
+            await trio.sleep_until(expiry)
+            self._auto_remove_soon(container_id)
+            return
+        try:
+            container = await self._container(container_id)
+            if not auto_remove(container.labels):
+                return
+            state = container.task_state()
+            if state is not None:
+                if state.status is not TaskStatus.STOPPED:
+                    return
+                await (await container.task()).delete()
+            await container.delete()
+            await self._removed(container)
+        except (NotFound, FailedPrecondition):
+            pass  # already removed, or a new task was started meanwhile
+        except ContainerdError:
+            log.warning("could not auto-remove %s", container_id, exc_info=True)
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -564,139 +673,306 @@ class Gateway:
         task = await (await self._container(container_id)).task()
         return await task.process(exec_id)
 
-    async def _call(self, session: _Session, method: str, params: Any) -> Any:
+    async def _call(self, session: _Session, method: str, params: proto.Params) -> Any:
+        handler = _HANDLERS.get(type(params))
+        if handler is None:  # unreachable: the table is checked complete at import
+            raise InvalidArgument(f"method {method!r} is not served", local=True)
+        return await handler(self, session, params)
+
+    # -- handlers: one per params class of proto.METHODS ---------------------------------
+
+    @_handles(proto.VersionParams)
+    async def _version(self, session: _Session, params: proto.VersionParams) -> Any:
+        version, revision = await self.client.version()
+        return {"version": version, "revision": revision, "protocol": proto.JSONRPC_SUBPROTOCOL}
+
+    @_handles(proto.ContainerCreateParams)
+    async def _container_create(
+        self, session: _Session, params: proto.ContainerCreateParams
+    ) -> Any:
         client = self.client
-        match method:
-            case "version":
-                version, revision = await client.version()
-                return {
-                    "version": version,
-                    "revision": revision,
-                    "protocol": proto.JSONRPC_SUBPROTOCOL,
-                }
-            case "container.create":
-                labels = store_user_labels(params.labels)
-                labels[OWNER_LABEL] = OWNER_VALUE
-                policy = self.config.policy
-                image = await self._container_image(params)
-                spec = build_container_spec(params, policy, namespace=client.namespace, image=image)
-                staged = stage_bind_sources(
-                    f"container {params.id!r}", spec, params.mounts, policy, params.id
-                )
-                if staged is not None:
-                    labels[BINDS_LABEL] = staged
-                settings = _log_settings(params.log)
-                try:
-                    # The default runtime and no runtime options: a request can name neither.
-                    container = await client.new_container(
-                        params.id, spec, labels=labels, image=image or ""
+        policy = self.config.policy
+        # The default runtime and no runtime options: a request can name neither.
+        restart = ContainerRestartPolicy.parse(params.restart) if params.restart else None
+        if restart is not None and restart.mode != "no" and params.auto_remove:
+            raise InvalidArgument(
+                "conflicting options: a restart policy and auto-remove (--rm)", local=True
+            )
+        signo = proto.parse_signal(params.stop_signal) if params.stop_signal is not None else None
+        labels = store_user_labels(params.labels) | lifecycle_labels(params, signo)
+        labels[OWNER_LABEL] = OWNER_VALUE
+        if params.hostname is None:
+            params = msgspec.structs.replace(params, hostname=default_hostname(params.id))
+        image = await self._container_image(params)
+        if image is not None:
+            labels[IMAGE_LABEL] = image.name  # what ps shows; not the client's spelling
+        spec = build_container_spec(params, policy, namespace=client.namespace, image=image)
+        settings = _log_settings(params.log)
+        staged = stage_bind_sources(
+            f"container {params.id!r}", spec, params.mounts, policy, params.id
+        )
+        if staged is not None:
+            labels[BINDS_LABEL] = staged
+        files_dir = self.config.files_dir
+        try:
+            own = {m.destination for m in params.mounts}
+            if files_dir is not None and not own & {"/etc/hosts", "/etc/resolv.conf"}:
+                spec.mounts.extend(
+                    await trio.to_thread.run_sync(
+                        write_container_files, files_dir, params.id, params.hostname or params.id
                     )
-                except BaseException:
-                    if staged is not None:
-                        unstage(staged, policy.bind_staging_dir)
-                    raise
-                self.logs.configure(params.id, settings)
-                return _describe(container)
-            case "container.list":
-                return [_describe(c) for c in self._ours()]
-            case "container.inspect":
-                return _describe(await self._container(params.id))
-            case "container.delete":
-                container = await self._container(params.id)
-                await container.delete()
-                self._forget(params.id)
-                self.logs.remove(params.id)
-                staged = container.labels.get(BINDS_LABEL)
-                if staged is not None:
-                    unstage(staged, self.config.policy.bind_staging_dir)
-                return None
-            case "task.start":
-                container = await self._container(params.id)
-                task = await container.start(
-                    with_stdin=params.stdin, attach_stdio=self.logs.stdio_callback(params.id)
                 )
-                return {"pid": task.pid}
-            case "task.kill":
-                task = await (await self._container(params.id)).task()
-                await task.kill(params.signo, all=params.all)
-                return None
-            case "task.pause" | "task.resume":
-                task = await (await self._container(params.id)).task()
-                await (task.pause() if method == "task.pause" else task.resume())
-                return None
-            case "task.stats":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.stats())
-            case "task.pids":
-                task = await (await self._container(params.id)).task()
-                return [msgspec.to_builtins(p) for p in await task.summary()]
-            case "task.status":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.status(refresh=params.refresh))
-            case "task.resize":
-                task = await (await self._container(params.id)).task()
-                await task.resize(params.width, params.height)
-                return None
-            case "task.update":
-                check_resource_update(params, self.config.policy)
-                task = await (await self._container(params.id)).task()
-                await task.update_resources(_resources(params))
-                return None
-            case "task.delete":
-                task = await (await self._container(params.id)).task()
-                return msgspec.to_builtins(await task.delete())
-            case "task.wait":
-                task = await (await self._container(params.id)).task()
+            container = await client.new_container(
+                params.id, spec, labels=labels, image=image or "", restart_policy=restart
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if staged is not None:
+                    unstage(staged, policy.bind_staging_dir)
+                if files_dir is not None:
+                    await trio.to_thread.run_sync(remove_container_files, files_dir, params.id)
+            raise
+        self.logs.configure(params.id, settings)
+        return _describe(container)
+
+    @_handles(proto.ContainerListParams)
+    async def _container_list(self, session: _Session, params: proto.ContainerListParams) -> Any:
+        return [_describe(c) for c in self._ours()]
+
+    @_handles(proto.ContainerInspectParams)
+    async def _container_inspect(
+        self, session: _Session, params: proto.ContainerInspectParams
+    ) -> Any:
+        return _describe(await self._container(params.id))
+
+    @_handles(proto.ContainerDeleteParams)
+    async def _container_delete(
+        self, session: _Session, params: proto.ContainerDeleteParams
+    ) -> Any:
+        container = await self._container(params.id)
+        await container.delete()
+        await self._removed(container)
+        return None
+
+    @_handles(proto.ContainerStopParams)
+    async def _container_stop(self, session: _Session, params: proto.ContainerStopParams) -> Any:
+        container = await self._container(params.id)
+        state = container.task_state()
+        if state is None:
+            return None
+        task = await container.task()
+        if state.status is TaskStatus.STOPPED:
+            # Still a user's stop: it cancels a pending restart (the actor notes it even
+            # though the process is gone).
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await task.kill(signal.SIGKILL)
+        else:
+            signo = (
+                proto.parse_signal(params.signal)
+                if params.signal is not None
+                else stop_signal(container.labels)
+            )
+            timeout = DEFAULT_STOP_TIMEOUT if params.timeout is None else params.timeout
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await task.kill(signo)
+                if state.status is TaskStatus.PAUSED:
+                    # A frozen process cannot act on the signal until thawed.
+                    await task.resume()
+            with trio.move_on_after(timeout):
                 return msgspec.to_builtins(await task.wait())
-            case "process.exec":
-                container = await self._container(params.id)
-                task = await container.task()
-                process_spec = build_exec_process(
-                    params, container.spec(), policy=self.config.policy
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await task.kill(signal.SIGKILL, all=True)
+        return msgspec.to_builtins(await task.wait())
+
+    @_handles(proto.TaskTopParams)
+    async def _task_top(self, session: _Session, params: proto.TaskTopParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        summary = [(p.pid, p.exec_id) for p in await task.summary()]
+        return await trio.to_thread.run_sync(read_top, summary)
+
+    @_handles(proto.TaskStartParams)
+    async def _task_start(self, session: _Session, params: proto.TaskStartParams) -> Any:
+        container = await self._container(params.id)
+        self._starting[params.id] = self._starting.get(params.id, 0) + 1
+        # With attach, the output of this start on (not an earlier run's, still in the log).
+        started_ns = time.time_ns()
+        try:
+            task = await container.start(
+                with_stdin=params.stdin, attach_stdio=self.logs.stdio_callback(params.id)
+            )
+            result: dict[str, Any] = {"pid": task.pid}
+            if params.attach:
+                ticket = self._new_ticket(params.id, "")
+                self._log_reads[ticket["path"]] = _LogRead(
+                    LogReadOptions(follow=True, since=started_ns), timestamps=False, attach=True
                 )
-                process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
-                self._processes[(params.id, params.exec_id)] = process
-                return {"pid": process.pid}
-            case "process.kill":
-                process = await self._process(params.id, params.exec_id)
-                await process.kill(params.signo)
-                return None
-            case "process.wait":
-                process = await self._process(params.id, params.exec_id)
-                return msgspec.to_builtins(await process.wait())
-            case "process.delete":
-                process = await self._process(params.id, params.exec_id)
-                status = await process.delete()
-                self._processes.pop((params.id, params.exec_id), None)
-                return msgspec.to_builtins(status)
-            case "events.subscribe":
-                return await self._subscribe(session, params)
-            case "events.unsubscribe":
-                scope = session.subscriptions.pop(params.subscription, None)
-                if scope is None:
-                    raise NotFound(f"no subscription {params.subscription!r}", local=True)
-                scope.cancel()
-                return None
-            case "stdio.attach":
-                ticket = await self._issue_ticket(params.id, params.exec_id or "")
-                if not params.exec_id:
-                    # A task's output comes from its log: every attach sees the same bytes.
-                    self._log_reads[ticket["path"]] = _LogRead(
-                        LogReadOptions(follow=True, tail=None if params.replay else 0),
-                        timestamps=False,
-                        attach=True,
-                    )
-                return ticket
-            case "container.logs":
-                return await self._issue_log_ticket(params)
-            case name if name.startswith("image."):
-                return await self._image_methods.call(
-                    name,
-                    params,
-                    lambda kind, body: session.send(proto.encode_notification(kind, body)),
-                )
-            case _:
-                raise InvalidArgument(f"method {method!r} is not served", local=True)
+                result["stdio"] = ticket
+        finally:
+            self._starting[params.id] -= 1
+            if not self._starting[params.id]:
+                del self._starting[params.id]
+        # An exit seen while starting was deferred; look again (a no-op while it runs).
+        self._auto_remove_soon(params.id)
+        return result
+
+    @_handles(proto.TaskKillParams)
+    async def _task_kill(self, session: _Session, params: proto.TaskKillParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        await task.kill(params.signo, all=params.all)
+        return None
+
+    @_handles(proto.TaskPauseParams)
+    async def _task_pause(self, session: _Session, params: proto.TaskPauseParams) -> Any:
+        await (await (await self._container(params.id)).task()).pause()
+        return None
+
+    @_handles(proto.TaskResumeParams)
+    async def _task_resume(self, session: _Session, params: proto.TaskResumeParams) -> Any:
+        await (await (await self._container(params.id)).task()).resume()
+        return None
+
+    @_handles(proto.TaskStatsParams)
+    async def _task_stats(self, session: _Session, params: proto.TaskStatsParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.stats())
+
+    @_handles(proto.TaskPidsParams)
+    async def _task_pids(self, session: _Session, params: proto.TaskPidsParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return [msgspec.to_builtins(p) for p in await task.summary()]
+
+    @_handles(proto.TaskStatusParams)
+    async def _task_status(self, session: _Session, params: proto.TaskStatusParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.status(refresh=params.refresh))
+
+    @_handles(proto.TaskResizeParams)
+    async def _task_resize(self, session: _Session, params: proto.TaskResizeParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        await task.resize(params.width, params.height)
+        return None
+
+    @_handles(proto.TaskUpdateParams)
+    async def _task_update(self, session: _Session, params: proto.TaskUpdateParams) -> Any:
+        check_resource_update(params, self.config.policy)
+        task = await (await self._container(params.id)).task()
+        await task.update_resources(_resources(params))
+        return None
+
+    @_handles(proto.TaskDeleteParams)
+    async def _task_delete(self, session: _Session, params: proto.TaskDeleteParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.delete())
+
+    @_handles(proto.TaskWaitParams)
+    async def _task_wait(self, session: _Session, params: proto.TaskWaitParams) -> Any:
+        task = await (await self._container(params.id)).task()
+        return msgspec.to_builtins(await task.wait())
+
+    @_handles(proto.ProcessExecParams)
+    async def _process_exec(self, session: _Session, params: proto.ProcessExecParams) -> Any:
+        container = await self._container(params.id)
+        task = await container.task()
+        process_spec = build_exec_process(params, container.spec(), policy=self.config.policy)
+        if params.user is not None:
+            process_spec.user = User(uid=params.user.uid, gid=params.user.gid)
+        process = await task.exec(params.exec_id, process_spec, with_stdin=params.stdin)
+        self._processes[(params.id, params.exec_id)] = process
+        return {"pid": process.pid}
+
+    @_handles(proto.ProcessKillParams)
+    async def _process_kill(self, session: _Session, params: proto.ProcessKillParams) -> Any:
+        process = await self._process(params.id, params.exec_id)
+        await process.kill(params.signo)
+        return None
+
+    @_handles(proto.ProcessWaitParams)
+    async def _process_wait(self, session: _Session, params: proto.ProcessWaitParams) -> Any:
+        process = await self._process(params.id, params.exec_id)
+        return msgspec.to_builtins(await process.wait())
+
+    @_handles(proto.ProcessDeleteParams)
+    async def _process_delete(self, session: _Session, params: proto.ProcessDeleteParams) -> Any:
+        process = await self._process(params.id, params.exec_id)
+        status = await process.delete()
+        self._processes.pop((params.id, params.exec_id), None)
+        return msgspec.to_builtins(status)
+
+    @_handles(proto.EventsSubscribeParams)
+    async def _events_subscribe(
+        self, session: _Session, params: proto.EventsSubscribeParams
+    ) -> Any:
+        return await self._subscribe(session, params)
+
+    @_handles(proto.EventsUnsubscribeParams)
+    async def _events_unsubscribe(
+        self, session: _Session, params: proto.EventsUnsubscribeParams
+    ) -> Any:
+        scope = session.subscriptions.pop(params.subscription, None)
+        if scope is None:
+            raise NotFound(f"no subscription {params.subscription!r}", local=True)
+        scope.cancel()
+        return None
+
+    @_handles(proto.StdioAttachParams)
+    async def _stdio_attach(self, session: _Session, params: proto.StdioAttachParams) -> Any:
+        ticket = await self._issue_ticket(params.id, params.exec_id or "")
+        if not params.exec_id:
+            # A task's output comes from its log: every attach sees the same bytes.
+            self._log_reads[ticket["path"]] = _LogRead(
+                LogReadOptions(follow=True, tail=None if params.replay else 0),
+                timestamps=False,
+                attach=True,
+            )
+        return ticket
+
+    async def _removed(self, container: Container) -> None:
+        """What a removed container leaves here: its log, staged binds and /etc files."""
+        self._forget(container.id)
+        self.logs.remove(container.id)
+        staged = container.labels.get(BINDS_LABEL)
+        if staged is not None:
+            unstage(staged, self.config.policy.bind_staging_dir)
+        if self.config.files_dir is not None:
+            await trio.to_thread.run_sync(
+                remove_container_files, self.config.files_dir, container.id
+            )
+
+    @_handles(proto.ContainerLogsParams)
+    async def _container_logs(self, session: _Session, params: proto.ContainerLogsParams) -> Any:
+        return await self._issue_log_ticket(params)
+
+    async def _image_call(self, session: _Session, params: proto.Params) -> Any:
+        method = _METHOD_OF[type(params)]
+        return await self._image_methods.call(
+            method,
+            params,
+            lambda kind, body: session.send(proto.encode_notification(kind, body)),
+        )
+
+    @_handles(proto.ImagePullParams)
+    async def _image_pull(self, session: _Session, params: proto.ImagePullParams) -> Any:
+        return await self._image_call(session, params)
+
+    @_handles(proto.ImageListParams)
+    async def _image_list(self, session: _Session, params: proto.ImageListParams) -> Any:
+        return await self._image_call(session, params)
+
+    @_handles(proto.ImageInspectParams)
+    async def _image_inspect(self, session: _Session, params: proto.ImageInspectParams) -> Any:
+        return await self._image_call(session, params)
+
+    @_handles(proto.ImageRemoveParams)
+    async def _image_remove(self, session: _Session, params: proto.ImageRemoveParams) -> Any:
+        return await self._image_call(session, params)
+
+    @_handles(proto.ImageLoadParams)
+    async def _image_load(self, session: _Session, params: proto.ImageLoadParams) -> Any:
+        return await self._image_call(session, params)
+
+    @_handles(proto.ImageSaveParams)
+    async def _image_save(self, session: _Session, params: proto.ImageSaveParams) -> Any:
+        return await self._image_call(session, params)
 
     async def _container_image(self, params: Any) -> Image | None:
         # A directory rootfs (requested, or the policy's legacy default) has no image; any
@@ -713,7 +989,9 @@ class Gateway:
         for key in [k for k in self._processes if k[0] == container_id]:
             del self._processes[key]
 
-    async def _subscribe(self, session: _Session, params: Any) -> dict[str, str]:
+    async def _subscribe(
+        self, session: _Session, params: proto.EventsSubscribeParams
+    ) -> dict[str, Any]:
         if len(session.subscriptions) >= self.config.max_subscriptions:
             raise ResourceExhausted(
                 f"at most {self.config.max_subscriptions} subscriptions per connection",
@@ -725,8 +1003,16 @@ class Gateway:
         scope = trio.CancelScope()
         session.subscriptions[name] = scope
 
+        # The live subscription exists before the replay is taken, so nothing falls between.
+        replayed = (
+            self._events.since(params.since, event_filter) if params.since is not None else []
+        )
+        seen = {(m.time_nano, m.action, m.actor.id) for m in replayed}
+
         async def pump() -> None:
             with scope, contextlib.closing(subscription):
+                for message in replayed:
+                    session.send(proto.event_notification(name, message))
                 labels_of = {c.id: user_labels(c.labels) for c in self._ours()}
                 async for event in subscription:
                     cid = event.info.container_id
@@ -735,11 +1021,13 @@ class Gateway:
                         if cid not in labels_of:
                             continue  # not ours: clients see only what they may touch
                     message = proto.event_message(event, labels_of.get(cid, {}))
+                    if (message.time_nano, message.action, cid) in seen:
+                        continue
                     if event_filter.matches(message):
                         session.send(proto.event_notification(name, message))
 
         session.nursery.start_soon(pump)
-        return {"subscription": name}
+        return {"subscription": name, "replayed": len(replayed)}
 
     # -- stdio ---------------------------------------------------------------------------
 
@@ -775,6 +1063,16 @@ class Gateway:
         self._log_reads[ticket["path"]] = _LogRead(options, params.timestamps, attach=False)
         return ticket
 
+    def _ticket_pending(self, container_id: str) -> float | None:
+        """When the last unused ticket for the container's task expires, if any."""
+        now = trio.current_time()
+        expiries = [
+            expiry
+            for cid, exec_id, expiry in self._tickets.values()
+            if cid == container_id and not exec_id and expiry > now
+        ]
+        return max(expiries) if expiries else None
+
     async def _stdio_connection(
         self, ws: WebSocketConnection, ticket: str, subprotocol: str
     ) -> None:
@@ -808,6 +1106,8 @@ class Gateway:
             return
         if log_read is None:
             self._attached.add(key)  # a FIFO has one consumer; a log has any number
+        if not exec_id:
+            self._readers[container_id] += 1
         self._stdio_sessions += 1
         try:
             process, io = await self._stdio_target(container_id, exec_id)
@@ -826,7 +1126,13 @@ class Gateway:
             )
             await ws.aclose(CLOSE_POLICY_VIOLATION, "process not found")
         finally:
-            self._attached.discard(key)
+            if log_read is None:
+                self._attached.discard(key)
+            if not exec_id:
+                self._readers[container_id] -= 1
+                if not self._readers[container_id]:
+                    del self._readers[container_id]
+                self._auto_remove_soon(container_id)
 
     async def _stdio_target(self, container_id: str, exec_id: str) -> tuple[Process, DirectIO]:
         if exec_id:
@@ -836,6 +1142,12 @@ class Gateway:
         if process.io is None:
             raise NotFound(f"process {exec_id or container_id} has no stdio to attach", local=True)
         return process, process.io
+
+
+_METHOD_OF: Final = {cls: method for method, cls in proto.METHODS.items()}
+_unserved = sorted(m for m, cls in proto.METHODS.items() if cls not in _HANDLERS)
+if _unserved:
+    raise RuntimeError(f"methods without a handler: {_unserved}")
 
 
 async def _bridge_stdio(
@@ -939,10 +1251,11 @@ def _describe(container: Container) -> dict[str, Any]:
         "labels": user_labels(container.labels),
         "runtime": container.runtime,
         "task": msgspec.to_builtins(state) if state is not None else None,
+        **describe_extra(container),
     }
 
 
-def _resources(params: Any) -> LinuxResources:
+def _resources(params: proto.TaskUpdateParams) -> LinuxResources:
     if params.memory_limit is None and params.pids_limit is None and params.cpu_shares is None:
         raise InvalidArgument(
             "task.update needs memory_limit, pids_limit or cpu_shares", local=True

@@ -45,19 +45,35 @@ _decoder: Final = msgspec.json.Decoder()
 _encoder: Final = msgspec.json.Encoder()
 
 
+DEFAULT_TIMEOUT: Final = 10.0
+# Events kept for a subscription id not registered yet (see GatewayClient._reader).
+_EARLY_EVENTS: Final = 4096
+
+
 class GatewayError(ContainerdActorsError):
-    """A JSON-RPC error without a containerd error class (protocol or server errors)."""
+    """A JSON-RPC error without a containerd error class (protocol or server errors).
+
+    The text names what was wrong when the server said so in ``data`` (the field and the
+    reason), e.g. ``Invalid params: env[0]: expected a KEY=VALUE entry (-32602)``.
+    """
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
-        # "Invalid params" alone does not say which: the server names the field and why.
-        detail = ""
-        if isinstance(data, dict) and isinstance(data.get("reason"), str) and data["reason"]:
-            path = data.get("path")
-            where = f"{path}: " if isinstance(path, str) and path else ""
-            detail = f": {where}{data['reason']}"
-        super().__init__(f"{message} ({code}){detail}")
+        super().__init__(f"{message}{_detail(data)} ({code})")
         self.code = code
         self.data = data
+
+
+def _detail(data: Any) -> str:
+    if not isinstance(data, dict):
+        return ""
+    reason = data.get("reason")
+    path = data.get("path")
+    field = path.removeprefix("$.params").lstrip(".") if isinstance(path, str) else ""
+    if isinstance(reason, str) and reason:
+        return f": {field}: {reason}" if field else f": {reason}"
+    if isinstance(data.get("method"), str):
+        return f": {data['method']}"
+    return ""
 
 
 def _error_from(body: dict[str, Any]) -> Exception:
@@ -75,39 +91,57 @@ def _error_from(body: dict[str, Any]) -> Exception:
     return GatewayError(code, message, data)
 
 
+def _too_slow(url: str, timeout: float, what: str) -> GatewayError:
+    return GatewayError(
+        -32000,
+        f"no {what} from the control plane at {url} within {timeout:g} s "
+        "(is it a containerd-actors server, and does the URL's ws:// or wss:// match it?)",
+    )
+
+
 @contextlib.asynccontextmanager
 async def _open(
-    url: str, resource: str, token: str, subprotocols: list[str]
+    url: str,
+    resource: str,
+    token: str,
+    subprotocols: list[str],
+    connect_timeout: float = DEFAULT_TIMEOUT,
 ) -> AsyncIterator[WebSocketConnection]:
     # We own the byte stream and close it ourselves: when the server closes first,
-    # trio-websocket's client leaves its stream open.
+    # trio-websocket's client leaves its stream open. Connecting and the handshake (TLS
+    # and websocket) each get ``connect_timeout``: a listener that never answers must not hang us.
     headers = [(b"authorization", f"Bearer {token}".encode())]
     parts = urlsplit(url)
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-    if parts.scheme == "unix":
-        stream = await trio.open_unix_socket(parts.path)
-        host = "localhost"
-    elif parts.scheme in ("ws", "wss"):
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-        with trio.fail_after(10):
+    with trio.move_on_after(connect_timeout) as connecting:
+        if parts.scheme == "unix":
+            stream = await trio.open_unix_socket(parts.path)
+            host = "localhost"
+        elif parts.scheme in ("ws", "wss"):
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or (443 if parts.scheme == "wss" else 80)
             stream = await trio.open_tcp_stream(host, port)
-        if parts.scheme == "wss":
-            stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
-    else:
-        raise ValueError(f"gateway URL must be ws://, wss:// or unix://, not {url!r}")
+            if parts.scheme == "wss":
+                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
+        else:
+            raise ValueError(f"gateway URL must be ws://, wss:// or unix://, not {url!r}")
+    if connecting.cancelled_caught:
+        raise _too_slow(url, connect_timeout, "connection")
     try:
         async with stream, trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery,
-                stream,
-                host,
-                resource,
-                subprotocols=subprotocols,
-                extra_headers=headers,
-                # Output comes in frames of up to 64 KiB; 4 KiB reads cost 16 wakeups each.
-                receive_buffer_size=RECEIVE_BUFFER,
-            )
+            with trio.move_on_after(connect_timeout) as handshake:
+                ws = await wrap_client_stream(
+                    nursery,
+                    stream,
+                    host,
+                    resource,
+                    subprotocols=subprotocols,
+                    extra_headers=headers,
+                    # Output comes in frames of up to 64 KiB; 4 KiB reads cost 16 wakeups each.
+                    receive_buffer_size=RECEIVE_BUFFER,
+                )
+            if handshake.cancelled_caught:
+                raise _too_slow(url, connect_timeout, "handshake answer")
             try:
                 yield ws
             finally:
@@ -135,10 +169,17 @@ def _handshake_error(exc: BaseException) -> BaseException:
 class GatewayClient:
     """One JSON-RPC connection; requests may run concurrently."""
 
-    def __init__(self, ws: WebSocketConnection, url: str, token: str) -> None:
+    def __init__(
+        self, ws: WebSocketConnection, url: str, token: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self._ws = ws
         self._url = url
         self._token = token
+        self._timeout = timeout
+        #: How many kept events the last ``subscribe`` with ``since`` replays first.
+        self.replayed = 0
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        self._early_total = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._subscriptions: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
@@ -154,10 +195,16 @@ class GatewayClient:
                 body = _decoder.decode(message)
                 if "method" in body and body.get("method") == "event":
                     params = body.get("params", {})
-                    channel = self._subscriptions.get(params.get("subscription", ""))
+                    name = params.get("subscription", "")
+                    channel = self._subscriptions.get(name)
                     if channel is not None:
                         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                             channel.send_nowait(params.get("event", {}))
+                    elif self._early_total < _EARLY_EVENTS:
+                        # Events may arrive before subscribe() has registered the id it was
+                        # just given (the reply and the first events come back to back).
+                        self._early.setdefault(name, []).append(params.get("event", {}))
+                        self._early_total += 1
                     continue
                 if "method" in body and body.get("method") == "image.progress":
                     params = body.get("params", {})
@@ -211,13 +258,31 @@ class GatewayClient:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, filters: dict[str, list[str]] | None = None, *, buffer: int = 1024
+        self,
+        filters: dict[str, list[str]] | None = None,
+        *,
+        since: int | None = None,
+        buffer: int = 1024,
     ) -> AsyncIterator[trio.MemoryReceiveChannel[dict[str, Any]]]:
-        """Receive Docker-shaped event messages until the block ends."""
+        """Receive Docker-shaped event messages until the block ends.
+
+        ``since`` (unix nanoseconds) first replays the matching events the server kept.
+        """
         send, receive = trio.open_memory_channel[dict[str, Any]](buffer)
-        result = await self.call("events.subscribe", {"filters": filters} if filters else {})
+        params: dict[str, Any] = {}
+        if filters:
+            params["filters"] = filters
+        if since is not None:
+            params["since"] = since
+        result = await self.call("events.subscribe", params)
         name = result["subscription"]
+        self.replayed = int(result.get("replayed", 0))
         self._subscriptions[name] = send
+        early = self._early.pop(name, [])
+        self._early_total -= len(early)
+        for event in early:
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(event)
         try:
             yield receive
         finally:
@@ -228,21 +293,32 @@ class GatewayClient:
 
     @contextlib.asynccontextmanager
     async def attach(
-        self, container_id: str, exec_id: str | None = None, *, replay: bool = False
+        self,
+        container_id: str,
+        exec_id: str | None = None,
+        *,
+        replay: bool = False,
+        ticket: dict[str, str] | None = None,
     ) -> AsyncIterator[StdioSession]:
         """Open the stdio websocket of a task (or of an exec with ``exec_id``).
 
         A task's output comes from its log: only what is written from now on, or with
-        ``replay`` everything it wrote since it started.
+        ``replay`` everything it wrote since it started. ``ticket`` is one the server already
+        issued (``task.start`` with ``attach``: the output of that start on).
         """
-        params: dict[str, Any] = {"id": container_id}
-        if exec_id:
-            params["exec_id"] = exec_id
-        if replay:
-            params["replay"] = True
-        ticket = await self.call("stdio.attach", params)
+        if ticket is None:
+            params: dict[str, Any] = {"id": container_id}
+            if exec_id:
+                params["exec_id"] = exec_id
+            if replay:
+                params["replay"] = True
+            ticket = await self.call("stdio.attach", params)
         async with _open(
-            self._url, ticket["path"], self._token, list(frames.STDIO_SUBPROTOCOLS)
+            self._url,
+            ticket["path"],
+            self._token,
+            list(frames.STDIO_SUBPROTOCOLS),
+            self._timeout,
         ) as ws:
             yield StdioSession(ws)
 
@@ -321,16 +397,21 @@ class StdioSession:
 
 
 @contextlib.asynccontextmanager
-async def connect_gateway(url: str, token: str) -> AsyncIterator[GatewayClient]:
-    """Connect to ``containerd-actors serve`` (``ws://host:port`` or ``unix:///path``)."""
+async def connect_gateway(
+    url: str, token: str, *, connect_timeout: float = DEFAULT_TIMEOUT
+) -> AsyncIterator[GatewayClient]:
+    """Connect to ``containerd-actors serve`` (``ws://host:port`` or ``unix:///path``).
+
+    Connecting and the handshake each fail after ``connect_timeout`` seconds without an answer.
+    """
     try:
         async with (
-            _open(url, "/", token, [JSONRPC_SUBPROTOCOL]) as ws,
+            _open(url, "/", token, [JSONRPC_SUBPROTOCOL], connect_timeout) as ws,
             trio.open_nursery() as nursery,
         ):
             if ws.subprotocol != JSONRPC_SUBPROTOCOL:
                 raise GatewayError(-32600, f"server does not speak {JSONRPC_SUBPROTOCOL}")
-            client = GatewayClient(ws, url, token)
+            client = GatewayClient(ws, url, token, connect_timeout)
             nursery.start_soon(client._reader)
             try:
                 yield client

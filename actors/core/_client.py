@@ -51,6 +51,7 @@ from ._delivery import (
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
+from ._restart import RESTART_POLICY_LABEL, ContainerRestartPolicy
 from ._shimgroups import (
     GROUP_ANNOTATION,
     ShimGroupPool,
@@ -480,6 +481,7 @@ class Client:
         image: str | Image = "",
         args: Sequence[str] | None = None,
         entrypoint: Sequence[str] | None = None,
+        restart_policy: ContainerRestartPolicy | None = None,
     ) -> Container:
         """Create a container record (one RPC: Containers.Create) and its actor.
 
@@ -510,6 +512,8 @@ class Client:
             image: an image (or its name) to run on; with ``rootfs``/``snapshot_key`` only
                 the name, recorded for information.
             args, entrypoint: overrides of the image's Cmd and Entrypoint (no ``spec``).
+            restart_policy: docker's ``--restart``, honoured by the container's actor when
+                its task exits (stored in a label, so later supervisors honour it too).
 
         Raises:
             InvalidArgument: bad id, spec or labels (nothing sent).
@@ -533,6 +537,8 @@ class Client:
             raise InvalidArgument("a snapshot_key needs its snapshotter", local=True)
         pool = self._shim_pool if shim == DEFAULT_SHIM else None
         spec_bytes, terminal = _spec_payload(spec, self.namespace, container_id, grouped=pool)
+        if restart_policy is not None and restart_policy.mode != "no":
+            label_map[RESTART_POLICY_LABEL] = str(restart_policy)
         options = runtime_options.to_proto() if runtime_options is not None else b""
         record_pb = containers_pb2.Container(id=container_id, labels=label_map)
         record_pb.runtime.name = shim

@@ -129,6 +129,12 @@ class Reconcile(_Command, tag="reconcile", frozen=True, kw_only=True):
     exited_at_nanos: int = 0
 
 
+class AutoRestart(_Command, tag="auto_restart", frozen=True, kw_only=True):
+    """The actor's own: restart the task of ``epoch`` under the restart policy."""
+
+    epoch: int
+
+
 Command = (
     CreateTask
     | StartProcess
@@ -150,4 +156,5 @@ Command = (
     | Crash
     | DeliverEvent
     | Reconcile
+    | AutoRestart
 )

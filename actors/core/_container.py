@@ -24,6 +24,7 @@ import trio
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
 from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 
 from ..containerd._mounts import Mount, mounts_to_proto
@@ -52,6 +53,14 @@ from ._process_state import (
 )
 from ._process_state import ProcessState as ProcessState  # re-exported: part of this API
 from ._process_state import TaskStatus as TaskStatus
+from ._restart import (
+    MANUALLY_STOPPED_LABEL,
+    RESTART_COUNT_LABEL,
+    backoff,
+    count_from_labels,
+    policy_from_labels,
+    should_restart,
+)
 from .events import (
     INIT_PROCESS_NAME,
     ExitStatus,
@@ -69,6 +78,22 @@ RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 SERVE_BATCH = 64
 
 Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+
+
+class RestartStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A container's restart policy as its actor applies it.
+
+    Attributes:
+        policy: docker's syntax (``no``, ``always``, ``on-failure:3``, ...).
+        count: restarts so far (kept across supervisors in a label).
+        pending: a restart is scheduled (docker's ``Restarting``).
+        manually_stopped: the user stopped or killed it, so it is not restarted.
+    """
+
+    policy: str
+    count: int
+    pending: bool
+    manually_stopped: bool
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +179,13 @@ class ContainerActor:
         self._commands_handled = 0
         self._events_handled = 0
         self._overflow_resyncs = 0
+        # Docker's restart policy, honoured here; see actors.core._restart.
+        self._restart_policy = policy_from_labels(record.labels)
+        self._restart_count = count_from_labels(record.labels)
+        self._manually_stopped = record.labels.get(MANUALLY_STOPPED_LABEL) == "true"
+        self._restart_cancelled = False  # a user kill/stop during this actor's life
+        self._restart_pending = False
+        self._restart_with = cmd.CreateTask(start=True)
 
     def _new_record(self, process_id: str, exec_id: str) -> _Process:
         return _Process(process_id=process_id, exec_id=exec_id)
@@ -204,6 +236,14 @@ class ContainerActor:
         """The open stdio of a known process (a read of actor state; no RPC)."""
         proc = self._init if not exec_id else self._execs.get(exec_id)
         return proc.io if proc is not None else None
+
+    def restart_status(self) -> RestartStatus:
+        return RestartStatus(
+            policy=str(self._restart_policy),
+            count=self._restart_count,
+            pending=self._restart_pending,
+            manually_stopped=self._manually_stopped or self._restart_cancelled,
+        )
 
     def snapshot(self) -> ProcessState | None:
         """The init process as the actor knows it, or None without a task."""
@@ -357,7 +397,13 @@ class ContainerActor:
     async def _handle(self, command: cmd.Command) -> Any:
         match command:
             case cmd.CreateTask():
+                await self._user_started()
+                self._restart_with = cmd.CreateTask(
+                    start=True, with_stdin=command.with_stdin, attach_stdio=command.attach_stdio
+                )
                 return await self._create_task(command)
+            case cmd.AutoRestart(epoch=epoch):
+                return await self._auto_restart(epoch)
             case cmd.StartProcess(exec_id=exec_id):
                 return await self._start_process(exec_id)
             case cmd.CreateExec():
@@ -391,6 +437,9 @@ class ContainerActor:
             case cmd.Status(exec_id=exec_id, refresh=refresh):
                 return await self._status(exec_id, refresh)
             case cmd.LoadTask(attach_stdio=callback, attach=attach):
+                if callback is not None and self._restart_with.attach_stdio is None:
+                    # A supervisor that re-attached (to drain output) wants restarts too.
+                    self._restart_with = cmd.CreateTask(start=True, attach_stdio=callback)
                 return await self._load_task(callback, attach)
             case cmd.DeleteProcess(exec_id=exec_id):
                 return await self._delete_process(exec_id)
@@ -576,6 +625,8 @@ class ContainerActor:
 
     async def _kill(self, exec_id: str, sig: int, all_: bool) -> None:
         proc = self._process(exec_id)
+        if not exec_id:
+            await self._user_stopped()
         if proc.exit is not None and not all_:
             raise NotFound(
                 f"process {proc.process_id} already finished (exit {proc.exit.code})", local=True
@@ -820,6 +871,9 @@ class ContainerActor:
                     for waiter in proc.waiters:
                         _send_reply(waiter, outcome.Value(effect.exit))
                     proc.waiters.clear()
+                if effect.process_id == self.container_id:
+                    # The init's exit, recorded once however learned: the restart policy's cue.
+                    self._after_init_exit(effect.exit.code, restoring=effect.synthetic)
             elif isinstance(effect, Forget) and isinstance(effect.record, _Process):
                 self._forget(effect.record, effect.reason)
 
@@ -830,6 +884,65 @@ class ContainerActor:
             self._delivery.submit(self.container_id, event.type, event.info)
         if self._on_event is not None:
             self._on_event(event)
+
+    # -- restart policy ----------------------------------------------------------------
+
+    def _after_init_exit(self, exit_code: int, *, restoring: bool) -> None:
+        if self._restart_cancelled or self._restart_pending or self._nursery is None:
+            return
+        if not should_restart(
+            self._restart_policy,
+            exit_code,
+            self._restart_count,
+            manually_stopped=self._manually_stopped,
+            restoring=restoring,
+        ):
+            return
+        self._restart_pending = True
+        self._nursery.start_soon(self._restart_later, self.task_epoch, backoff(self._restart_count))
+
+    async def _restart_later(self, epoch: int, delay: float) -> None:
+        await trio.sleep(delay)
+        if not self.mailbox.post_event((cmd.AutoRestart(epoch=epoch), None)):
+            self._restart_pending = False
+
+    async def _auto_restart(self, epoch: int) -> None:
+        """Tasks.Delete, Containers.Update (the count), Tasks.Create, Tasks.Start."""
+        self._restart_pending = False
+        init = self._init
+        if epoch != self.task_epoch or self._restart_cancelled or init is None or init.exit is None:
+            return  # the user stopped, deleted or started it meanwhile
+        try:
+            await self._delete_process("")
+            self._restart_count += 1
+            await self._set_labels({RESTART_COUNT_LABEL: str(self._restart_count)})
+            # The same stdio as the user's start: whoever consumed its output (the control
+            # plane's log, say) consumes the restarted task's too.
+            await self._create_task(self._restart_with)
+        except ContainerdError as exc:
+            log.warning("restarting %s failed: %s", self.container_id, exc)
+
+    async def _user_stopped(self) -> None:
+        if self._restart_policy.mode == "no":
+            return
+        self._restart_cancelled = True
+        if not self._manually_stopped:
+            await self._set_labels({MANUALLY_STOPPED_LABEL: "true"})
+            self._manually_stopped = True
+
+    async def _user_started(self) -> None:
+        self._restart_cancelled = False
+        if self._manually_stopped:
+            await self._set_labels({MANUALLY_STOPPED_LABEL: ""})
+            self._manually_stopped = False
+
+    async def _set_labels(self, changes: dict[str, str]) -> None:
+        """Containers.Update of internal labels (an empty value removes one)."""
+        container = containers_pb2.Container(id=self.container_id, labels=changes)
+        updated = await self._remote.containers_update(
+            container, [f"labels.{key}" for key in changes]
+        )
+        self.record = msgspec.structs.replace(self.record, labels=dict(updated.labels))
 
 
 _criu_verdict: list[str | None] = []

@@ -14,7 +14,7 @@ import trio
 
 from ..errors import FailedPrecondition, NotFound
 from . import _commands as cmd
-from ._container import ActorStatistics, ContainerActor, ProcessState, call_actor
+from ._container import ActorStatistics, ContainerActor, ProcessState, RestartStatus, call_actor
 from ._ids import validate_id
 from .metrics import ProcessSummary, TaskStats, decode_metric, decode_process_info
 from .spec import (
@@ -149,7 +149,7 @@ class Task(Process):
         dio: list[DirectIO] = []
 
         def remember(io: DirectIO) -> Any:
-            dio.append(io)
+            dio[:] = [io]  # the actor may call this again (a restarted task's stdio)
             return attach_stdio(io) if attach_stdio is not None else None
 
         # Add and start in one actor command: a caller cancelled meanwhile leaves either
@@ -220,6 +220,10 @@ class Container(metaclass=_NoPublicConstructor):
     def statistics(self) -> ActorStatistics:
         return self._actor.statistics()
 
+    def restart_status(self) -> RestartStatus:
+        """The restart policy, count and whether a restart is pending (0 RPCs)."""
+        return self._actor.restart_status()
+
     def task_state(self) -> ProcessState | None:
         """The task as this container's actor knows it (0 RPCs), or None without one."""
         return self._actor.snapshot()
@@ -285,7 +289,7 @@ class Container(metaclass=_NoPublicConstructor):
         dio: list[DirectIO] = []
 
         def remember(io: DirectIO) -> Any:
-            dio.append(io)
+            dio[:] = [io]  # the actor may call this again (a restarted task's stdio)
             return attach_stdio(io) if attach_stdio is not None else None
 
         pid = await call_actor(
@@ -311,7 +315,7 @@ class Container(metaclass=_NoPublicConstructor):
         dio: list[DirectIO] = []
 
         def remember(io: DirectIO) -> Any:
-            dio.append(io)
+            dio[:] = [io]  # the actor may call this again (a restarted task's stdio)
             return attach_stdio(io) if attach_stdio is not None else None
 
         state: ProcessState = await call_actor(

@@ -24,7 +24,8 @@ RUNNING    ``paused`` (Tasks.Pause) / event paused             PAUSED     Publis
 PAUSED     ``resumed`` (Tasks.Resume) / event resumed          RUNNING    Publish (events)
 any live   ``killed`` (Tasks.Kill acknowledged)                same       ``signalled`` set
 any        event oom                                           same       ``oom_killed`` set,
-                                                                          Publish
+                                                                          Publish (the first
+                                                                          per task only)
 any live   exit: event, ``reconcile`` (Tasks.List/Get says     STOPPED    Publish once, Wake
            STOPPED or the task is gone), ``refreshed``
            (status refresh says STOPPED), ``deleted`` (Delete
@@ -152,10 +153,15 @@ class Publish(msgspec.Struct, frozen=True):
 
 
 class Wake(msgspec.Struct, frozen=True):
-    """Answer every waiter of this process with its exit status."""
+    """Answer every waiter of this process with its exit status.
+
+    ``synthetic``: the exit was learned other than from its event (found at restore,
+    refresh or Delete): a restart policy treats it as a daemon restart's discovery.
+    """
 
     process_id: str
     exit: ExitStatus
+    synthetic: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +200,7 @@ class ProcessMachine(Generic[R]):
         self.duplicate_exits = 0
         self.stale_exits = 0
         self.reconciled_exits = 0
+        self.duplicate_ooms = 0
         # (process id, pid) -> the exit published for it, oldest first.
         self._published: collections.OrderedDict[tuple[str, int], ExitStatus] = (
             collections.OrderedDict()
@@ -398,6 +405,11 @@ class ProcessMachine(Generic[R]):
         info = event.info
         if event.type is EventType.EXIT:
             return self._exit(event, replayed=replayed)
+        if event.type is EventType.OOM and self.init is not None and self.init.oom_killed:
+            # The shim reports OOM on every change of the cgroup's memory.events while its
+            # oom_kill count is non-zero (hundreds for one kill): one per task is the news.
+            self.duplicate_ooms += 1
+            return []
         self._apply_state_event(event.type, info)
         return [] if replayed else [Publish(event)]
 
@@ -469,7 +481,7 @@ class ProcessMachine(Generic[R]):
         proc.exit = status
         proc.status = TaskStatus.STOPPED
         self._remember((proc.process_id, proc.pid or info.pid), status)
-        effects: list[Effect] = [Wake(proc.process_id, status)]
+        effects: list[Effect] = [Wake(proc.process_id, status, synthetic=event.synthetic)]
         if not replayed:
             effects.append(Publish(event))
         return effects

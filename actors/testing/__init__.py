@@ -93,7 +93,7 @@ from ._state import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
     from google.protobuf.message import Message
 
@@ -598,6 +598,37 @@ class FakeRemote:
             if selector.match(functools.partial(_container_field, stored)):
                 found.append(_copy(stored))
         return found
+
+    async def containers_update(
+        self,
+        container: containers_pb2.Container,
+        paths: Sequence[str],
+        *,
+        deadline: float | None = None,
+    ) -> containers_pb2.Container:
+        return await self._unary(
+            "Containers.Update", self._containers_update, container, list(paths)
+        )
+
+    def _containers_update(
+        self, container: containers_pb2.Container, paths: list[str]
+    ) -> containers_pb2.Container:
+        stored = self._ns.containers.get(container.id)
+        if stored is None:
+            raise NotFound(f"container {container.id!r} in namespace {self.namespace!r}: not found")
+        for path in paths:
+            key = path.removeprefix("labels.")
+            if key == path:
+                raise InvalidArgument(f"cannot update {path!r} (the fake updates labels only)")
+            # containerd removes a label whose new value is empty.
+            value = container.labels.get(key, "")
+            if value:
+                stored.labels[key] = value
+            else:
+                stored.labels.pop(key, None)
+        now = time.time_ns()
+        stored.updated_at.seconds, stored.updated_at.nanos = now // 10**9, now % 10**9
+        return _copy(stored)
 
     async def containers_delete(self, container_id: str, *, deadline: float | None = None) -> None:
         await self._unary("Containers.Delete", self._containers_delete, container_id)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from actors import InvalidArgument, NotFound
 from actors.containerd._embedded import PrivateContainerd
 from actors.control._labels import OWNER_LABEL, OWNER_VALUE, USER_LABEL_PREFIX
+from actors.control._lifecycle import CREATED_LABEL, IMAGE_LABEL
 from actors.control.gateway_client import GatewayClient, connect_gateway
 
 from ..conftest import unique_id
@@ -217,10 +218,13 @@ async def test_user_labels_round_trip_and_are_stored_prefixed(
     # containerd's own record: only our prefix (the client's labels, and our ownership
     # mark), the default runtime, no options, no annotations.
     record = await served.client._remote.containers_get(cid)
-    assert dict(record.labels) == {
-        **{USER_LABEL_PREFIX + k: v for k, v in labels.items()},
-        OWNER_LABEL: OWNER_VALUE,
-    }
+    stored = dict(record.labels)
+    ours = {k: v for k, v in stored.items() if k.startswith(USER_LABEL_PREFIX)}
+    assert ours == {USER_LABEL_PREFIX + k: v for k, v in labels.items()}
+    # Besides the client's: only the gateway's own bookkeeping (ownership, creation time,
+    # image name).
+    assert set(stored) - set(ours) == {OWNER_LABEL, CREATED_LABEL, IMAGE_LABEL}
+    assert stored[OWNER_LABEL] == OWNER_VALUE
     assert record.runtime.name == "io.containerd.runc.v2"
     assert not record.runtime.HasField("options")
     assert not json.loads(record.spec.value).get("annotations")

@@ -314,6 +314,20 @@ def test_oom_is_recorded_and_carried_by_the_exit() -> None:
     assert m.init.snapshot(CID).oom_killed
 
 
+def test_one_oom_per_task_is_published() -> None:
+    # The shim repeats OOM on every change of memory.events once a kill happened.
+    m = running()
+    assert published(m.event(event(EventType.OOM))) == [event(EventType.OOM)]
+    assert [m.event(event(EventType.OOM)) for _ in range(50)] == [[]] * 50
+    assert m.duplicate_ooms == 50
+
+
+def test_the_init_exit_wake_says_whether_it_was_learned_from_an_event() -> None:
+    m = running()
+    wake = next(e for e in m.event(exit_event(1)) if isinstance(e, Wake))
+    assert not wake.synthetic
+
+
 def test_oom_after_the_exit_updates_what_we_keep() -> None:
     m = running()
     m.event(exit_event(137))

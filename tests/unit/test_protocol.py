@@ -84,6 +84,8 @@ VALID_PARAMS: dict[str, dict[str, Any]] = {
     "task.resume": {"id": "c1"},
     "task.stats": {"id": "c1"},
     "task.pids": {"id": "c1"},
+    "task.top": {"id": "c1"},
+    "container.stop": {"id": "c1", "timeout": 2, "signal": "TERM"},
     "task.status": {"id": "c1", "refresh": True},
     "task.resize": {"id": "c1", "width": 80, "height": 24},
     "task.update": {"id": "c1", "memory_limit": 1 << 20},
