@@ -16,7 +16,7 @@ import os
 import shutil
 import signal as signal_module
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 import outcome
@@ -68,7 +68,12 @@ log = logging.getLogger("containerd_actors.container")
 RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 SERVE_BATCH = 64
 
-Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+# A reply channel carries the outcome of any command; call_actor, which opened it for a
+# Command[R], narrows what comes back to R.
+Reply = trio.MemorySendChannel[outcome.Outcome[object]]
+# Any: the mailbox holds commands of every reply type (Command is invariant in it).
+MailboxItem = tuple[cmd.Command[Any], Reply | None]
+R = TypeVar("R")
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,7 +148,7 @@ class ContainerActor:
         self._delivery = delivery
         self._on_event = on_event
         self._on_resync_failed = on_resync_failed
-        self.mailbox: Mailbox[tuple[cmd.Command, Reply | None]] = Mailbox(
+        self.mailbox: Mailbox[MailboxItem] = Mailbox(
             command_capacity=mailbox_capacity, event_capacity=event_capacity
         )
         # Every process state transition happens in the sans-IO machine; this class is its
@@ -329,7 +334,7 @@ class ContainerActor:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
 
-    async def _serve_one(self, command: cmd.Command, reply: Reply | None) -> bool:
+    async def _serve_one(self, command: cmd.Command[Any], reply: Reply | None) -> bool:
         """Handle one mailbox item; True when the actor is done (container deleted)."""
         if isinstance(command, cmd.DeliverEvent):
             self._events_handled += 1
@@ -339,13 +344,11 @@ class ContainerActor:
             self._reconcile(command)
             return False
         self._commands_handled += 1
-        if isinstance(command, cmd.Crash):
-            raise RuntimeError(f"{self.container_id}: {command.reason}")
         if isinstance(command, cmd.Wait):
             self._wait(command, reply)
             return False
         try:
-            result: outcome.Outcome[Any] = outcome.Value(await self._handle(command))
+            result: outcome.Outcome[object] = outcome.Value(await self._handle(command))
         except Exception as exc:
             result = outcome.Error(exc)
         if reply is not None:
@@ -354,48 +357,55 @@ class ContainerActor:
 
     # -- command handlers ----------------------------------------------------------------
 
-    async def _handle(self, command: cmd.Command) -> Any:
+    async def _handle(self, command: cmd.Command[Any]) -> object:
+        # Each reply goes through command.reply(), so mypy checks it is the command's type.
         match command:
             case cmd.CreateTask():
-                return await self._create_task(command)
+                return command.reply(await self._create_task(command))
             case cmd.StartProcess(exec_id=exec_id):
-                return await self._start_process(exec_id)
+                return command.reply(await self._start_process(exec_id))
             case cmd.CreateExec():
-                return await self._create_exec(command)
+                return command.reply(await self._create_exec(command))
             case cmd.Kill(exec_id=exec_id, signal=sig, all=all_):
-                return await self._kill(exec_id, sig, all_)
+                await self._kill(exec_id, sig, all_)
+                return command.reply(None)
             case cmd.CloseStdin(exec_id=exec_id):
-                return await self._close_stdin(exec_id)
+                await self._close_stdin(exec_id)
+                return command.reply(None)
             case cmd.Resize(exec_id=exec_id, width=width, height=height):
-                return await self._resize(exec_id, width, height)
+                await self._resize(exec_id, width, height)
+                return command.reply(None)
             case cmd.Pause():
                 self._require_live_init()
                 await self._remote.tasks_pause(self.container_id)
                 self._machine.paused()  # what containerd acknowledged, before its event
-                return None
+                return command.reply(None)
             case cmd.Resume():
                 self._require_live_init()
                 await self._remote.tasks_resume(self.container_id)
                 self._machine.resumed()
-                return None
+                return command.reply(None)
             case cmd.Pids():
                 self._require_live_init()
-                return await self._remote.tasks_list_pids(self.container_id)
+                return command.reply(await self._remote.tasks_list_pids(self.container_id))
             case cmd.Metrics():
                 self._require_init()
-                return await self._remote.tasks_metrics([f"id=={self.container_id}"])
+                return command.reply(await self._remote.tasks_metrics([f"id=={self.container_id}"]))
             case cmd.Update(resources=resources):
-                return await self._update(resources)
+                await self._update(resources)
+                return command.reply(None)
             case cmd.Checkpoint(directory=directory, exit=exit_):
-                return await self._checkpoint(directory, exit_)
+                await self._checkpoint(directory, exit_)
+                return command.reply(None)
             case cmd.Status(exec_id=exec_id, refresh=refresh):
-                return await self._status(exec_id, refresh)
+                return command.reply(await self._status(exec_id, refresh))
             case cmd.LoadTask(attach_stdio=callback, attach=attach):
-                return await self._load_task(callback, attach)
+                return command.reply(await self._load_task(callback, attach))
             case cmd.DeleteProcess(exec_id=exec_id):
-                return await self._delete_process(exec_id)
+                return command.reply(await self._delete_process(exec_id))
             case cmd.DeleteContainer():
-                return await self._delete_container()
+                await self._delete_container()
+                return command.reply(None)
             case _:
                 raise InvalidArgument(f"unexpected command {command!r}", local=True)
 
@@ -443,7 +453,7 @@ class ContainerActor:
                 raise
         return io
 
-    async def _create_task(self, command: cmd.CreateTask) -> int:
+    async def _create_task(self, command: cmd.CreateTask) -> cmd.Started:
         if self._init is not None:
             raise AlreadyExists(
                 f"container {self.container_id} already has a task; delete it first", local=True
@@ -483,8 +493,8 @@ class ContainerActor:
         self._machine.created(proc, int(response.pid))
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
-            return await self._start_process("")
-        return proc.pid
+            return cmd.Started(pid=await self._start_process(""), io=io)
+        return cmd.Started(pid=proc.pid, io=io)
 
     async def _start_process(self, exec_id: str) -> int:
         proc = self._process(exec_id)
@@ -523,7 +533,7 @@ class ContainerActor:
             _send_reply(waiter, outcome.Error(FailedPrecondition("process failed to start")))
         proc.waiters.clear()
 
-    async def _create_exec(self, command: cmd.CreateExec) -> int:
+    async def _create_exec(self, command: cmd.CreateExec) -> cmd.Started:
         init = self._require_live_init()
         if command.exec_id == INIT_PROCESS_NAME:
             raise InvalidArgument(
@@ -571,8 +581,8 @@ class ContainerActor:
         self._machine.exec_added(proc)
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
-            return await self._start_process(command.exec_id)
-        return 0
+            return cmd.Started(pid=await self._start_process(command.exec_id), io=io)
+        return cmd.Started(pid=0, io=io)
 
     async def _kill(self, exec_id: str, sig: int, all_: bool) -> None:
         proc = self._process(exec_id)
@@ -664,14 +674,16 @@ class ContainerActor:
             )
         return proc.snapshot(self.container_id)
 
-    async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> ProcessState:
+    async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> cmd.Loaded:
         init = self._init
         if init is not None and (init.io is not None or not attach):
             if attach and callback is not None and init.io is not None:
                 result = callback(init.io)
                 if inspect.isawaitable(result):
                     await result
-            return init.snapshot(self.container_id)
+            return cmd.Loaded(
+                state=init.snapshot(self.container_id), io=init.io if attach else None
+            )
         # Unknown task, or one loaded earlier without stdio: Tasks.Get names its FIFOs.
         process = await self._remote.tasks_get(self.container_id)
         if init is not None and init.pid == int(process.pid):
@@ -687,7 +699,7 @@ class ContainerActor:
             result = callback(init.io)
             if inspect.isawaitable(result):
                 await result
-        return init.snapshot(self.container_id)
+        return cmd.Loaded(state=init.snapshot(self.container_id), io=init.io if attach else None)
 
     async def _delete_process(self, exec_id: str) -> ExitStatus:
         proc = self._process(exec_id)
@@ -793,7 +805,7 @@ class ContainerActor:
         if proc.io is not None:
             proc.io.close()
         for waiter in proc.waiters:
-            result: outcome.Outcome[Any] = (
+            result: outcome.Outcome[object] = (
                 outcome.Value(proc.exit)
                 if proc.exit is not None
                 else outcome.Error(
@@ -871,7 +883,7 @@ def reconcile_from_process(epoch: int, process: Any | None) -> cmd.Reconcile:
     )
 
 
-def _send_reply(reply: Reply, result: outcome.Outcome[Any]) -> None:
+def _send_reply(reply: Reply, result: outcome.Outcome[object]) -> None:
     with reply:
         try:
             reply.send_nowait(result)
@@ -891,9 +903,9 @@ def _resources_type_url() -> str:
     return RESOURCES_TYPE_URL
 
 
-async def call_actor(actor: ContainerActor, command: cmd.Command) -> Any:
+async def call_actor(actor: ContainerActor, command: cmd.Command[R]) -> R:
     """Send one command and wait for its reply (the one-shot channel pattern)."""
-    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[object]](1)
     with reply_receive:
         try:
             await actor.mailbox.send_command((command, reply_send))
@@ -911,4 +923,5 @@ async def call_actor(actor: ContainerActor, command: cmd.Command) -> Any:
                 f"the actor of container {actor.container_id} stopped before replying; "
                 "the container is untouched and the call can be retried"
             ) from None
-    return result.unwrap()
+    # The actor answered this Command[R] through command.reply(), checked to be an R.
+    return cast("R", result.unwrap())

@@ -78,6 +78,7 @@ from ..errors import (
     Unavailable,
     Unimplemented,
 )
+from ._crash import crash_actor
 from ._filters import ContainerdFilter
 from ._state import (
     _PROCESS_DECODER,
@@ -107,6 +108,7 @@ __all__ = [
     "FakeEventStream",
     "FakeRemote",
     "FakeStatistics",
+    "crash_actor",
     "envelopes_for",
     "make_envelope",
     "open_fake_client",
