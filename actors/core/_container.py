@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import msgspec
 import outcome
 import trio
-from google.protobuf.any_pb2 import Any as AnyPb
 
-from actors.containerd.pb.containerd.runc.options import oci_pb2
 from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 
-from ..containerd._mounts import Mount, mounts_to_proto
+from ..containerd._mounts import Mount
+from ..containerd._typeurls import RUNC_OPTIONS_TYPE_URL as RUNC_OPTIONS_TYPE_URL
 from ..errors import (
     ActorCrashed,
     AlreadyExists,
@@ -61,11 +61,12 @@ from .events import (
 from .stdio import DirectIO, FifoSet
 
 if TYPE_CHECKING:
-    from ..containerd._remote import Remote
+    from collections.abc import Callable
+
+    from ..containerd._interface import ContainerdRemote
 
 log = logging.getLogger("containerd_actors.container")
 
-RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 SERVE_BATCH = 64
 
 # A reply channel carries the outcome of any command; call_actor, which opened it for a
@@ -131,13 +132,13 @@ class ContainerActor:
 
     def __init__(
         self,
-        remote: Remote,
+        remote: ContainerdRemote,
         record: ContainerRecord,
         *,
         io_root: str,
         delivery: BackendDelivery | None,
-        on_event: Any = None,
-        on_resync_failed: Any = None,
+        on_event: Callable[[TaskEvent], None] | None = None,
+        on_resync_failed: Callable[[], None] | None = None,
         mailbox_capacity: int = 64,
         event_capacity: int = 1024,
     ) -> None:
@@ -214,7 +215,7 @@ class ContainerActor:
         """The init process as the actor knows it, or None without a task."""
         return self._init.snapshot(self.container_id) if self._init is not None else None
 
-    def adopt_task(self, process: Any, *, attach: bool = True) -> None:
+    def adopt_task(self, process: task_pb2.Process, *, attach: bool = True) -> None:
         """Take over a task found at restore time (from Tasks.List), re-opening its FIFOs.
 
         A task that already stopped keeps ``exit`` unset here; the Reconcile that follows
@@ -228,7 +229,7 @@ class ContainerActor:
             init.io = self._reopen_io(process)
         self.mailbox.post_event((reconcile_from_process(epoch, process), None))
 
-    def _reopen_io(self, process: Any) -> DirectIO | None:
+    def _reopen_io(self, process: task_pb2.Process) -> DirectIO | None:
         """Open our ends of the FIFOs containerd reports for a task (None if it has none)."""
         if status_from_wire(int(process.status)) is TaskStatus.UNKNOWN or not process.stdout:
             return None  # the shim is unreachable: no paths to re-open
@@ -468,29 +469,22 @@ class ContainerActor:
             callback=command.attach_stdio,
         )
         proc = _Process(process_id=self.container_id, exec_id="", terminal=terminal, io=io)
-        request = tasks_pb2.CreateTaskRequest(
-            container_id=self.container_id,
-            stdin=io.fifos.stdin,
-            stdout=io.fifos.stdout,
-            stderr=io.fifos.stderr,
-            terminal=terminal,
-        )
-        request.rootfs.extend(mounts_to_proto(self.record.rootfs))
-        if command.checkpoint_dir is not None:
-            options = oci_pb2.Options()
-            if self.record.runtime_options:
-                options.ParseFromString(self.record.runtime_options)
-            options.criu_image_path = command.checkpoint_dir
-            request.options.CopyFrom(
-                AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options.SerializeToString())
-            )
         self._start_pumps(proc)
         try:
-            response = await self._remote.tasks_create(request)
+            pid = await self._remote.tasks_create(
+                self.container_id,
+                stdin=io.fifos.stdin,
+                stdout=io.fifos.stdout,
+                stderr=io.fifos.stderr,
+                terminal=terminal,
+                rootfs=self.record.rootfs,
+                checkpoint_path=command.checkpoint_dir,
+                runtime_options=self.record.runtime_options,
+            )
         except BaseException:
             io.close()
             raise
-        self._machine.created(proc, int(response.pid))
+        self._machine.created(proc, pid)
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
             return cmd.Started(pid=await self._start_process(""), io=io)
@@ -555,18 +549,17 @@ class ContainerActor:
         proc = _Process(
             process_id=command.exec_id, exec_id=command.exec_id, terminal=command.terminal, io=io
         )
-        request = tasks_pb2.ExecProcessRequest(
-            container_id=self.container_id,
-            exec_id=command.exec_id,
-            stdin=io.fifos.stdin,
-            stdout=io.fifos.stdout,
-            stderr=io.fifos.stderr,
-            terminal=command.terminal,
-        )
-        request.spec.CopyFrom(AnyPb(type_url=_process_type_url(), value=command.process_spec))
         self._start_pumps(proc)
         try:
-            await self._remote.tasks_exec(request)
+            await self._remote.tasks_exec(
+                self.container_id,
+                command.exec_id,
+                spec=command.process_spec,
+                stdin=io.fifos.stdin,
+                stdout=io.fifos.stdout,
+                stderr=io.fifos.stderr,
+                terminal=command.terminal,
+            )
         except Unknown as exc:
             io.close()
             if "stopped state" in exc.message:
@@ -632,9 +625,7 @@ class ContainerActor:
 
     async def _update(self, resources: bytes) -> None:
         self._require_live_init()
-        request = tasks_pb2.UpdateTaskRequest(container_id=self.container_id)
-        request.resources.CopyFrom(AnyPb(type_url=_resources_type_url(), value=resources))
-        await self._remote.tasks_update(request)
+        await self._remote.tasks_update(self.container_id, resources)
 
     async def _checkpoint(self, directory: str, exit_: bool) -> None:
         self._require_live_init()
@@ -646,15 +637,7 @@ class ContainerActor:
         if problem is not None:
             raise FailedPrecondition(f"cannot checkpoint on this host: {problem}", local=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        options = oci_pb2.CheckpointOptions(exit=exit_, image_path=directory)
-        request = tasks_pb2.CheckpointTaskRequest(container_id=self.container_id)
-        request.options.CopyFrom(
-            AnyPb(
-                type_url="containerd.runc.v1.CheckpointOptions",
-                value=options.SerializeToString(),
-            )
-        )
-        await self._remote.tasks_checkpoint(request)
+        await self._remote.tasks_checkpoint(self.container_id, image_path=directory, exit=exit_)
 
     async def _status(self, exec_id: str, refresh: bool) -> ProcessState:
         proc = self._process(exec_id)
@@ -868,7 +851,7 @@ async def criu_problem() -> str | None:
     return verdict
 
 
-def reconcile_from_process(epoch: int, process: Any | None) -> cmd.Reconcile:
+def reconcile_from_process(epoch: int, process: task_pb2.Process | None) -> cmd.Reconcile:
     """A Reconcile item from a containerd Process (None: containerd has no such task)."""
     if process is None:
         return cmd.Reconcile(epoch=epoch, found=False)
@@ -889,18 +872,6 @@ def _send_reply(reply: Reply, result: outcome.Outcome[object]) -> None:
             reply.send_nowait(result)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
             pass  # the caller gave up waiting; the operation itself still happened
-
-
-def _process_type_url() -> str:
-    from .spec import PROCESS_TYPE_URL
-
-    return PROCESS_TYPE_URL
-
-
-def _resources_type_url() -> str:
-    from .spec import RESOURCES_TYPE_URL
-
-    return RESOURCES_TYPE_URL
 
 
 async def call_actor(actor: ContainerActor, command: cmd.Command[R]) -> R:

@@ -26,7 +26,7 @@ from ._groups import collapse
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..containerd._remote import Remote
+    from ..containerd._interface import ContainerdRemote
 
 __all__ = [
     "INIT_PROCESS_NAME",
@@ -263,7 +263,7 @@ class EventRouter:
 
     def __init__(
         self,
-        remote: Remote,
+        remote: ContainerdRemote,
         dispatch: Callable[[TaskEvent], None],
         *,
         on_resubscribed: Callable[[], None] | None = None,

@@ -82,7 +82,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
-    from ..containerd._remote import Remote
+    from ..containerd._interface import ContainerdRemote
     from ._unpack import UnpackResult
 
 __all__ = [
@@ -139,13 +139,13 @@ class ContentStore:
             one RPC, on first use).
     """
 
-    def __init__(self, remote: Remote, *, snapshotter: str | None = None) -> None:
+    def __init__(self, remote: ContainerdRemote, *, snapshotter: str | None = None) -> None:
         self.services = ContainerdImageServices(remote)
         self._snapshotter = snapshotter
         self._probe_lock = trio.Lock()
 
     @property
-    def remote(self) -> Remote:
+    def remote(self) -> ContainerdRemote:
         return self.services.remote
 
     # -- content ---------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from actors import (
     build_spec,
 )
 from actors.containerd.pb.containerd.events import task_pb2 as task_events
-from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 from actors.core._delivery import BackendDelivery
 from actors.core._subscribers import SubscriberHub
 from actors.core.events import TaskEvent
@@ -464,7 +463,7 @@ async def test_a_container_gone_before_adoption_costs_one_get(
 ) -> None:
     raw = fake.remote(NS)
     await raw.containers_create(container_pb("brief", ["true"]))
-    await raw.tasks_create(tasks_pb2.CreateTaskRequest(container_id="brief"))
+    await raw.tasks_create("brief")
     await raw.tasks_start("brief")
     await raw.tasks_delete("brief")
     await raw.containers_delete("brief")
