@@ -16,7 +16,7 @@ import os
 import shutil
 import signal as signal_module
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, assert_never, cast
 
 import msgspec
 import outcome
@@ -359,7 +359,10 @@ class ContainerActor:
     # -- command handlers ----------------------------------------------------------------
 
     async def _handle(self, command: cmd.Command[Any]) -> object:
-        # Each reply goes through command.reply(), so mypy checks it is the command's type.
+        # Each reply goes through command.reply(), so mypy checks it is the command's type,
+        # and assert_never below checks that every command of the union has its case.
+        if not isinstance(command, cmd.ActorCommand):
+            raise InvalidArgument(f"unexpected command {command!r}", local=True)
         match command:
             case cmd.CreateTask():
                 return command.reply(await self._create_task(command))
@@ -407,8 +410,11 @@ class ContainerActor:
             case cmd.DeleteContainer():
                 await self._delete_container()
                 return command.reply(None)
-            case _:
+            case cmd.Wait() | cmd.DeliverEvent() | cmd.Reconcile():
+                # Served by _serve_one without a handler (they wait or apply, never RPC).
                 raise InvalidArgument(f"unexpected command {command!r}", local=True)
+            case _:
+                assert_never(command)
 
     def _require_init(self) -> _Process:
         if self._init is None:

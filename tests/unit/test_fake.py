@@ -23,6 +23,8 @@ from actors import (
 )
 from actors.containerd.pb.containerd.events import task_pb2 as task_events
 from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
+from actors.core import _commands as cmd
+from actors.core._container import call_actor
 from actors.core.events import READY_TOPIC, ready_filter, subscription_filter
 from actors.core.spec import build_process, encode_process, encode_spec
 from actors.testing import (
@@ -534,3 +536,18 @@ async def test_every_queued_command_is_answered_past_the_serve_batch(tmp_path: P
         await task.wait()
         await task.delete()
         await container.delete()
+
+
+class _Foreign(cmd.Command[None], tag="foreign", frozen=True, kw_only=True):
+    """A command no container actor knows (not in ActorCommand)."""
+
+
+async def test_a_command_outside_the_actors_union_is_refused_and_changes_nothing(
+    client: Client,
+) -> None:
+    container = await client.new_container("strange", spec(["sleep", "inf"]))
+    before = client.statistics().rpc.total
+    with pytest.raises(InvalidArgument, match="unexpected command"):
+        await call_actor(container._actor, _Foreign())
+    assert client.statistics().rpc.total == before
+    await container.delete()  # the actor still serves
