@@ -551,3 +551,12 @@ async def test_a_command_outside_the_actors_union_is_refused_and_changes_nothing
         await call_actor(container._actor, _Foreign())
     assert client.statistics().rpc.total == before
     await container.delete()  # the actor still serves
+
+
+def test_the_fake_has_no_channel_so_the_image_store_says_so(fake: FakeContainerd) -> None:
+    from actors.errors import Unimplemented
+    from actors.images._store import ContentStore
+
+    with pytest.raises(Unimplemented, match="no gRPC channel"):
+        ContentStore(fake.remote(NS))
+    assert fake.remote(NS).statistics().total == 0
