@@ -235,6 +235,9 @@ async def test_a_create_that_met_the_shim_exiting_is_repeated() -> None:
         assert await remote.tasks_create("c") == 42
     assert (flaky.calls, remote.retries) == (3, 2)
     assert remote.namespace == "n"  # everything else passes through
+    with trio.fail_after(5):
+        assert await remote.tasks_list() == []
+    assert remote.statistics().calls == {"Tasks.List": 1}  # the wrapped remote's counters
 
 
 async def test_other_create_failures_are_not_repeated_and_retries_are_bounded() -> None:
