@@ -42,9 +42,8 @@ from google.protobuf.any_pb2 import Any as AnyPb
 from actors.containerd._bridge import AsyncioBridge
 from actors.containerd._remote import Remote
 from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
-from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 from actors.core.events import EventRouter, EventType, TaskEvent
-from actors.core.spec import PROCESS_TYPE_URL, SPEC_TYPE_URL, Spec, encode_spec
+from actors.core.spec import SPEC_TYPE_URL, Spec, encode_spec
 from actors.core.stdio import DirectIO, FifoSet, OutputPipe
 from actors.errors import NotFound
 
@@ -102,12 +101,7 @@ class StatelessClient:
             await self.remote.containers_get(container_id)
         io = await self._open_io(container_id, container_id)
         self._exits[(container_id, container_id)] = _Exit()
-        request = tasks_pb2.CreateTaskRequest(
-            container_id=container_id,
-            stdout=io.fifos.stdout,
-            stderr=io.fifos.stderr,
-        )
-        await self.remote.tasks_create(request)
+        await self.remote.tasks_create(container_id, stdout=io.fifos.stdout, stderr=io.fifos.stderr)
         return await self.remote.tasks_start(container_id)
 
     async def wait(self, container_id: str, exec_id: str = "") -> int:
@@ -146,14 +140,13 @@ class StatelessClient:
         await self.remote.containers_get(container_id)  # Labels
         io = await self._open_io(container_id, exec_id)
         self._exits[(container_id, exec_id)] = _Exit()
-        request = tasks_pb2.ExecProcessRequest(
-            container_id=container_id,
-            exec_id=exec_id,
+        await self.remote.tasks_exec(
+            container_id,
+            exec_id,
+            spec=process,
             stdout=io.fifos.stdout,
             stderr=io.fifos.stderr,
         )
-        request.spec.CopyFrom(AnyPb(type_url=PROCESS_TYPE_URL, value=process))
-        await self.remote.tasks_exec(request)
         return await self.remote.tasks_start(container_id, exec_id)
 
     async def clean_exec(self, container_id: str, exec_id: str) -> int:

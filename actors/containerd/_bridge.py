@@ -85,6 +85,8 @@ class _Entry:
 
     __slots__ = ("_atask",)
 
+    # Any here and in _Call: an entry serves a call of any result type; the public
+    # run()/open_stream() are generic in it, so callers get their T back.
     _atask: asyncio.Task[Any] | None
 
     def _fail_closed(self) -> None:

@@ -4,6 +4,12 @@ Everything that talks to containerd goes through :class:`Remote`. Each method is
 RPC and bumps the counter named ``Service.Method``, so tests can assert the RPC budget of every
 operation from :meth:`Remote.statistics`. grpclib runs in the bridge's asyncio thread; the
 Trio side only ever sees our own exceptions (``actors.errors``).
+
+Methods take plain values (ids, FIFO paths, mounts, encoded specs) and build the protobuf
+request here, with the ``*_request`` functions below (the testing fake builds its requests
+with the same functions). The core sees the remote through the
+:class:`~actors.containerd._interface.ContainerdRemote` protocol, which the fake satisfies
+too.
 """
 
 from __future__ import annotations
@@ -14,16 +20,27 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 import trio
+from google.protobuf.any_pb2 import Any as AnyPb
 from grpclib.client import Channel
 
+from actors.containerd.pb.containerd.runc.options import oci_pb2
 from actors.containerd.pb.containerd.services.containers.v1 import containers_grpc, containers_pb2
 from actors.containerd.pb.containerd.services.events.v1 import events_grpc, events_pb2
 from actors.containerd.pb.containerd.services.tasks.v1 import tasks_grpc, tasks_pb2
 from actors.containerd.pb.containerd.services.version.v1 import version_grpc, version_pb2
+from actors.containerd.pb.containerd.types import metrics_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 from actors.containerd.pb.grpc.health.v1 import health_grpc, health_pb2
 
 from ..errors import ClientClosed, from_grpc_exception
+from ._mounts import Mount, mounts_to_proto
 from ._streams import Duplex, RequestSlot, ResponseStream, duplex_messages
+from ._typeurls import (
+    PROCESS_TYPE_URL,
+    RESOURCES_TYPE_URL,
+    RUNC_CHECKPOINT_OPTIONS_TYPE_URL,
+    RUNC_OPTIONS_TYPE_URL,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -82,7 +99,10 @@ async def _call_unary(
 
 
 async def _stream_messages(
-    method: Any, request: object, metadata: Mapping[str, str]
+    # Any: a grpclib stub method of any service, and the messages it streams.
+    method: Any,
+    request: object,
+    metadata: Mapping[str, str],
 ) -> AsyncIterator[Any]:
     # Runs in the asyncio thread; one task enters and leaves grpclib's stream context.
     async with method.open(metadata=metadata) as stream:
@@ -92,6 +112,79 @@ async def _stream_messages(
             if message is None:
                 return
             yield message
+
+
+# -- requests (shared with the testing fake, so both send containerd the same messages) ----
+
+
+def create_task_request(
+    container_id: str,
+    *,
+    stdin: str = "",
+    stdout: str = "",
+    stderr: str = "",
+    terminal: bool = False,
+    rootfs: Sequence[Mount] = (),
+    checkpoint_path: str | None = None,
+    runtime_options: bytes = b"",
+) -> tasks_pb2.CreateTaskRequest:
+    """Tasks.Create; with ``checkpoint_path`` the container's runc options (``runtime_options``,
+    encoded ``containerd.runc.v1.Options``) are re-sent with ``criu_image_path`` set."""
+    request = tasks_pb2.CreateTaskRequest(
+        container_id=container_id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal
+    )
+    request.rootfs.extend(mounts_to_proto(rootfs))
+    if checkpoint_path is not None:
+        options = oci_pb2.Options()
+        if runtime_options:
+            options.ParseFromString(runtime_options)
+        options.criu_image_path = checkpoint_path
+        request.options.CopyFrom(
+            AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options.SerializeToString())
+        )
+    return request
+
+
+def exec_process_request(
+    container_id: str,
+    exec_id: str,
+    *,
+    spec: bytes,
+    stdin: str = "",
+    stdout: str = "",
+    stderr: str = "",
+    terminal: bool = False,
+) -> tasks_pb2.ExecProcessRequest:
+    """Tasks.Exec of ``spec``, an OCI process encoded as JSON (``PROCESS_TYPE_URL``)."""
+    request = tasks_pb2.ExecProcessRequest(
+        container_id=container_id,
+        exec_id=exec_id,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        terminal=terminal,
+    )
+    request.spec.CopyFrom(AnyPb(type_url=PROCESS_TYPE_URL, value=spec))
+    return request
+
+
+def update_task_request(container_id: str, resources: bytes) -> tasks_pb2.UpdateTaskRequest:
+    """Tasks.Update with OCI ``LinuxResources`` encoded as JSON (``RESOURCES_TYPE_URL``)."""
+    request = tasks_pb2.UpdateTaskRequest(container_id=container_id)
+    request.resources.CopyFrom(AnyPb(type_url=RESOURCES_TYPE_URL, value=resources))
+    return request
+
+
+def checkpoint_task_request(
+    container_id: str, *, image_path: str, exit: bool = False
+) -> tasks_pb2.CheckpointTaskRequest:
+    """Tasks.Checkpoint into ``image_path`` (runc's CheckpointOptions), stopping it if ``exit``."""
+    options = oci_pb2.CheckpointOptions(exit=exit, image_path=image_path)
+    request = tasks_pb2.CheckpointTaskRequest(container_id=container_id)
+    request.options.CopyFrom(
+        AnyPb(type_url=RUNC_CHECKPOINT_OPTIONS_TYPE_URL, value=options.SerializeToString())
+    )
+    return request
 
 
 class EventStream:
@@ -182,6 +275,7 @@ class Remote:
     async def _unary(
         self,
         name: str,
+        # Any: a grpclib stub method; each caller annotates the response it gets.
         method: Any,
         request: object,
         deadline: float | None,
@@ -219,6 +313,9 @@ class Remote:
     ) -> Any:
         """One unary RPC on a stub method of :attr:`channel`, counted as ``name``.
 
+        ``Any``: ``method`` is a stub method of any service, so the response type is its; the
+        typed wrappers in :mod:`actors.images._content` annotate each call's response.
+
         ``headers`` are extra gRPC metadata (e.g. ``containerd-lease``); the namespace header
         is always ours.
         """
@@ -233,7 +330,10 @@ class Remote:
         *,
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[ResponseStream[Any]]:
-        """A server-streaming RPC (one counted call); responses come from the yielded stream."""
+        """A server-streaming RPC (one counted call); responses come from the yielded stream.
+
+        ``Any``: as for :meth:`call`, the message types are the stub method's.
+        """
         self._calls[name] += 1
         try:
             async with self._bridge.open_stream(
@@ -256,7 +356,7 @@ class Remote:
         """A lock-step bidirectional RPC (one counted call); see :class:`._streams.Duplex`.
 
         ``deadline`` bounds the whole stream (none by default: a long upload is bounded by the
-        caller's Trio cancel scope instead).
+        caller's Trio cancel scope instead). ``Any``: as for :meth:`call`.
         """
         self._calls[name] += 1
         slot = RequestSlot()
@@ -349,12 +449,33 @@ class Remote:
     # -- Tasks --------------------------------------------------------------------------
 
     async def tasks_create(
-        self, request: tasks_pb2.CreateTaskRequest, *, deadline: float | None = None
-    ) -> tasks_pb2.CreateTaskResponse:
+        self,
+        container_id: str,
+        *,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        rootfs: Sequence[Mount] = (),
+        checkpoint_path: str | None = None,
+        runtime_options: bytes = b"",
+        deadline: float | None = None,
+    ) -> int:
+        """Create the task (see :func:`create_task_request`); returns the init pid."""
+        request = create_task_request(
+            container_id,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+            rootfs=rootfs,
+            checkpoint_path=checkpoint_path,
+            runtime_options=runtime_options,
+        )
         response: tasks_pb2.CreateTaskResponse = await self._unary(
             "Tasks.Create", self._tasks.Create, request, deadline
         )
-        return response
+        return int(response.pid)
 
     async def tasks_start(
         self, container_id: str, exec_id: str = "", *, deadline: float | None = None
@@ -391,7 +512,7 @@ class Remote:
 
     async def tasks_get(
         self, container_id: str, exec_id: str = "", *, deadline: float | None = None
-    ) -> Any:
+    ) -> task_pb2.Process:
         response: tasks_pb2.GetResponse = await self._unary(
             "Tasks.Get",
             self._tasks.Get,
@@ -400,7 +521,7 @@ class Remote:
         )
         return response.process
 
-    async def tasks_list(self, *, deadline: float | None = None) -> list[Any]:
+    async def tasks_list(self, *, deadline: float | None = None) -> list[task_pb2.Process]:
         response: tasks_pb2.ListTasksResponse = await self._unary(
             "Tasks.List", self._tasks.List, tasks_pb2.ListTasksRequest(), deadline
         )
@@ -425,8 +546,27 @@ class Remote:
         )
 
     async def tasks_exec(
-        self, request: tasks_pb2.ExecProcessRequest, *, deadline: float | None = None
+        self,
+        container_id: str,
+        exec_id: str,
+        *,
+        spec: bytes,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        deadline: float | None = None,
     ) -> None:
+        """Add a process to the task (see :func:`exec_process_request`); Start starts it."""
+        request = exec_process_request(
+            container_id,
+            exec_id,
+            spec=spec,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+        )
         await self._unary("Tasks.Exec", self._tasks.Exec, request, deadline)
 
     async def tasks_resize_pty(
@@ -475,7 +615,7 @@ class Remote:
 
     async def tasks_list_pids(
         self, container_id: str, *, deadline: float | None = None
-    ) -> list[Any]:
+    ) -> list[task_pb2.ProcessInfo]:
         response: tasks_pb2.ListPidsResponse = await self._unary(
             "Tasks.ListPids",
             self._tasks.ListPids,
@@ -485,21 +625,29 @@ class Remote:
         return list(response.processes)
 
     async def tasks_checkpoint(
-        self, request: tasks_pb2.CheckpointTaskRequest, *, deadline: float | None = None
+        self,
+        container_id: str,
+        *,
+        image_path: str,
+        exit: bool = False,
+        deadline: float | None = None,
     ) -> tasks_pb2.CheckpointTaskResponse:
+        request = checkpoint_task_request(container_id, image_path=image_path, exit=exit)
         response: tasks_pb2.CheckpointTaskResponse = await self._unary(
             "Tasks.Checkpoint", self._tasks.Checkpoint, request, deadline
         )
         return response
 
     async def tasks_update(
-        self, request: tasks_pb2.UpdateTaskRequest, *, deadline: float | None = None
+        self, container_id: str, resources: bytes, *, deadline: float | None = None
     ) -> None:
+        """Change the task's cgroup limits (``resources``: encoded OCI LinuxResources)."""
+        request = update_task_request(container_id, resources)
         await self._unary("Tasks.Update", self._tasks.Update, request, deadline)
 
     async def tasks_metrics(
         self, filters: list[str], *, deadline: float | None = None
-    ) -> list[Any]:
+    ) -> list[metrics_pb2.Metric]:
         response: tasks_pb2.MetricsResponse = await self._unary(
             "Tasks.Metrics",
             self._tasks.Metrics,
@@ -538,8 +686,6 @@ class Remote:
     async def events_publish(
         self, topic: str, type_url: str, value: bytes, *, deadline: float | None = None
     ) -> None:
-        from google.protobuf.any_pb2 import Any as AnyPb
-
         await self._unary(
             "Events.Publish",
             self._events.Publish,

@@ -96,6 +96,8 @@ class RequestSlot:
     __slots__ = ("end", "request")
 
     def __init__(self) -> None:
+        # Any: a request message of whichever stub method the Duplex drives; Duplex[Req, Resp]
+        # types it for the caller.
         self.request: Any = None
         self.end = False
 
@@ -109,7 +111,10 @@ class RequestSlot:
 async def duplex_messages(
     method: Any, slot: RequestSlot, metadata: Mapping[str, str], deadline: float | None
 ) -> AsyncIterator[Any]:
-    """Loop side of a :class:`Duplex`: per pull, send the slot's request and yield the answer."""
+    """Loop side of a :class:`Duplex`: per pull, send the slot's request and yield the answer.
+
+    ``Any``: ``method`` is a grpclib stub method of any service (typed by the Duplex's caller).
+    """
     async with method.open(metadata=metadata, timeout=deadline) as stream:
         while True:
             request, end = slot.take()

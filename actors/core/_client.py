@@ -12,7 +12,7 @@ import collections
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -20,6 +20,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 
 from actors.containerd.pb.containerd.runc.options import oci_pb2
 from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 
 from ..containerd._bridge import AsyncioBridge, BridgeStatistics
 from ..containerd._remote import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, Remote, RemoteStatistics
@@ -69,6 +70,7 @@ from .spec import SPEC_TYPE_URL, Spec, decode_spec, encode_spec
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 
+    from ..containerd._interface import ContainerdRemote
     from ..containerd._mounts import Mount
 
 log = logging.getLogger("containerd_actors.client")
@@ -138,7 +140,7 @@ class Client:
 
     def __init__(
         self,
-        remote: Remote,
+        remote: ContainerdRemote,
         nursery: trio.Nursery,
         *,
         delivery: BackendDelivery | None,
@@ -375,13 +377,18 @@ class Client:
                     self._shim_pool.release(actor.container_id)
             self._crashes.forget(actor.container_id)
 
-    async def _spawn_actor(self, record: ContainerRecord, *, adopt: Any = None) -> ContainerActor:
+    async def _spawn_actor(
+        self, record: ContainerRecord, *, adopt: task_pb2.Process | None = None
+    ) -> ContainerActor:
         pool = self._shim_pool
         group = group_annotation(record.spec) if pool is not None else None
         if pool is not None and group is not None and pool.group_of(record.id) != group:
             pool.adopt(record.id, group)  # restored, or first heard of in an event
+        remote: ContainerdRemote = self._remote
+        if group is not None and self._grouped_remote is not None:
+            remote = self._grouped_remote
         actor = ContainerActor(
-            cast("Remote", self._grouped_remote) if group is not None else self._remote,
+            remote,
             record,
             io_root=self._io_root,
             delivery=self._delivery,
@@ -615,7 +622,7 @@ class Client:
         self._closed = True
 
 
-def _record_from_proto(container: Any) -> ContainerRecord:
+def _record_from_proto(container: containers_pb2.Container) -> ContainerRecord:
     spec_bytes = bytes(container.spec.value)
     terminal = False
     if spec_bytes:
@@ -771,7 +778,7 @@ async def open_client(
 
 @contextlib.asynccontextmanager
 async def run_client(
-    remote: Any,
+    remote: ContainerdRemote,
     *,
     backend: Backend | None,
     state_dir: str,
@@ -782,7 +789,7 @@ async def run_client(
     backend_limit: int = DEFAULT_DELIVERY_LIMIT,
     shim_groups: ShimGroups | None = None,
 ) -> AsyncIterator[Client]:
-    """Run a client over any ``Remote``-shaped object (the real one, or the testing fake)."""
+    """Run a client over a :class:`ContainerdRemote` (the real one, or the testing fake)."""
     try:
         # Backend calls run in their own nursery, outside the actors' one: they outlive the
         # actors and get ``backend_grace`` seconds after everything else stopped.
@@ -853,7 +860,7 @@ def _alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
-def _task_container_id(process: Any) -> str:
+def _task_container_id(process: task_pb2.Process) -> str:
     return str(process.container_id or process.id)
 
 

@@ -2,39 +2,70 @@
 
 Tags are API (they show up in logs and statistics) and are never reused. Commands carry
 only what the actor needs; replies travel on a one-shot channel next to the command.
+
+Each command names its reply type: ``Kill`` is a ``Command[None]``, ``CreateTask`` a
+``Command[Started]``, so ``call_actor(actor, command)`` returns what that command answers.
+The actor passes every reply through :meth:`Command.reply`, which is where mypy checks that
+the handler of each command returns that command's reply type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
+from actors.containerd.pb.containerd.types import metrics_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
+
+from ._process_state import ProcessState
+from .events import ExitStatus
 from .stdio import DirectIO
 
 if TYPE_CHECKING:
     from .events import TaskEvent
 
+# Any: a callback's return value is only awaited when it is awaitable, never used.
 StdioCallback = Callable[[DirectIO], Any]
 
-
-class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
-    pass
+R = TypeVar("R")
 
 
-class CreateTask(_Command, tag="create_task", frozen=True, kw_only=True):
+class Command(msgspec.Struct, Generic[R], frozen=True, kw_only=True, tag_field="op"):
+    """A mailbox item whose reply is an ``R``."""
+
+    def reply(self, value: R) -> R:
+        """The reply to this command (identity at run time; a type check for mypy)."""
+        return value
+
+
+class Started(msgspec.Struct, frozen=True, kw_only=True):
+    """A created (and maybe started) process: its pid (0 until started) and its stdio."""
+
+    pid: int
+    io: DirectIO | None
+
+
+class Loaded(msgspec.Struct, frozen=True, kw_only=True):
+    """A task loaded by the actor, with its stdio when it was asked to attach."""
+
+    state: ProcessState
+    io: DirectIO | None
+
+
+class CreateTask(Command[Started], tag="create_task", frozen=True, kw_only=True):
     with_stdin: bool = False
     start: bool = False
     attach_stdio: StdioCallback | None = None
     checkpoint_dir: str | None = None
 
 
-class StartProcess(_Command, tag="start_process", frozen=True, kw_only=True):
+class StartProcess(Command[int], tag="start_process", frozen=True, kw_only=True):
     exec_id: str = ""
 
 
-class CreateExec(_Command, tag="create_exec", frozen=True, kw_only=True):
+class CreateExec(Command[Started], tag="create_exec", frozen=True, kw_only=True):
     exec_id: str
     process_spec: bytes
     terminal: bool
@@ -43,81 +74,75 @@ class CreateExec(_Command, tag="create_exec", frozen=True, kw_only=True):
     start: bool = True
 
 
-class Kill(_Command, tag="kill", frozen=True, kw_only=True):
+class Kill(Command[None], tag="kill", frozen=True, kw_only=True):
     exec_id: str = ""
     signal: int
     all: bool = False
 
 
-class Wait(_Command, tag="wait", frozen=True, kw_only=True):
+class Wait(Command[ExitStatus], tag="wait", frozen=True, kw_only=True):
     exec_id: str = ""
 
 
-class CloseStdin(_Command, tag="close_stdin", frozen=True, kw_only=True):
+class CloseStdin(Command[None], tag="close_stdin", frozen=True, kw_only=True):
     exec_id: str = ""
 
 
-class Resize(_Command, tag="resize", frozen=True, kw_only=True):
+class Resize(Command[None], tag="resize", frozen=True, kw_only=True):
     exec_id: str = ""
     width: int
     height: int
 
 
-class Pause(_Command, tag="pause", frozen=True, kw_only=True):
+class Pause(Command[None], tag="pause", frozen=True, kw_only=True):
     pass
 
 
-class Resume(_Command, tag="resume", frozen=True, kw_only=True):
+class Resume(Command[None], tag="resume", frozen=True, kw_only=True):
     pass
 
 
-class Pids(_Command, tag="pids", frozen=True, kw_only=True):
+class Pids(Command[list[task_pb2.ProcessInfo]], tag="pids", frozen=True, kw_only=True):
     pass
 
 
-class Metrics(_Command, tag="metrics", frozen=True, kw_only=True):
+class Metrics(Command[list[metrics_pb2.Metric]], tag="metrics", frozen=True, kw_only=True):
     pass
 
 
-class Status(_Command, tag="status", frozen=True, kw_only=True):
+class Status(Command[ProcessState], tag="status", frozen=True, kw_only=True):
     exec_id: str = ""
     refresh: bool = False
 
 
-class Update(_Command, tag="update", frozen=True, kw_only=True):
+class Update(Command[None], tag="update", frozen=True, kw_only=True):
     resources: bytes
 
 
-class Checkpoint(_Command, tag="checkpoint", frozen=True, kw_only=True):
+class Checkpoint(Command[None], tag="checkpoint", frozen=True, kw_only=True):
     directory: str
     exit: bool = False
 
 
-class LoadTask(_Command, tag="load_task", frozen=True, kw_only=True):
+class LoadTask(Command[Loaded], tag="load_task", frozen=True, kw_only=True):
     attach_stdio: StdioCallback | None = None
     attach: bool = False
 
 
-class DeleteProcess(_Command, tag="delete_process", frozen=True, kw_only=True):
+class DeleteProcess(Command[ExitStatus], tag="delete_process", frozen=True, kw_only=True):
     exec_id: str = ""
 
 
-class DeleteContainer(_Command, tag="delete_container", frozen=True, kw_only=True):
+class DeleteContainer(Command[None], tag="delete_container", frozen=True, kw_only=True):
     pass
 
 
-class Crash(_Command, tag="crash", frozen=True, kw_only=True):
-    """Test hook: make the actor fail as if a handler had a bug."""
-
-    reason: str = "crash requested"
-
-
-class DeliverEvent(_Command, tag="event", frozen=True, kw_only=True):
+class DeliverEvent(Command[None], tag="event", frozen=True, kw_only=True):
     event: TaskEvent
     replayed: bool = False
 
 
-class Reconcile(_Command, tag="reconcile", frozen=True, kw_only=True):
+class Reconcile(Command[None], tag="reconcile", frozen=True, kw_only=True):
     """What Tasks.List said about this container's task while we may have been blind."""
 
     epoch: int
@@ -129,13 +154,14 @@ class Reconcile(_Command, tag="reconcile", frozen=True, kw_only=True):
     exited_at_nanos: int = 0
 
 
-class AutoRestart(_Command, tag="auto_restart", frozen=True, kw_only=True):
+class AutoRestart(Command[None], tag="auto_restart", frozen=True, kw_only=True):
     """The actor's own: restart the task of ``epoch`` under the restart policy."""
 
     epoch: int
 
 
-Command = (
+# Every item a container actor's mailbox takes (events and reconcile results included).
+ActorCommand = (
     CreateTask
     | StartProcess
     | CreateExec
@@ -153,7 +179,6 @@ Command = (
     | LoadTask
     | DeleteProcess
     | DeleteContainer
-    | Crash
     | DeliverEvent
     | Reconcile
     | AutoRestart

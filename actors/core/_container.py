@@ -16,18 +16,18 @@ import os
 import shutil
 import signal as signal_module
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, assert_never, cast
 
 import msgspec
 import outcome
 import trio
-from google.protobuf.any_pb2 import Any as AnyPb
 
-from actors.containerd.pb.containerd.runc.options import oci_pb2
 from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
 from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 
-from ..containerd._mounts import Mount, mounts_to_proto
+from ..containerd._mounts import Mount
+from ..containerd._typeurls import RUNC_OPTIONS_TYPE_URL as RUNC_OPTIONS_TYPE_URL
 from ..errors import (
     ActorCrashed,
     AlreadyExists,
@@ -70,14 +70,20 @@ from .events import (
 from .stdio import DirectIO, FifoSet
 
 if TYPE_CHECKING:
-    from ..containerd._remote import Remote
+    from collections.abc import Callable
+
+    from ..containerd._interface import ContainerdRemote
 
 log = logging.getLogger("containerd_actors.container")
 
-RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 SERVE_BATCH = 64
 
-Reply = trio.MemorySendChannel[outcome.Outcome[Any]]
+# A reply channel carries the outcome of any command; call_actor, which opened it for a
+# Command[R], narrows what comes back to R.
+Reply = trio.MemorySendChannel[outcome.Outcome[object]]
+# Any: the mailbox holds commands of every reply type (Command is invariant in it).
+MailboxItem = tuple[cmd.Command[Any], Reply | None]
+R = TypeVar("R")
 
 
 class RestartStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,13 +157,13 @@ class ContainerActor:
 
     def __init__(
         self,
-        remote: Remote,
+        remote: ContainerdRemote,
         record: ContainerRecord,
         *,
         io_root: str,
         delivery: BackendDelivery | None,
-        on_event: Any = None,
-        on_resync_failed: Any = None,
+        on_event: Callable[[TaskEvent], None] | None = None,
+        on_resync_failed: Callable[[], None] | None = None,
         mailbox_capacity: int = 64,
         event_capacity: int = 1024,
     ) -> None:
@@ -168,7 +174,7 @@ class ContainerActor:
         self._delivery = delivery
         self._on_event = on_event
         self._on_resync_failed = on_resync_failed
-        self.mailbox: Mailbox[tuple[cmd.Command, Reply | None]] = Mailbox(
+        self.mailbox: Mailbox[MailboxItem] = Mailbox(
             command_capacity=mailbox_capacity, event_capacity=event_capacity
         )
         # Every process state transition happens in the sans-IO machine; this class is its
@@ -249,7 +255,7 @@ class ContainerActor:
         """The init process as the actor knows it, or None without a task."""
         return self._init.snapshot(self.container_id) if self._init is not None else None
 
-    def adopt_task(self, process: Any, *, attach: bool = True) -> None:
+    def adopt_task(self, process: task_pb2.Process, *, attach: bool = True) -> None:
         """Take over a task found at restore time (from Tasks.List), re-opening its FIFOs.
 
         A task that already stopped keeps ``exit`` unset here; the Reconcile that follows
@@ -263,7 +269,7 @@ class ContainerActor:
             init.io = self._reopen_io(process)
         self.mailbox.post_event((reconcile_from_process(epoch, process), None))
 
-    def _reopen_io(self, process: Any) -> DirectIO | None:
+    def _reopen_io(self, process: task_pb2.Process) -> DirectIO | None:
         """Open our ends of the FIFOs containerd reports for a task (None if it has none)."""
         if status_from_wire(int(process.status)) is TaskStatus.UNKNOWN or not process.stdout:
             return None  # the shim is unreachable: no paths to re-open
@@ -369,7 +375,7 @@ class ContainerActor:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
 
-    async def _serve_one(self, command: cmd.Command, reply: Reply | None) -> bool:
+    async def _serve_one(self, command: cmd.Command[Any], reply: Reply | None) -> bool:
         """Handle one mailbox item; True when the actor is done (container deleted)."""
         if isinstance(command, cmd.DeliverEvent):
             self._events_handled += 1
@@ -379,13 +385,11 @@ class ContainerActor:
             self._reconcile(command)
             return False
         self._commands_handled += 1
-        if isinstance(command, cmd.Crash):
-            raise RuntimeError(f"{self.container_id}: {command.reason}")
         if isinstance(command, cmd.Wait):
             self._wait(command, reply)
             return False
         try:
-            result: outcome.Outcome[Any] = outcome.Value(await self._handle(command))
+            result: outcome.Outcome[object] = outcome.Value(await self._handle(command))
         except Exception as exc:
             result = outcome.Error(exc)
         if reply is not None:
@@ -394,59 +398,73 @@ class ContainerActor:
 
     # -- command handlers ----------------------------------------------------------------
 
-    async def _handle(self, command: cmd.Command) -> Any:
+    async def _handle(self, command: cmd.Command[Any]) -> object:
+        # Each reply goes through command.reply(), so mypy checks it is the command's type,
+        # and assert_never below checks that every command of the union has its case.
+        if not isinstance(command, cmd.ActorCommand):
+            raise InvalidArgument(f"unexpected command {command!r}", local=True)
         match command:
             case cmd.CreateTask():
                 await self._user_started()
                 self._restart_with = cmd.CreateTask(
                     start=True, with_stdin=command.with_stdin, attach_stdio=command.attach_stdio
                 )
-                return await self._create_task(command)
+                return command.reply(await self._create_task(command))
             case cmd.AutoRestart(epoch=epoch):
-                return await self._auto_restart(epoch)
+                await self._auto_restart(epoch)
+                return command.reply(None)
             case cmd.StartProcess(exec_id=exec_id):
-                return await self._start_process(exec_id)
+                return command.reply(await self._start_process(exec_id))
             case cmd.CreateExec():
-                return await self._create_exec(command)
+                return command.reply(await self._create_exec(command))
             case cmd.Kill(exec_id=exec_id, signal=sig, all=all_):
-                return await self._kill(exec_id, sig, all_)
+                await self._kill(exec_id, sig, all_)
+                return command.reply(None)
             case cmd.CloseStdin(exec_id=exec_id):
-                return await self._close_stdin(exec_id)
+                await self._close_stdin(exec_id)
+                return command.reply(None)
             case cmd.Resize(exec_id=exec_id, width=width, height=height):
-                return await self._resize(exec_id, width, height)
+                await self._resize(exec_id, width, height)
+                return command.reply(None)
             case cmd.Pause():
                 self._require_live_init()
                 await self._remote.tasks_pause(self.container_id)
                 self._machine.paused()  # what containerd acknowledged, before its event
-                return None
+                return command.reply(None)
             case cmd.Resume():
                 self._require_live_init()
                 await self._remote.tasks_resume(self.container_id)
                 self._machine.resumed()
-                return None
+                return command.reply(None)
             case cmd.Pids():
                 self._require_live_init()
-                return await self._remote.tasks_list_pids(self.container_id)
+                return command.reply(await self._remote.tasks_list_pids(self.container_id))
             case cmd.Metrics():
                 self._require_init()
-                return await self._remote.tasks_metrics([f"id=={self.container_id}"])
+                return command.reply(await self._remote.tasks_metrics([f"id=={self.container_id}"]))
             case cmd.Update(resources=resources):
-                return await self._update(resources)
+                await self._update(resources)
+                return command.reply(None)
             case cmd.Checkpoint(directory=directory, exit=exit_):
-                return await self._checkpoint(directory, exit_)
+                await self._checkpoint(directory, exit_)
+                return command.reply(None)
             case cmd.Status(exec_id=exec_id, refresh=refresh):
-                return await self._status(exec_id, refresh)
+                return command.reply(await self._status(exec_id, refresh))
             case cmd.LoadTask(attach_stdio=callback, attach=attach):
                 if callback is not None and self._restart_with.attach_stdio is None:
                     # A supervisor that re-attached (to drain output) wants restarts too.
                     self._restart_with = cmd.CreateTask(start=True, attach_stdio=callback)
-                return await self._load_task(callback, attach)
+                return command.reply(await self._load_task(callback, attach))
             case cmd.DeleteProcess(exec_id=exec_id):
-                return await self._delete_process(exec_id)
+                return command.reply(await self._delete_process(exec_id))
             case cmd.DeleteContainer():
-                return await self._delete_container()
-            case _:
+                await self._delete_container()
+                return command.reply(None)
+            case cmd.Wait() | cmd.DeliverEvent() | cmd.Reconcile():
+                # Served by _serve_one without a handler (they wait or apply, never RPC).
                 raise InvalidArgument(f"unexpected command {command!r}", local=True)
+            case _:
+                assert_never(command)
 
     def _require_init(self) -> _Process:
         if self._init is None:
@@ -492,7 +510,7 @@ class ContainerActor:
                 raise
         return io
 
-    async def _create_task(self, command: cmd.CreateTask) -> int:
+    async def _create_task(self, command: cmd.CreateTask) -> cmd.Started:
         if self._init is not None:
             raise AlreadyExists(
                 f"container {self.container_id} already has a task; delete it first", local=True
@@ -507,33 +525,26 @@ class ContainerActor:
             callback=command.attach_stdio,
         )
         proc = _Process(process_id=self.container_id, exec_id="", terminal=terminal, io=io)
-        request = tasks_pb2.CreateTaskRequest(
-            container_id=self.container_id,
-            stdin=io.fifos.stdin,
-            stdout=io.fifos.stdout,
-            stderr=io.fifos.stderr,
-            terminal=terminal,
-        )
-        request.rootfs.extend(mounts_to_proto(self.record.rootfs))
-        if command.checkpoint_dir is not None:
-            options = oci_pb2.Options()
-            if self.record.runtime_options:
-                options.ParseFromString(self.record.runtime_options)
-            options.criu_image_path = command.checkpoint_dir
-            request.options.CopyFrom(
-                AnyPb(type_url=RUNC_OPTIONS_TYPE_URL, value=options.SerializeToString())
-            )
         self._start_pumps(proc)
         try:
-            response = await self._remote.tasks_create(request)
+            pid = await self._remote.tasks_create(
+                self.container_id,
+                stdin=io.fifos.stdin,
+                stdout=io.fifos.stdout,
+                stderr=io.fifos.stderr,
+                terminal=terminal,
+                rootfs=self.record.rootfs,
+                checkpoint_path=command.checkpoint_dir,
+                runtime_options=self.record.runtime_options,
+            )
         except BaseException:
             io.close()
             raise
-        self._machine.created(proc, int(response.pid))
+        self._machine.created(proc, pid)
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
-            return await self._start_process("")
-        return proc.pid
+            return cmd.Started(pid=await self._start_process(""), io=io)
+        return cmd.Started(pid=proc.pid, io=io)
 
     async def _start_process(self, exec_id: str) -> int:
         proc = self._process(exec_id)
@@ -572,7 +583,7 @@ class ContainerActor:
             _send_reply(waiter, outcome.Error(FailedPrecondition("process failed to start")))
         proc.waiters.clear()
 
-    async def _create_exec(self, command: cmd.CreateExec) -> int:
+    async def _create_exec(self, command: cmd.CreateExec) -> cmd.Started:
         init = self._require_live_init()
         if command.exec_id == INIT_PROCESS_NAME:
             raise InvalidArgument(
@@ -594,18 +605,17 @@ class ContainerActor:
         proc = _Process(
             process_id=command.exec_id, exec_id=command.exec_id, terminal=command.terminal, io=io
         )
-        request = tasks_pb2.ExecProcessRequest(
-            container_id=self.container_id,
-            exec_id=command.exec_id,
-            stdin=io.fifos.stdin,
-            stdout=io.fifos.stdout,
-            stderr=io.fifos.stderr,
-            terminal=command.terminal,
-        )
-        request.spec.CopyFrom(AnyPb(type_url=_process_type_url(), value=command.process_spec))
         self._start_pumps(proc)
         try:
-            await self._remote.tasks_exec(request)
+            await self._remote.tasks_exec(
+                self.container_id,
+                command.exec_id,
+                spec=command.process_spec,
+                stdin=io.fifos.stdin,
+                stdout=io.fifos.stdout,
+                stderr=io.fifos.stderr,
+                terminal=command.terminal,
+            )
         except Unknown as exc:
             io.close()
             if "stopped state" in exc.message:
@@ -620,8 +630,8 @@ class ContainerActor:
         self._machine.exec_added(proc)
         if command.start:
             # In the same command, so a caller that gives up cannot leave it half done.
-            return await self._start_process(command.exec_id)
-        return 0
+            return cmd.Started(pid=await self._start_process(command.exec_id), io=io)
+        return cmd.Started(pid=0, io=io)
 
     async def _kill(self, exec_id: str, sig: int, all_: bool) -> None:
         proc = self._process(exec_id)
@@ -673,9 +683,7 @@ class ContainerActor:
 
     async def _update(self, resources: bytes) -> None:
         self._require_live_init()
-        request = tasks_pb2.UpdateTaskRequest(container_id=self.container_id)
-        request.resources.CopyFrom(AnyPb(type_url=_resources_type_url(), value=resources))
-        await self._remote.tasks_update(request)
+        await self._remote.tasks_update(self.container_id, resources)
 
     async def _checkpoint(self, directory: str, exit_: bool) -> None:
         self._require_live_init()
@@ -687,15 +695,7 @@ class ContainerActor:
         if problem is not None:
             raise FailedPrecondition(f"cannot checkpoint on this host: {problem}", local=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        options = oci_pb2.CheckpointOptions(exit=exit_, image_path=directory)
-        request = tasks_pb2.CheckpointTaskRequest(container_id=self.container_id)
-        request.options.CopyFrom(
-            AnyPb(
-                type_url="containerd.runc.v1.CheckpointOptions",
-                value=options.SerializeToString(),
-            )
-        )
-        await self._remote.tasks_checkpoint(request)
+        await self._remote.tasks_checkpoint(self.container_id, image_path=directory, exit=exit_)
 
     async def _status(self, exec_id: str, refresh: bool) -> ProcessState:
         proc = self._process(exec_id)
@@ -715,14 +715,16 @@ class ContainerActor:
             )
         return proc.snapshot(self.container_id)
 
-    async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> ProcessState:
+    async def _load_task(self, callback: cmd.StdioCallback | None, attach: bool) -> cmd.Loaded:
         init = self._init
         if init is not None and (init.io is not None or not attach):
             if attach and callback is not None and init.io is not None:
                 result = callback(init.io)
                 if inspect.isawaitable(result):
                     await result
-            return init.snapshot(self.container_id)
+            return cmd.Loaded(
+                state=init.snapshot(self.container_id), io=init.io if attach else None
+            )
         # Unknown task, or one loaded earlier without stdio: Tasks.Get names its FIFOs.
         process = await self._remote.tasks_get(self.container_id)
         if init is not None and init.pid == int(process.pid):
@@ -738,7 +740,7 @@ class ContainerActor:
             result = callback(init.io)
             if inspect.isawaitable(result):
                 await result
-        return init.snapshot(self.container_id)
+        return cmd.Loaded(state=init.snapshot(self.container_id), io=init.io if attach else None)
 
     async def _delete_process(self, exec_id: str) -> ExitStatus:
         proc = self._process(exec_id)
@@ -844,7 +846,7 @@ class ContainerActor:
         if proc.io is not None:
             proc.io.close()
         for waiter in proc.waiters:
-            result: outcome.Outcome[Any] = (
+            result: outcome.Outcome[object] = (
                 outcome.Value(proc.exit)
                 if proc.exit is not None
                 else outcome.Error(
@@ -969,7 +971,7 @@ async def criu_problem() -> str | None:
     return verdict
 
 
-def reconcile_from_process(epoch: int, process: Any | None) -> cmd.Reconcile:
+def reconcile_from_process(epoch: int, process: task_pb2.Process | None) -> cmd.Reconcile:
     """A Reconcile item from a containerd Process (None: containerd has no such task)."""
     if process is None:
         return cmd.Reconcile(epoch=epoch, found=False)
@@ -984,7 +986,7 @@ def reconcile_from_process(epoch: int, process: Any | None) -> cmd.Reconcile:
     )
 
 
-def _send_reply(reply: Reply, result: outcome.Outcome[Any]) -> None:
+def _send_reply(reply: Reply, result: outcome.Outcome[object]) -> None:
     with reply:
         try:
             reply.send_nowait(result)
@@ -992,21 +994,9 @@ def _send_reply(reply: Reply, result: outcome.Outcome[Any]) -> None:
             pass  # the caller gave up waiting; the operation itself still happened
 
 
-def _process_type_url() -> str:
-    from .spec import PROCESS_TYPE_URL
-
-    return PROCESS_TYPE_URL
-
-
-def _resources_type_url() -> str:
-    from .spec import RESOURCES_TYPE_URL
-
-    return RESOURCES_TYPE_URL
-
-
-async def call_actor(actor: ContainerActor, command: cmd.Command) -> Any:
+async def call_actor(actor: ContainerActor, command: cmd.Command[R]) -> R:
     """Send one command and wait for its reply (the one-shot channel pattern)."""
-    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+    reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[object]](1)
     with reply_receive:
         try:
             await actor.mailbox.send_command((command, reply_send))
@@ -1024,4 +1014,5 @@ async def call_actor(actor: ContainerActor, command: cmd.Command) -> Any:
                 f"the actor of container {actor.container_id} stopped before replying; "
                 "the container is untouched and the call can be retried"
             ) from None
-    return result.unwrap()
+    # The actor answered this Command[R] through command.reply(), checked to be an R.
+    return cast("R", result.unwrap())

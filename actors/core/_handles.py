@@ -8,7 +8,7 @@ its reply; the RPCs each costs are listed in its docstring.
 from __future__ import annotations
 
 import signal as signal_module
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import trio
 
@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Container", "Process", "Task"]
 
+R = TypeVar("R")
+
 
 class _NoPublicConstructor(type):
+    # Any: a metaclass forwards whatever its classes' constructors take.
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"{cls.__name__} handles come from a Client, not a constructor")
 
@@ -68,12 +71,12 @@ class Process(metaclass=_NoPublicConstructor):
         """The host pid containerd reported (0 before the process started)."""
         return self._pid
 
-    async def _call(self, command: cmd.Command) -> Any:
+    async def _call(self, command: cmd.Command[R]) -> R:
         return await call_actor(self._actor, command)
 
     async def start(self) -> int:
         """Start the created process (1 RPC: Tasks.Start); returns its pid."""
-        self._pid = int(await self._call(cmd.StartProcess(exec_id=self._exec_id)))
+        self._pid = await self._call(cmd.StartProcess(exec_id=self._exec_id))
         return self._pid
 
     async def kill(self, signal: int = signal_module.SIGTERM, *, all: bool = False) -> None:
@@ -82,8 +85,7 @@ class Process(metaclass=_NoPublicConstructor):
 
     async def wait(self) -> ExitStatus:
         """Wait for the exit event (0 RPCs); returns at once if it already exited."""
-        result: ExitStatus = await self._call(cmd.Wait(exec_id=self._exec_id))
-        return result
+        return await self._call(cmd.Wait(exec_id=self._exec_id))
 
     async def resize(self, width: int, height: int) -> None:
         """Resize the process's terminal (1 RPC: Tasks.ResizePty)."""
@@ -95,13 +97,11 @@ class Process(metaclass=_NoPublicConstructor):
 
     async def status(self, *, refresh: bool = False) -> ProcessState:
         """What the actor knows (0 RPCs), or containerd's view with ``refresh`` (1 RPC)."""
-        result: ProcessState = await self._call(cmd.Status(exec_id=self._exec_id, refresh=refresh))
-        return result
+        return await self._call(cmd.Status(exec_id=self._exec_id, refresh=refresh))
 
     async def delete(self) -> ExitStatus:
         """Delete the stopped process (1 RPC) and remove its FIFOs; returns its exit status."""
-        result: ExitStatus = await self._call(cmd.DeleteProcess(exec_id=self._exec_id))
-        return result
+        return await self._call(cmd.DeleteProcess(exec_id=self._exec_id))
 
 
 @final
@@ -123,7 +123,7 @@ class Task(Process):
 
     async def stats(self) -> TaskStats:
         """cgroup statistics of the task, decoded from v1 or v2 metrics (1 RPC: Tasks.Metrics)."""
-        metrics: list[Any] = await self._call(cmd.Metrics())
+        metrics = await self._call(cmd.Metrics())
         if not metrics:
             raise NotFound(f"no metrics received for task {self.container_id}")
         return decode_metric(metrics[0])
@@ -146,30 +146,24 @@ class Task(Process):
         if not isinstance(process_spec, ProcessSpec):
             raise TypeError("process_spec must be an actors.core.spec.Process")
         terminal = bool(process_spec.terminal)
-        dio: list[DirectIO] = []
-
-        def remember(io: DirectIO) -> Any:
-            dio[:] = [io]  # the actor may call this again (a restarted task's stdio)
-            return attach_stdio(io) if attach_stdio is not None else None
-
         # Add and start in one actor command: a caller cancelled meanwhile leaves either
         # no process or a started one.
-        pid = await self._call(
+        started = await self._call(
             cmd.CreateExec(
                 exec_id=exec_id,
                 process_spec=encode_process(process_spec),
                 terminal=terminal,
                 with_stdin=with_stdin,
-                attach_stdio=remember,
+                attach_stdio=attach_stdio,
             )
         )
-        process: Process = Process._create(self._actor, exec_id, int(pid), dio[0] if dio else None)
+        process: Process = Process._create(self._actor, exec_id, started.pid, started.io)
         return process
 
     async def process(self, exec_id: str) -> Process:
         """A handle for a process this client exec'd earlier (0 RPCs)."""
         validate_id(exec_id, kind="exec id")
-        state: ProcessState = await self._call(cmd.Status(exec_id=exec_id))
+        state = await self._call(cmd.Status(exec_id=exec_id))
         process: Process = Process._create(
             self._actor, exec_id, state.pid, self._actor.io_of(exec_id)
         )
@@ -286,42 +280,28 @@ class Container(metaclass=_NoPublicConstructor):
         *,
         start: bool,
     ) -> Task:
-        dio: list[DirectIO] = []
-
-        def remember(io: DirectIO) -> Any:
-            dio[:] = [io]  # the actor may call this again (a restarted task's stdio)
-            return attach_stdio(io) if attach_stdio is not None else None
-
-        pid = await call_actor(
+        started = await call_actor(
             self._actor,
             cmd.CreateTask(
                 with_stdin=with_stdin,
-                attach_stdio=remember,
+                attach_stdio=attach_stdio,
                 checkpoint_dir=checkpoint_dir,
                 start=start,
             ),
         )
-        task: Task = Task._create(self._actor, "", int(pid), dio[0] if dio else None)
+        task: Task = Task._create(self._actor, "", started.pid, started.io)
         return task
 
     async def task(self) -> Task:
         """The existing task, without stdio (0 RPCs if this actor knows it, else 1)."""
-        state: ProcessState = await call_actor(self._actor, cmd.LoadTask(attach=False))
-        task: Task = Task._create(self._actor, "", state.pid, None)
+        loaded = await call_actor(self._actor, cmd.LoadTask(attach=False))
+        task: Task = Task._create(self._actor, "", loaded.state.pid, None)
         return task
 
     async def attach_task(self, attach_stdio: cmd.StdioCallback | None = None) -> Task:
         """The existing task with its stdio re-opened (0 or 1 RPC). NotFound without a task."""
-        dio: list[DirectIO] = []
-
-        def remember(io: DirectIO) -> Any:
-            dio[:] = [io]  # the actor may call this again (a restarted task's stdio)
-            return attach_stdio(io) if attach_stdio is not None else None
-
-        state: ProcessState = await call_actor(
-            self._actor, cmd.LoadTask(attach=True, attach_stdio=remember)
-        )
-        task: Task = Task._create(self._actor, "", state.pid, dio[0] if dio else None)
+        loaded = await call_actor(self._actor, cmd.LoadTask(attach=True, attach_stdio=attach_stdio))
+        task: Task = Task._create(self._actor, "", loaded.state.pid, loaded.io)
         return task
 
     async def delete(self) -> None:
@@ -331,7 +311,3 @@ class Container(metaclass=_NoPublicConstructor):
         more RPC, Snapshots.Remove), as ``ctr run --rm`` does.
         """
         await call_actor(self._actor, cmd.DeleteContainer())
-
-    async def _crash_actor_for_tests(self, reason: str = "crash requested") -> None:
-        """Test hook: make this container's actor fail as if it had a bug."""
-        await self._actor.mailbox.send_command((cmd.Crash(reason=reason), None))

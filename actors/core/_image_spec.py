@@ -56,6 +56,7 @@ def image_spec(
     env: Sequence[str] = (),
     cwd: str | None = None,
     user: str | None = None,
+    # Any: forwarded to build_spec as they are, which types and checks each keyword.
     **options: Any,
 ) -> Spec:
     """A spec for a container on ``image``: its config merged with these overrides.

@@ -28,7 +28,11 @@ from ._groups import collapse
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..containerd._remote import Remote
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from actors.containerd.pb.containerd.services.events.v1.events_pb2 import Envelope
+
+    from ..containerd._interface import ContainerdRemote, EnvelopeStream
 
 __all__ = [
     "INIT_PROCESS_NAME",
@@ -130,21 +134,21 @@ def timestamp_to_datetime(seconds: int, nanos: int) -> dt.datetime | None:
     return EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
-def _when(ts: Any) -> dt.datetime | None:
+def _when(ts: Timestamp) -> dt.datetime | None:
     return timestamp_to_datetime(int(ts.seconds), int(ts.nanos))
 
 
-def _create(m: Any) -> tuple[EventType, EventInfo]:
+def _create(m: events_pb2.TaskCreate) -> tuple[EventType, EventInfo]:
     info = EventInfo(container_id=m.container_id, process_id=m.container_id, pid=m.pid)
     return EventType.CREATE, info
 
 
-def _start(m: Any) -> tuple[EventType, EventInfo]:
+def _start(m: events_pb2.TaskStart) -> tuple[EventType, EventInfo]:
     info = EventInfo(container_id=m.container_id, process_id=m.container_id, pid=m.pid)
     return EventType.START, info
 
 
-def _exit(m: Any) -> tuple[EventType, EventInfo]:
+def _exit(m: events_pb2.TaskExit) -> tuple[EventType, EventInfo]:
     info = EventInfo(
         container_id=m.container_id,
         process_id=m.id or m.container_id,
@@ -155,28 +159,28 @@ def _exit(m: Any) -> tuple[EventType, EventInfo]:
     return EventType.EXIT, info
 
 
-def _oom(m: Any) -> tuple[EventType, EventInfo]:
+def _oom(m: events_pb2.TaskOOM) -> tuple[EventType, EventInfo]:
     return EventType.OOM, EventInfo(container_id=m.container_id)
 
 
-def _exec_added(m: Any) -> tuple[EventType, EventInfo]:
+def _exec_added(m: events_pb2.TaskExecAdded) -> tuple[EventType, EventInfo]:
     return EventType.EXEC_ADDED, EventInfo(container_id=m.container_id, process_id=m.exec_id)
 
 
-def _exec_started(m: Any) -> tuple[EventType, EventInfo]:
+def _exec_started(m: events_pb2.TaskExecStarted) -> tuple[EventType, EventInfo]:
     info = EventInfo(container_id=m.container_id, process_id=m.exec_id, pid=m.pid)
     return EventType.EXEC_STARTED, info
 
 
-def _paused(m: Any) -> tuple[EventType, EventInfo]:
+def _paused(m: events_pb2.TaskPaused) -> tuple[EventType, EventInfo]:
     return EventType.PAUSED, EventInfo(container_id=m.container_id)
 
 
-def _resumed(m: Any) -> tuple[EventType, EventInfo]:
+def _resumed(m: events_pb2.TaskResumed) -> tuple[EventType, EventInfo]:
     return EventType.RESUMED, EventInfo(container_id=m.container_id)
 
 
-def _unknown(m: Any) -> tuple[EventType, EventInfo]:
+def _unknown(m: events_pb2.TaskOOM) -> tuple[EventType, EventInfo]:
     return EventType.UNKNOWN, EventInfo(container_id=m.container_id)
 
 
@@ -193,6 +197,8 @@ UNSUBSCRIBED_TOPICS: Final = tuple(_NOT_DELIVERED_TOPICS.values())
 _UNKNOWN_DECODER: Final = (events_pb2.TaskOOM, _unknown)
 
 
+# Any: each entry pairs a message type with the projection typed for exactly that type,
+# a pairing a dict's value type cannot express.
 _DECODERS: Final[dict[str, tuple[type[Any], Callable[[Any], tuple[EventType, EventInfo]]]]] = {
     "containerd.events.TaskCreate": (events_pb2.TaskCreate, _create),
     "containerd.events.TaskStart": (events_pb2.TaskStart, _start),
@@ -237,7 +243,7 @@ def decode_event(
     )
 
 
-def decode_envelope(envelope: Any) -> TaskEvent | None:
+def decode_envelope(envelope: Envelope) -> TaskEvent | None:
     """Decode a ``containerd.services.events.v1.Envelope`` message."""
     return decode_event(
         envelope.topic,
@@ -271,7 +277,7 @@ class EventRouter:
 
     def __init__(
         self,
-        remote: Remote,
+        remote: ContainerdRemote,
         dispatch: Callable[[TaskEvent], None],
         *,
         on_resubscribed: Callable[[], None] | None = None,
@@ -350,7 +356,7 @@ class EventRouter:
         if not seen.is_set():
             log.warning("event subscription for %s not confirmed", self._remote.namespace)
 
-    async def _pump(self, stream: Any, marker: bytes, seen: trio.Event) -> None:
+    async def _pump(self, stream: EnvelopeStream, marker: bytes, seen: trio.Event) -> None:
         while True:
             envelope = await stream.receive()
             self._events_in += 1

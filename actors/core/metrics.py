@@ -15,7 +15,7 @@ from __future__ import annotations
 
 # msgspec resolves Struct annotations at runtime, so datetime must be importable here.
 import datetime as dt
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from google.protobuf.message import DecodeError
@@ -23,8 +23,13 @@ from google.protobuf.message import DecodeError
 from actors.containerd.pb.containerd.cgroups.v1 import metrics_pb2 as v1_pb2
 from actors.containerd.pb.containerd.cgroups.v2 import metrics_pb2 as v2_pb2
 from actors.containerd.pb.containerd.runc.options import oci_pb2
+from actors.containerd.pb.containerd.types import metrics_pb2 as types_metrics_pb2
+from actors.containerd.pb.containerd.types.task import task_pb2
 
 from .events import timestamp_to_datetime
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "CGROUP_V1_TYPE_URL",
@@ -190,7 +195,7 @@ def _type_name(type_url: str) -> str:
     return type_url.rsplit("/", 1)[-1]
 
 
-def _v1_blkio(entries: Any) -> tuple[BlkioEntry, ...]:
+def _v1_blkio(entries: Iterable[v1_pb2.BlkIOEntry]) -> tuple[BlkioEntry, ...]:
     return tuple(
         BlkioEntry(op=e.op.lower(), major=e.major, minor=e.minor, value=e.value) for e in entries
     )
@@ -260,7 +265,7 @@ def _from_v2(m: v2_pb2.Metrics) -> tuple[CpuStats, MemoryStats, PidsStats, Blkio
     return cpu, memory, pids, BlkioStats(entries=tuple(entries), serviced=tuple(serviced))
 
 
-def decode_metric(metric: Any) -> TaskStats:
+def decode_metric(metric: types_metrics_pb2.Metric) -> TaskStats:
     """Decode one ``containerd.types.Metric`` from ``Tasks.Metrics``.
 
     Args:
@@ -306,7 +311,7 @@ def decode_metric(metric: Any) -> TaskStats:
     )
 
 
-def decode_process_info(info: Any) -> ProcessSummary:
+def decode_process_info(info: task_pb2.ProcessInfo) -> ProcessSummary:
     """Decode one ``containerd.v1.types.ProcessInfo`` from ``Tasks.ListPids``.
 
     The runc shim attaches ``containerd.runc.v1.ProcessDetails`` only to the pids of exec

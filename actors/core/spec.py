@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from ..containerd._typeurls import PROCESS_TYPE_URL as PROCESS_TYPE_URL
+from ..containerd._typeurls import RESOURCES_TYPE_URL as RESOURCES_TYPE_URL
+from ..containerd._typeurls import SPEC_TYPE_URL as SPEC_TYPE_URL
 from ._seccomp import LinuxSeccomp, LinuxSeccompArg, LinuxSyscall, default_seccomp_profile
 
 if TYPE_CHECKING:
@@ -79,9 +82,6 @@ __all__ = [
     "exec_process_from",
 ]
 
-SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 
 # The version string runc 1.1 writes itself; runc only warns on others, but matching it
 # keeps `runc spec` comparisons exact.

@@ -35,7 +35,7 @@ from ._pb import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping
 
-    from ..containerd._remote import Remote
+    from ..containerd._interface import ContainerdRemote
     from ..containerd._streams import Duplex, ResponseStream
 
 __all__ = ["LEASE_HEADER", "ContainerdImageServices", "remove_snapshot", "snapshot_mounts"]
@@ -50,7 +50,7 @@ def _lease_headers(lease: str | None) -> Mapping[str, str] | None:
 class ContainerdImageServices:
     """Stubs of the five services on a :class:`Remote`'s channel, one typed method per RPC."""
 
-    def __init__(self, remote: Remote) -> None:
+    def __init__(self, remote: ContainerdRemote) -> None:
         self.remote = remote
         channel = remote.channel
         self._content = content_grpc.ContentStub(channel)
@@ -306,7 +306,7 @@ class ContainerdImageServices:
         return response.applied
 
 
-async def remove_snapshot(remote: Remote, snapshotter: str, key: str) -> None:
+async def remove_snapshot(remote: ContainerdRemote, snapshotter: str, key: str) -> None:
     """Snapshots.Remove of a container's snapshot; one RPC, a missing one is fine."""
     stub = snapshots_grpc.SnapshotsStub(remote.channel)
     request = snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key)
@@ -314,7 +314,7 @@ async def remove_snapshot(remote: Remote, snapshotter: str, key: str) -> None:
         await remote.call("Snapshots.Remove", stub.Remove, request)
 
 
-async def snapshot_mounts(remote: Remote, snapshotter: str, key: str) -> list[Mount]:
+async def snapshot_mounts(remote: ContainerdRemote, snapshotter: str, key: str) -> list[Mount]:
     """Snapshots.Mounts of a container's snapshot (for a task of an adopted container)."""
     stub = snapshots_grpc.SnapshotsStub(remote.channel)
     request = snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key)

@@ -3,7 +3,7 @@
 :class:`ContentStore` is what the pull, import and run paths call. It talks to containerd's
 own image store, so what it writes is what ``ctr``/``nerdctl`` see, and vice versa::
 
-    store = ContentStore(remote)                  # remote: actors.containerd._remote.Remote
+    store = ContentStore(remote)                  # remote: a ContainerdRemote
     async with store.open_lease() as lease:       # Leases.Create ... Leases.Delete
         for blob, source in blobs:                # layers, config, then the manifest
             await store.ingest(blob, source, labels=..., lease=lease)
@@ -82,7 +82,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
-    from ..containerd._remote import Remote
+    from ..containerd._interface import ContainerdRemote
     from ._unpack import UnpackResult
 
 __all__ = [
@@ -132,20 +132,20 @@ class ContentStore:
     """containerd's content, image, lease, snapshot and diff services for one namespace.
 
     Args:
-        remote: the client's :class:`~actors.containerd._remote.Remote` (namespace and RPC
-            counters).
+        remote: the client's :class:`~actors.containerd._interface.ContainerdRemote`
+            (namespace and RPC counters).
         snapshotter: the snapshotter for unpack and container snapshots; by default
             ``overlayfs``, or ``native`` when containerd cannot use overlayfs (probed once,
             one RPC, on first use).
     """
 
-    def __init__(self, remote: Remote, *, snapshotter: str | None = None) -> None:
+    def __init__(self, remote: ContainerdRemote, *, snapshotter: str | None = None) -> None:
         self.services = ContainerdImageServices(remote)
         self._snapshotter = snapshotter
         self._probe_lock = trio.Lock()
 
     @property
-    def remote(self) -> Remote:
+    def remote(self) -> ContainerdRemote:
         return self.services.remote
 
     # -- content ---------------------------------------------------------------------------

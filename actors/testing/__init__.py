@@ -1,8 +1,10 @@
 """An in-memory fake containerd, for unit tests of logic and synthetic-scale benchmarks.
 
 :class:`FakeContainerd` keeps containers and tasks for any number of namespaces and hands out
-:class:`FakeRemote` objects shaped exactly like :class:`actors.containerd._remote.Remote`:
-same async methods and signatures, the same protobuf messages in and out, our own error
+:class:`FakeRemote` objects shaped exactly like :class:`actors.containerd._remote.Remote`
+(both satisfy the :class:`~actors.containerd._interface.ContainerdRemote` protocol, checked
+by mypy): the same requests (built by the remote's own ``*_request`` functions), the same
+protobuf messages in and out, our own error
 classes raised where containerd 1.6 raises them, and the same ``Service.Method`` counters.
 A client runs over it unchanged (see :func:`open_fake_client`), so routing, supervision and
 RPC budgets can be tested without a daemon, and the router can be driven far harder than a
@@ -62,7 +64,14 @@ from actors.containerd.pb.containerd.services.version.v1 import version_pb2
 from actors.containerd.pb.containerd.types import metrics_pb2
 from actors.containerd.pb.containerd.types.task import task_pb2
 
-from ..containerd._remote import DEFAULT_TIMEOUT, RemoteStatistics
+from ..containerd._remote import (
+    DEFAULT_TIMEOUT,
+    RemoteStatistics,
+    checkpoint_task_request,
+    create_task_request,
+    exec_process_request,
+    update_task_request,
+)
 from ..core._client import Client, run_client
 from ..core._delivery import DEFAULT_DELIVERY_GRACE, DEFAULT_DELIVERY_LIMIT
 from ..core._ids import is_valid_id, validate_id
@@ -78,6 +87,7 @@ from ..errors import (
     Unavailable,
     Unimplemented,
 )
+from ._crash import crash_actor
 from ._filters import ContainerdFilter
 from ._state import (
     _PROCESS_DECODER,
@@ -96,7 +106,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
     from google.protobuf.message import Message
+    from grpclib.client import Channel
 
+    from ..containerd._interface import ContainerdRemote
+    from ..containerd._mounts import Mount
+    from ..containerd._streams import Duplex, ResponseStream
     from ..core._container import Backend
     from ..core._shimgroups import ShimGroups
 
@@ -108,6 +122,7 @@ __all__ = [
     "FakeEventStream",
     "FakeRemote",
     "FakeStatistics",
+    "crash_actor",
     "envelopes_for",
     "make_envelope",
     "open_fake_client",
@@ -642,9 +657,30 @@ class FakeRemote:
     # -- Tasks --------------------------------------------------------------------------
 
     async def tasks_create(
-        self, request: tasks_pb2.CreateTaskRequest, *, deadline: float | None = None
-    ) -> tasks_pb2.CreateTaskResponse:
-        return await self._unary("Tasks.Create", self._tasks_create, request)
+        self,
+        container_id: str,
+        *,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        rootfs: Sequence[Mount] = (),
+        checkpoint_path: str | None = None,
+        runtime_options: bytes = b"",
+        deadline: float | None = None,
+    ) -> int:
+        request = create_task_request(
+            container_id,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+            rootfs=rootfs,
+            checkpoint_path=checkpoint_path,
+            runtime_options=runtime_options,
+        )
+        response = await self._unary("Tasks.Create", self._tasks_create, request)
+        return int(response.pid)
 
     def _tasks_create(self, request: tasks_pb2.CreateTaskRequest) -> tasks_pb2.CreateTaskResponse:
         ns = self._ns
@@ -779,13 +815,13 @@ class FakeRemote:
 
     async def tasks_get(
         self, container_id: str, exec_id: str = "", *, deadline: float | None = None
-    ) -> Any:
+    ) -> task_pb2.Process:
         return await self._unary("Tasks.Get", self._tasks_get, container_id, exec_id)
 
     def _tasks_get(self, container_id: str, exec_id: str) -> task_pb2.Process:
         return self._task(container_id).process(exec_id).to_proto()
 
-    async def tasks_list(self, *, deadline: float | None = None) -> list[Any]:
+    async def tasks_list(self, *, deadline: float | None = None) -> list[task_pb2.Process]:
         return await self._unary("Tasks.List", self._tasks_list)
 
     def _tasks_list(self) -> list[task_pb2.Process]:
@@ -822,8 +858,26 @@ class FakeRemote:
         self.fake._signal(self.namespace, task, proc, sig)
 
     async def tasks_exec(
-        self, request: tasks_pb2.ExecProcessRequest, *, deadline: float | None = None
+        self,
+        container_id: str,
+        exec_id: str,
+        *,
+        spec: bytes,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        deadline: float | None = None,
     ) -> None:
+        request = exec_process_request(
+            container_id,
+            exec_id,
+            spec=spec,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+        )
         await self._unary("Tasks.Exec", self._tasks_exec, request)
 
     def _tasks_exec(self, request: tasks_pb2.ExecProcessRequest) -> None:
@@ -922,7 +976,7 @@ class FakeRemote:
 
     async def tasks_list_pids(
         self, container_id: str, *, deadline: float | None = None
-    ) -> list[Any]:
+    ) -> list[task_pb2.ProcessInfo]:
         return await self._unary("Tasks.ListPids", self._tasks_list_pids, container_id)
 
     def _tasks_list_pids(self, container_id: str) -> list[task_pb2.ProcessInfo]:
@@ -940,8 +994,14 @@ class FakeRemote:
         return infos
 
     async def tasks_checkpoint(
-        self, request: tasks_pb2.CheckpointTaskRequest, *, deadline: float | None = None
+        self,
+        container_id: str,
+        *,
+        image_path: str,
+        exit: bool = False,
+        deadline: float | None = None,
     ) -> tasks_pb2.CheckpointTaskResponse:
+        request = checkpoint_task_request(container_id, image_path=image_path, exit=exit)
         return await self._unary("Tasks.Checkpoint", self._tasks_checkpoint, request)
 
     def _tasks_checkpoint(
@@ -966,9 +1026,11 @@ class FakeRemote:
         return tasks_pb2.CheckpointTaskResponse()
 
     async def tasks_update(
-        self, request: tasks_pb2.UpdateTaskRequest, *, deadline: float | None = None
+        self, container_id: str, resources: bytes, *, deadline: float | None = None
     ) -> None:
-        await self._unary("Tasks.Update", self._tasks_update, request)
+        await self._unary(
+            "Tasks.Update", self._tasks_update, update_task_request(container_id, resources)
+        )
 
     def _tasks_update(self, request: tasks_pb2.UpdateTaskRequest) -> None:
         task = self._task(request.container_id)
@@ -978,7 +1040,7 @@ class FakeRemote:
 
     async def tasks_metrics(
         self, filters: list[str], *, deadline: float | None = None
-    ) -> list[Any]:
+    ) -> list[metrics_pb2.Metric]:
         return await self._unary("Tasks.Metrics", self._tasks_metrics, filters)
 
     def _tasks_metrics(self, filters: list[str]) -> list[metrics_pb2.Metric]:
@@ -1072,6 +1134,11 @@ class FakeRemote:
         self._failures[name] += 1
         return Unimplemented(f"{name}: the in-memory fake has no image store")
 
+    @property
+    def channel(self) -> Channel:
+        """No gRPC channel: the image services (actors.images) cannot run over the fake."""
+        raise Unimplemented("the in-memory fake has no gRPC channel (and no image store)")
+
     async def call(
         self,
         name: str,
@@ -1092,7 +1159,7 @@ class FakeRemote:
         request: object,
         *,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[ResponseStream[Any]]:
         await trio.lowlevel.checkpoint()
         raise self._no_image_store(name)
         yield  # type: ignore[unreachable]  # pragma: no cover
@@ -1105,10 +1172,16 @@ class FakeRemote:
         *,
         deadline: float | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[Duplex[Any, Any]]:
         await trio.lowlevel.checkpoint()
         raise self._no_image_store(name)
         yield  # type: ignore[unreachable]  # pragma: no cover
+
+
+if TYPE_CHECKING:
+
+    def _fake_is_a_containerd_remote(fake: FakeRemote) -> ContainerdRemote:
+        return fake  # mypy checks here that the fake has the real remote's typed surface
 
 
 def _copy(container: containers_pb2.Container) -> containers_pb2.Container:

@@ -23,6 +23,7 @@ from actors import (
 )
 from actors.containerd._embedded import PrivateContainerd
 from actors.core._supervision import RestartLimitExceeded, RestartPolicy
+from actors.testing import crash_actor
 
 from ..conftest import unique_id
 from ..helpers import Recorder, start_many, trap_spec, wait_gone, wait_ready
@@ -237,7 +238,7 @@ async def test_crashed_actor_is_restarted_and_limit_fails_upward(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(waiter)
                 await trio.sleep(0.1)
-                await victim._crash_actor_for_tests()
+                await crash_actor(victim)
             assert len(crashed) == 1
             assert "the call can be retried" in str(crashed[0])
             # Restarted from containerd's state: the task is known again and works.
@@ -257,7 +258,7 @@ async def test_crashed_actor_is_restarted_and_limit_fails_upward(
                 assert (await task.wait()).code == 137
             await task.delete()
             for _ in range(3):
-                await victim._crash_actor_for_tests()
+                await crash_actor(victim)
                 await trio.sleep(0.2)
             await trio.sleep_forever()
     # the victim's container record is left; remove it with a fresh client

@@ -27,11 +27,16 @@ from actors import (
     build_spec,
 )
 from actors.containerd.pb.containerd.events import task_pb2 as task_events
-from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
 from actors.core._delivery import BackendDelivery
 from actors.core._subscribers import SubscriberHub
 from actors.core.events import TaskEvent
-from actors.testing import IGNORE_SIGNALS, FakeContainerd, make_envelope, open_fake_client
+from actors.testing import (
+    IGNORE_SIGNALS,
+    FakeContainerd,
+    crash_actor,
+    make_envelope,
+    open_fake_client,
+)
 
 from .. import helpers
 from .test_fake import container_pb, rpc_delta, started
@@ -206,7 +211,7 @@ async def test_delivery_survives_a_crash_and_restart_of_the_actor(
         container = await client.new_container("phoenix", spec(["sleep", "inf"]))
         task = await container.start()
         await until(lambda: in_flight(client) == 1)  # create in flight, start queued
-        await container._crash_actor_for_tests()
+        await crash_actor(container)
         await until(lambda: client.statistics().actor_restarts == 1)
         await task.kill(signal.SIGKILL)
         with trio.fail_after(5):
@@ -459,7 +464,7 @@ async def test_a_container_gone_before_adoption_costs_one_get(
 ) -> None:
     raw = fake.remote(NS)
     await raw.containers_create(container_pb("brief", ["true"]))
-    await raw.tasks_create(tasks_pb2.CreateTaskRequest(container_id="brief"))
+    await raw.tasks_create("brief")
     await raw.tasks_start("brief")
     await raw.tasks_delete("brief")
     await raw.containers_delete("brief")

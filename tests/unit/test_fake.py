@@ -23,7 +23,8 @@ from actors import (
 )
 from actors.containerd.pb.containerd.events import task_pb2 as task_events
 from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
-from actors.containerd.pb.containerd.services.tasks.v1 import tasks_pb2
+from actors.core import _commands as cmd
+from actors.core._container import call_actor
 from actors.core.events import READY_TOPIC, ready_filter, subscription_filter
 from actors.core.spec import build_process, encode_process, encode_spec
 from actors.testing import (
@@ -99,7 +100,7 @@ def container_pb(container_id: str, args: list[str]) -> containers_pb2.Container
 
 async def started(remote: FakeRemote, container_id: str, args: list[str]) -> int:
     await remote.containers_create(container_pb(container_id, args))
-    await remote.tasks_create(tasks_pb2.CreateTaskRequest(container_id=container_id))
+    await remote.tasks_create(container_id)
     return await remote.tasks_start(container_id)
 
 
@@ -185,15 +186,14 @@ async def test_duplicate_ids(fake: FakeContainerd, client: Client, tmp_path: Pat
             await other.new_container("twin", spec(["true"]))
         assert not remote.value.local
     raw = fake.remote(NS)
-    await raw.tasks_create(tasks_pb2.CreateTaskRequest(container_id="twin"))
+    await raw.tasks_create("twin")
     with pytest.raises(AlreadyExists):
-        await raw.tasks_create(tasks_pb2.CreateTaskRequest(container_id="twin"))
+        await raw.tasks_create("twin")
     await raw.tasks_start("twin")
-    request = tasks_pb2.ExecProcessRequest(container_id="twin", exec_id="e1")
-    request.spec.value = encode_process(build_process(["sleep", "inf"]))
-    await raw.tasks_exec(request)
+    process = encode_process(build_process(["sleep", "inf"]))
+    await raw.tasks_exec("twin", "e1", spec=process)
     with pytest.raises(AlreadyExists):
-        await raw.tasks_exec(request)
+        await raw.tasks_exec("twin", "e1", spec=process)
     assert raw.statistics().failures == {"Tasks.Create": 1, "Tasks.Exec": 1}
 
 
@@ -477,26 +477,6 @@ async def test_broken_subscription_raises_unavailable(fake: FakeContainerd) -> N
     assert raw.statistics().failures == {"Events.Subscribe": 2}
 
 
-def test_fake_remote_has_remote_signatures() -> None:
-    # A client must run over either without knowing which one it has.
-    import inspect
-
-    from actors.containerd._remote import Remote
-
-    for name, method in inspect.getmembers(Remote, predicate=inspect.isfunction):
-        if name.startswith("_") or name == "connect":
-            continue
-        fake_method = getattr(FakeRemote, name)
-        expected = [
-            (p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()
-        ]
-        found = [
-            (p.name, p.kind, p.default) for p in inspect.signature(fake_method).parameters.values()
-        ]
-        assert found == expected, name
-        assert inspect.iscoroutinefunction(fake_method) == inspect.iscoroutinefunction(method)
-
-
 async def test_an_exit_before_the_actor_exists_is_held_replayed_and_reported_once(
     tmp_path: Path,
 ) -> None:
@@ -558,3 +538,27 @@ async def test_every_queued_command_is_answered_past_the_serve_batch(tmp_path: P
         await task.wait()
         await task.delete()
         await container.delete()
+
+
+class _Foreign(cmd.Command[None], tag="foreign", frozen=True, kw_only=True):
+    """A command no container actor knows (not in ActorCommand)."""
+
+
+async def test_a_command_outside_the_actors_union_is_refused_and_changes_nothing(
+    client: Client,
+) -> None:
+    container = await client.new_container("strange", spec(["sleep", "inf"]))
+    before = client.statistics().rpc.total
+    with pytest.raises(InvalidArgument, match="unexpected command"):
+        await call_actor(container._actor, _Foreign())
+    assert client.statistics().rpc.total == before
+    await container.delete()  # the actor still serves
+
+
+def test_the_fake_has_no_channel_so_the_image_store_says_so(fake: FakeContainerd) -> None:
+    from actors.errors import Unimplemented
+    from actors.images._store import ContentStore
+
+    with pytest.raises(Unimplemented, match="no gRPC channel"):
+        ContentStore(fake.remote(NS))
+    assert fake.remote(NS).statistics().total == 0

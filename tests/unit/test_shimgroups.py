@@ -15,7 +15,7 @@ from actors.core._shimgroups import (
 )
 from actors.core._shimretry import GroupedRemote
 from actors.core.spec import decode_spec, encode_spec
-from actors.testing import FakeContainerd, open_fake_client
+from actors.testing import FakeContainerd, FakeRemote, open_fake_client
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -206,21 +206,23 @@ async def test_a_second_client_adopts_the_groups_and_opens_new_ones(tmp_path: Pa
 # -- Tasks.Create meeting a group's shim on its way out ----------------------------------
 
 
-class _Flaky:
+class _Flaky(FakeRemote):
+    """A remote whose Tasks.Create fails with ``errors`` first."""
+
     def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(FakeContainerd(), "n")
         self.errors = errors
         self.calls = 0
-        self.namespace = "n"
 
-    async def tasks_create(self, request: object, *, deadline: float | None = None) -> str:
+    async def tasks_create(self, container_id: str, **_: object) -> int:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)
-        return "created"
+        return 42
 
 
-class _Request:
-    container_id = "c"
+def _grouped(flaky: _Flaky) -> GroupedRemote:
+    return GroupedRemote(flaky)
 
 
 GONE = "Tasks.Create: failed to start shim: start failed: dial unix /run/x: connect: no such file"
@@ -228,21 +230,24 @@ GONE = "Tasks.Create: failed to start shim: start failed: dial unix /run/x: conn
 
 async def test_a_create_that_met_the_shim_exiting_is_repeated() -> None:
     flaky = _Flaky([Unknown(GONE), Unknown("ttrpc: closed")])
-    remote = GroupedRemote(flaky)
+    remote = _grouped(flaky)
     with trio.fail_after(5):
-        assert await remote.tasks_create(_Request()) == "created"
+        assert await remote.tasks_create("c") == 42
     assert (flaky.calls, remote.retries) == (3, 2)
     assert remote.namespace == "n"  # everything else passes through
+    with trio.fail_after(5):
+        assert await remote.tasks_list() == []
+    assert remote.statistics().calls == {"Tasks.List": 1}  # the wrapped remote's counters
 
 
 async def test_other_create_failures_are_not_repeated_and_retries_are_bounded() -> None:
     flaky = _Flaky([InvalidArgument("bad spec")])
     with trio.fail_after(5), pytest.raises(InvalidArgument):
-        await GroupedRemote(flaky).tasks_create(_Request())
+        await _grouped(flaky).tasks_create("c")
     assert flaky.calls == 1
     flaky = _Flaky([Unknown(GONE) for _ in range(5)])
     with trio.fail_after(5), pytest.raises(Unknown):
-        await GroupedRemote(flaky).tasks_create(_Request())
+        await _grouped(flaky).tasks_create("c")
     assert flaky.calls == 3
 
 
