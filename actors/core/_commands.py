@@ -117,6 +117,10 @@ class DeliverEvent(_Command, tag="event", frozen=True, kw_only=True):
     replayed: bool = False
 
 
+class ContainerGone(_Command, tag="container_gone", frozen=True, kw_only=True):
+    """Another client removed the container record: the actor ends (no reply)."""
+
+
 class Reconcile(_Command, tag="reconcile", frozen=True, kw_only=True):
     """What Tasks.List said about this container's task while we may have been blind."""
 
@@ -156,5 +160,6 @@ Command = (
     | Crash
     | DeliverEvent
     | Reconcile
+    | ContainerGone
     | AutoRestart
 )

@@ -558,3 +558,25 @@ async def test_every_queued_command_is_answered_past_the_serve_batch(tmp_path: P
         await task.wait()
         await task.delete()
         await container.delete()
+
+
+async def test_a_container_removed_by_another_client_leaves_containers(
+    fake: FakeContainerd, client: Client, tmp_path: Path
+) -> None:
+    """Another client's Containers.Delete ends our actor: 0 RPCs of ours, callers told."""
+    container = await client.new_container("elsewhere", spec(["true"]))
+    other_remote = FakeRemote(fake, NS)
+    before = client.statistics().rpc.calls
+    await other_remote.containers_delete("elsewhere")
+    with trio.fail_after(5):
+        while [c.id for c in client.containers()]:
+            await trio.sleep(0.01)
+    assert rpc_delta(before, client.statistics().rpc.calls) == {}, "learned from the event"
+    with pytest.raises(NotFound):
+        await client.load_container("elsewhere")
+    with pytest.raises(NotFound):
+        await container.start()
+    # Our own delete of another container is not mistaken for one from elsewhere.
+    mine = await client.new_container("mine", spec(["true"]))
+    await mine.delete()
+    assert [c.id for c in client.containers()] == []
