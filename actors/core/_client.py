@@ -181,9 +181,24 @@ class Client:
         self._closed = False
         self._images: Images | None = None
         self.hub = SubscriberHub()
-        self.router = EventRouter(remote, self._dispatch_event, on_resubscribed=self.request_resync)
+        self.router = EventRouter(
+            remote,
+            self._dispatch_event,
+            on_resubscribed=self.request_resync,
+            on_container_deleted=self._container_deleted,
+        )
 
     # -- events ----------------------------------------------------------------------------
+
+    def _container_deleted(self, container_id: str) -> None:
+        """containerd removed a record: if it was not our own delete, its actor ends.
+
+        (Our own ``Container.delete`` marks the actor deleted before this event arrives, so
+        only a delete by another client -- ``ctr c rm`` -- reaches the actor. 0 RPCs.)
+        """
+        actor = self._live_actor(container_id)
+        if actor is not None:
+            actor.deleted_elsewhere()
 
     def _dispatch_event(self, event: TaskEvent) -> None:
         info = event.info

@@ -142,6 +142,10 @@ class DeliverEvent(Command[None], tag="event", frozen=True, kw_only=True):
     replayed: bool = False
 
 
+class ContainerGone(Command[None], tag="container_gone", frozen=True, kw_only=True):
+    """Another client removed the container record: the actor ends (no reply)."""
+
+
 class Reconcile(Command[None], tag="reconcile", frozen=True, kw_only=True):
     """What Tasks.List said about this container's task while we may have been blind."""
 
@@ -181,5 +185,6 @@ ActorCommand = (
     | DeleteContainer
     | DeliverEvent
     | Reconcile
+    | ContainerGone
     | AutoRestart
 )

@@ -182,6 +182,7 @@ class ContainerActor:
         self._machine: ProcessMachine[_Process] = ProcessMachine(record.id, self._new_record)
         self._nursery: trio.Nursery | None = None
         self._deleted = False
+        self._gone_elsewhere = False
         self._commands_handled = 0
         self._events_handled = 0
         self._overflow_resyncs = 0
@@ -343,6 +344,15 @@ class ContainerActor:
         if not final:
             self._machine.reset()
 
+    def deleted_elsewhere(self) -> None:
+        """Another client removed the record: end this actor at its next free moment.
+
+        The flag is read before every receive, so a full inbox (the nudge below dropped)
+        still ends it; pending callers then get NotFound, as after our own delete.
+        """
+        self._gone_elsewhere = True
+        self.mailbox.post_event((cmd.ContainerGone(), None))
+
     def close_mailbox(self) -> None:
         """Refuse further commands (supervision gave up on this actor)."""
         for _command, reply in self.mailbox.close():
@@ -354,6 +364,9 @@ class ContainerActor:
 
     async def _serve(self) -> None:
         while True:
+            if self._gone_elsewhere:
+                self._deleted = True
+                return
             if self.mailbox.needs_resync and not self.mailbox.statistics().depth:
                 # Events were dropped while we were busy; now that we are free, one Tasks.Get
                 # tells us what they said (a missed exit is then reported once).
@@ -384,6 +397,9 @@ class ContainerActor:
         if isinstance(command, cmd.Reconcile):
             self._reconcile(command)
             return False
+        if isinstance(command, cmd.ContainerGone):
+            self._deleted = True
+            return True
         self._commands_handled += 1
         if isinstance(command, cmd.Wait):
             self._wait(command, reply)
@@ -460,7 +476,7 @@ class ContainerActor:
             case cmd.DeleteContainer():
                 await self._delete_container()
                 return command.reply(None)
-            case cmd.Wait() | cmd.DeliverEvent() | cmd.Reconcile():
+            case cmd.Wait() | cmd.DeliverEvent() | cmd.Reconcile() | cmd.ContainerGone():
                 # Served by _serve_one without a handler (they wait or apply, never RPC).
                 raise InvalidArgument(f"unexpected command {command!r}", local=True)
             case _:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import trio
 
+from actors.containerd.pb.containerd.events import container_pb2
 from actors.containerd.pb.containerd.events import task_pb2 as events_pb2
 
 from ..errors import ClientClosed, ContainerdError
@@ -122,6 +123,25 @@ READY_TYPE_URL: Final = "containerd-actors.SubscriptionMarker"
 
 def ready_filter(namespace: str) -> str:
     return f'namespace=={namespace},topic=="{READY_TOPIC}"'
+
+
+# A container record removed by any client (``ctr c rm``, another program): its actor must
+# end, or ``containers()`` (and the control plane's ``ps``) would list it forever.
+CONTAINER_DELETE_TOPIC: Final = "/containers/delete"
+
+
+def container_delete_filter(namespace: str) -> str:
+    return f'namespace=={namespace},topic=="{CONTAINER_DELETE_TOPIC}"'
+
+
+def decode_container_delete(value: bytes) -> str:
+    """The id in a ``containerd.events.ContainerDelete`` payload (ValueError if malformed)."""
+    message = container_pb2.ContainerDelete()
+    try:
+        message.ParseFromString(value)
+    except Exception as exc:  # protobuf raises its own DecodeError type
+        raise ValueError(f"undecodable ContainerDelete payload: {exc}") from exc
+    return message.id
 
 
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -281,12 +301,14 @@ class EventRouter:
         dispatch: Callable[[TaskEvent], None],
         *,
         on_resubscribed: Callable[[], None] | None = None,
+        on_container_deleted: Callable[[str], None] | None = None,
         max_backoff: float = 2.0,
         confirm_timeout: float = 10.0,
     ) -> None:
         self._remote = remote
         self._dispatch = dispatch
         self._on_resubscribed = on_resubscribed
+        self._on_container_deleted = on_container_deleted
         self._max_backoff = max_backoff
         self._confirm_timeout = confirm_timeout
         self._filter = subscription_filter(remote.namespace)
@@ -314,6 +336,8 @@ class EventRouter:
         first = True
         namespace = self._remote.namespace
         filters = [self._filter, ready_filter(namespace)]
+        if self._on_container_deleted is not None:
+            filters.append(container_delete_filter(namespace))
         while True:
             try:
                 try:
@@ -365,6 +389,9 @@ class EventRouter:
                 if envelope.event.value == marker:
                     seen.set()
                 continue
+            if envelope.topic == CONTAINER_DELETE_TOPIC:
+                self._container_deleted(envelope.event.value)
+                continue
             try:
                 event = decode_envelope(envelope)
             except ValueError:
@@ -376,6 +403,17 @@ class EventRouter:
                 continue
             self._events_routed += 1
             self._dispatch(event)
+
+    def _container_deleted(self, value: bytes) -> None:
+        self._events_ignored += 1  # not a task event: counted apart from the routed ones
+        try:
+            container_id = decode_container_delete(value)
+        except ValueError:
+            self._undecodable += 1
+            log.warning("skipping undecodable event on %s", CONTAINER_DELETE_TOPIC)
+            return
+        if self._on_container_deleted is not None and container_id:
+            self._on_container_deleted(container_id)
 
     async def _wait_serving(self) -> None:
         delay = 0.05

@@ -55,6 +55,7 @@ import trio
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from actors.containerd.pb.containerd.cgroups.v2 import metrics_pb2 as cgroups_v2_pb2
+from actors.containerd.pb.containerd.events import container_pb2 as container_events_pb2
 from actors.containerd.pb.containerd.events import task_pb2 as task_events_pb2
 from actors.containerd.pb.containerd.runc.options import oci_pb2
 from actors.containerd.pb.containerd.services.containers.v1 import containers_pb2
@@ -470,6 +471,7 @@ _TOPICS: Final = {
     "containerd.events.TaskPaused": "/tasks/paused",
     "containerd.events.TaskResumed": "/tasks/resumed",
     "containerd.events.TaskCheckpointed": "/tasks/checkpointed",
+    "containerd.events.ContainerDelete": "/containers/delete",
 }
 
 
@@ -653,6 +655,11 @@ class FakeRemote:
         # behind, orphaned, exactly as it would on containerd.
         if self._ns.containers.pop(container_id, None) is None:
             raise NotFound(f"container {container_id!r} in namespace {self.namespace!r}: not found")
+        self.fake._emit(
+            self.namespace,
+            "/containers/delete",
+            container_events_pb2.ContainerDelete(id=container_id),
+        )
 
     # -- Tasks --------------------------------------------------------------------------
 

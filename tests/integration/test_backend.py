@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from actors import Client, EventInfo, EventType, TaskStatus, build_process, build_spec, open_client
+from actors import (
+    Client,
+    EventInfo,
+    EventType,
+    NotFound,
+    TaskStatus,
+    build_process,
+    build_spec,
+    open_client,
+)
 from actors.containerd.pb.containerd.events import task_pb2 as task_events
 
 from ..conftest import NAMESPACE, unique_id
@@ -239,3 +248,21 @@ async def test_a_container_created_by_ctr_reaches_the_backend_and_is_adopted(
                         await trio.to_thread.run_sync(functools.partial(ctr, containerd, *args))
                     except subprocess.CalledProcessError:
                         pass  # already gone: the test deleted it
+
+
+async def test_a_container_removed_by_ctr_leaves_the_client(
+    containerd: PrivateContainerd, rootfs: Path, io_dir: Path
+) -> None:
+    """`ctr c rm` behind our back: the client (and so the control plane's ps) drops it."""
+    cid = unique_id("ctrrm")
+    async with open_client(containerd.address, NAMESPACE, state_dir=str(io_dir)) as client:
+        container = await client.new_container(cid, build_spec(rootfs, ["true"]))
+        assert cid in [c.id for c in client.containers()]
+        before = client.statistics().rpc.calls
+        await trio.to_thread.run_sync(ctr, containerd, "c", "rm", cid)
+        await until(lambda: cid not in [c.id for c in client.containers()], timeout=20)
+        assert rpc_delta(before, client.statistics().rpc.calls) == {}, "learned from the event"
+        with pytest.raises(NotFound):
+            await container.start()
+        with pytest.raises(NotFound):
+            await client.load_container(cid)

@@ -562,3 +562,25 @@ def test_the_fake_has_no_channel_so_the_image_store_says_so(fake: FakeContainerd
     with pytest.raises(Unimplemented, match="no gRPC channel"):
         ContentStore(fake.remote(NS))
     assert fake.remote(NS).statistics().total == 0
+
+
+async def test_a_container_removed_by_another_client_leaves_containers(
+    fake: FakeContainerd, client: Client, tmp_path: Path
+) -> None:
+    """Another client's Containers.Delete ends our actor: 0 RPCs of ours, callers told."""
+    container = await client.new_container("elsewhere", spec(["true"]))
+    other_remote = FakeRemote(fake, NS)
+    before = client.statistics().rpc.calls
+    await other_remote.containers_delete("elsewhere")
+    with trio.fail_after(5):
+        while [c.id for c in client.containers()]:
+            await trio.sleep(0.01)
+    assert rpc_delta(before, client.statistics().rpc.calls) == {}, "learned from the event"
+    with pytest.raises(NotFound):
+        await client.load_container("elsewhere")
+    with pytest.raises(NotFound):
+        await container.start()
+    # Our own delete of another container is not mistaken for one from elsewhere.
+    mine = await client.new_container("mine", spec(["true"]))
+    await mine.delete()
+    assert [c.id for c in client.containers()] == []
