@@ -33,7 +33,7 @@ from actors.control.gateway import Gateway, GatewayConfig
 from actors.control.gateway_client import GatewayClient, connect_gateway
 
 from ..conftest import NAMESPACE, unique_id
-from .test_gateway import Served
+from .gateway_support import Served
 
 pytestmark = pytest.mark.integration
 

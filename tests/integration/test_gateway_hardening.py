@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,10 @@ from actors.control._lifecycle import CREATED_LABEL, IMAGE_LABEL
 from actors.control.gateway_client import GatewayClient, connect_gateway
 
 from ..conftest import unique_id
-from .test_gateway import Served, _cli, _raw, serve
+from .gateway_support import Served, serve
+from .test_gateway import _cli, _raw
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def served(
-    containerd: PrivateContainerd, io_dir: Path, rootfs: Path, tmp_path: Path
-) -> AsyncIterator[Served]:
-    async with serve(containerd, io_dir, rootfs, tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-async def gw(served: Served) -> AsyncIterator[GatewayClient]:
-    async with connect_gateway(served.url, served.token) as client:
-        yield client
 
 
 def _calls(served: Served) -> dict[str, int]:

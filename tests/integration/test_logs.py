@@ -10,7 +10,6 @@ import hashlib
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,26 +20,13 @@ from actors.control._logopts import parse_size, parse_time
 from actors.control.gateway_client import GatewayClient, connect_gateway
 
 from ..conftest import unique_id
-from .test_gateway import Served, _cli, serve
+from .gateway_support import Served, serve
+from .test_gateway import _cli
 
 pytestmark = pytest.mark.integration
 
 SEQ = 3_000_000
 SEQ_OUTPUT = b"".join(b"%d\n" % i for i in range(1, SEQ + 1))
-
-
-@pytest.fixture
-async def served(
-    containerd: PrivateContainerd, io_dir: Path, rootfs: Path, tmp_path: Path
-) -> AsyncIterator[Served]:
-    async with serve(containerd, io_dir, rootfs, tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-async def gw(served: Served) -> AsyncIterator[GatewayClient]:
-    async with connect_gateway(served.url, served.token) as client:
-        yield client
 
 
 async def _run_detached(
