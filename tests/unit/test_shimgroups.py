@@ -240,6 +240,18 @@ async def test_a_create_that_met_the_shim_exiting_is_repeated() -> None:
     assert remote.statistics().calls == {"Tasks.List": 1}  # the wrapped remote's counters
 
 
+async def test_a_create_answered_by_a_shim_shutting_down_is_repeated() -> None:
+    shutting_down = (
+        "failed to create shim task: OCI runtime create failed: unable to retrieve OCI runtime "
+        "error (open <path>/log.json: no such file or directory): shutdown: unknown"
+    )
+    flaky = _Flaky([Unknown(shutting_down)])
+    remote = _grouped(flaky)
+    with trio.fail_after(5):
+        assert await remote.tasks_create("c") == 42
+    assert (flaky.calls, remote.retries) == (2, 1)
+
+
 async def test_other_create_failures_are_not_repeated_and_retries_are_bounded() -> None:
     flaky = _Flaky([InvalidArgument("bad spec")])
     with trio.fail_after(5), pytest.raises(InvalidArgument):
