@@ -518,9 +518,7 @@ class ContainerActor:
         io = DirectIO.open(fifos)
         if callback is not None:
             try:
-                result = callback(io)
-                if inspect.isawaitable(result):
-                    await result
+                await _hand_over(callback, io)
             except BaseException:
                 io.close()
                 raise
@@ -735,9 +733,7 @@ class ContainerActor:
         init = self._init
         if init is not None and (init.io is not None or not attach):
             if attach and callback is not None and init.io is not None:
-                result = callback(init.io)
-                if inspect.isawaitable(result):
-                    await result
+                await _hand_over(callback, init.io)
             return cmd.Loaded(
                 state=init.snapshot(self.container_id), io=init.io if attach else None
             )
@@ -753,9 +749,7 @@ class ContainerActor:
             init = self._require_init()
         self._start_pumps(init)
         if attach and callback is not None and init.io is not None:
-            result = callback(init.io)
-            if inspect.isawaitable(result):
-                await result
+            await _hand_over(callback, init.io)
         return cmd.Loaded(state=init.snapshot(self.container_id), io=init.io if attach else None)
 
     async def _delete_process(self, exec_id: str) -> ExitStatus:
@@ -1000,6 +994,13 @@ def reconcile_from_process(epoch: int, process: task_pb2.Process | None) -> cmd.
         exited_at_seconds=int(process.exited_at.seconds),
         exited_at_nanos=int(process.exited_at.nanos),
     )
+
+
+async def _hand_over(callback: cmd.StdioCallback, io: DirectIO) -> None:
+    """Give a process's stdio to the caller's callback (plain or async)."""
+    result = callback(io)
+    if inspect.isawaitable(result):
+        await result
 
 
 def _send_reply(reply: Reply, result: outcome.Outcome[object]) -> None:
