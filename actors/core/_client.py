@@ -33,6 +33,7 @@ from ..errors import (
     NotFound,
 )
 from ..images._api import Image, Images
+from ..images._names import ImageNameCache, decode_image_event
 from ..images._store import ContentStore
 from . import _commands as cmd
 from ._container import (
@@ -180,12 +181,16 @@ class Client:
         self._resync_wanted = trio.Event()
         self._closed = False
         self._images: Images | None = None
+        # Image names resolved without an Images.Get while the event stream keeps it true.
+        self._image_names = ImageNameCache()
         self.hub = SubscriberHub()
         self.router = EventRouter(
             remote,
             self._dispatch_event,
             on_resubscribed=self.request_resync,
             on_container_deleted=self._container_deleted,
+            on_image_event=self._image_event,
+            on_live=self._image_names.set_live,
         )
 
     # -- events ----------------------------------------------------------------------------
@@ -199,6 +204,16 @@ class Client:
         actor = self._live_actor(container_id)
         if actor is not None:
             actor.deleted_elsewhere()
+
+    def _image_event(self, topic: str, payload: bytes) -> None:
+        """An image record changed (any client): its name is resolved afresh next time."""
+        try:
+            name = decode_image_event(payload)
+        except ValueError:
+            log.warning("skipping undecodable event on %s", topic)
+            self._image_names.clear()  # which name it was is unknown: forget them all
+            return
+        self._image_names.image_event(topic, name)
 
     def _dispatch_event(self, event: TaskEvent) -> None:
         info = event.info
@@ -446,7 +461,7 @@ class Client:
         """The namespace's images in containerd's store: pull, list, get, remove, import,
         export (see :class:`actors.Images`). Created on first use (no RPC)."""
         if self._images is None:
-            self._images = Images(ContentStore(self._remote))
+            self._images = Images(ContentStore(self._remote, names=self._image_names))
         return self._images
 
     def _check_open(self) -> None:
@@ -513,8 +528,10 @@ class Client:
         snapshot from containerd's GC from the start), recorded as ``snapshotter`` and
         ``snapshot_key = container_id``; :meth:`Container.delete` removes it. ``spec``
         defaults to :func:`actors.image_spec` of the image with ``args``/``entrypoint``
-        (docker's rules), and a given spec is re-rooted on the snapshot. A name costs one
-        Images.Get more (its documents are cached by digest); an :class:`Image` none::
+        (docker's rules), and a given spec is re-rooted on the snapshot. A name costs no RPC
+        once the client's name cache holds it (kept true by containerd's image events; see
+        :mod:`actors.images._names`), else one Images.Get; its documents are cached by
+        digest::
 
             image = await client.images.pull("busybox")
             container = await client.new_container("c1", image=image, args=["echo", "hi"])

@@ -24,6 +24,7 @@ from actors.containerd.pb.containerd.events import container_pb2
 from actors.containerd.pb.containerd.events import task_pb2 as events_pb2
 
 from ..errors import ClientClosed, ContainerdError
+from ..images._names import IMAGE_TOPICS
 from ._groups import collapse
 
 if TYPE_CHECKING:
@@ -132,6 +133,15 @@ CONTAINER_DELETE_TOPIC: Final = "/containers/delete"
 
 def container_delete_filter(namespace: str) -> str:
     return f'namespace=={namespace},topic=="{CONTAINER_DELETE_TOPIC}"'
+
+
+# Image records created, re-pointed or removed by any client (``ctr images tag --force``,
+# ``ctr images rm``, our own pulls), IMAGE_TOPICS: the client's image name cache forgets
+# that name (actors.images._names).
+
+
+def image_filter(namespace: str) -> str:
+    return f"namespace=={namespace},topic~=|^/images/|"
 
 
 def decode_container_delete(value: bytes) -> str:
@@ -302,6 +312,8 @@ class EventRouter:
         *,
         on_resubscribed: Callable[[], None] | None = None,
         on_container_deleted: Callable[[str], None] | None = None,
+        on_image_event: Callable[[str, bytes], None] | None = None,
+        on_live: Callable[[bool], None] | None = None,
         max_backoff: float = 2.0,
         confirm_timeout: float = 10.0,
     ) -> None:
@@ -309,6 +321,10 @@ class EventRouter:
         self._dispatch = dispatch
         self._on_resubscribed = on_resubscribed
         self._on_container_deleted = on_container_deleted
+        # (topic, payload) of /images/ events, and whether the stream is confirmed live:
+        # a cache fed by these events may serve only while nothing can be missed.
+        self._on_image_event = on_image_event
+        self._on_live = on_live
         self._max_backoff = max_backoff
         self._confirm_timeout = confirm_timeout
         self._filter = subscription_filter(remote.namespace)
@@ -338,6 +354,8 @@ class EventRouter:
         filters = [self._filter, ready_filter(namespace)]
         if self._on_container_deleted is not None:
             filters.append(container_delete_filter(namespace))
+        if self._on_image_event is not None:
+            filters.append(image_filter(namespace))  # ORed into the same Subscribe
         while True:
             try:
                 try:
@@ -351,6 +369,8 @@ class EventRouter:
                         nursery.start_soon(self._pump, stream, marker, seen)
                         await self._confirm_subscription(marker, seen)
                         self._connected = True
+                        if self._on_live is not None and seen.is_set():
+                            self._on_live(True)
                         if first:
                             first = False
                             task_status.started()
@@ -366,6 +386,8 @@ class EventRouter:
                 log.warning("event stream for %s broke: %s", namespace, exc)
             finally:
                 self._connected = False
+                if self._on_live is not None:
+                    self._on_live(False)
             self._reconnects += 1
             await self._wait_serving()
 
@@ -391,6 +413,11 @@ class EventRouter:
                 continue
             if envelope.topic == CONTAINER_DELETE_TOPIC:
                 self._container_deleted(envelope.event.value)
+                continue
+            if envelope.topic in IMAGE_TOPICS:
+                self._events_ignored += 1  # not a task event
+                if self._on_image_event is not None:
+                    self._on_image_event(envelope.topic, envelope.event.value)
                 continue
             try:
                 event = decode_envelope(envelope)

@@ -24,6 +24,8 @@ manifest and index with their GC labels and creates (or updates) the image recor
 Manifests, indexes and configs are immutable by digest, so they are cached in memory (a
 bounded cache): turning an image record into an :class:`Image` costs one Images.Get the
 first time a digest is seen plus two or three Content.Reads, then only the Images.Get.
+Names are cached too, while containerd's image events can keep them true (see
+:mod:`actors.images._names`): then resolving a known name costs nothing.
 """
 
 from __future__ import annotations
@@ -227,8 +229,9 @@ class Images:
     async def get(self, name: str) -> Image:
         """The image called ``name`` (docker-normalised: ``busybox`` works).
 
-        One Images.Get, plus up to three Content.Reads the first time its documents are
-        seen. NotFound when there is no such image (or nothing in it for this platform).
+        One Images.Get (none for a name in the client's name cache), plus up to three
+        Content.Reads the first time its documents are seen. NotFound when there is no
+        such image (or nothing in it for this platform).
         """
         full = normalize_name(name)
         try:

@@ -64,6 +64,7 @@ from ..containerd._mounts import Mount
 from ..errors import AlreadyExists, ContainerdActorsError, InvalidArgument, NotFound
 from ._content import ContainerdImageServices
 from ._ingest import CHUNK_SIZE, write_blob
+from ._names import ImageNameCache
 from ._pb import images_pb2
 from ._types import (
     BlobSource,
@@ -139,9 +140,17 @@ class ContentStore:
             one RPC, on first use).
     """
 
-    def __init__(self, remote: ContainerdRemote, *, snapshotter: str | None = None) -> None:
+    def __init__(
+        self,
+        remote: ContainerdRemote,
+        *,
+        snapshotter: str | None = None,
+        names: ImageNameCache | None = None,
+    ) -> None:
         self.services = ContainerdImageServices(remote)
         self._snapshotter = snapshotter
+        # Without a client's event router feeding it, the cache never goes live (never used).
+        self.names = names if names is not None else ImageNameCache()
         self._probe_lock = trio.Lock()
 
     @property
@@ -308,15 +317,31 @@ class ContentStore:
         if desc.size <= 0:
             raise InvalidArgument(f"image {name}: target size must be positive", local=True)
         image = images_pb2.Image(name=name, labels=validate_labels(labels), target=desc.to_proto())
+        generation = self.names.begin_write(name)
         try:
-            created = await self.services.images_create(image, lease=lease)
-        except AlreadyExists:
-            created = await self.services.images_update(image, ["target", "labels"], lease=lease)
-        return _image_record(created)
+            try:
+                created = await self.services.images_create(image, lease=lease)
+            except AlreadyExists:
+                created = await self.services.images_update(
+                    image, ["target", "labels"], lease=lease
+                )
+        except BaseException:
+            self.names.end_write(name, generation, None)
+            raise
+        record = _image_record(created)
+        self.names.end_write(name, generation, record)
+        return record
 
     async def get_image(self, name: str) -> ImageRecord:
-        """One RPC; NotFound when there is no such image."""
-        return _image_record(await self.services.images_get(name))
+        """One RPC, or none when the client's name cache holds it (see
+        :mod:`actors.images._names`); NotFound when there is no such image."""
+        cached = self.names.lookup(name)
+        if cached is not None:
+            return cached
+        generation = self.names.generation
+        record = _image_record(await self.services.images_get(name))
+        self.names.fill(record, generation)
+        return record
 
     async def list_images(self, filters: Iterable[str] = ()) -> list[ImageRecord]:
         """One RPC; containerd's filter syntax (entries ORed)."""
@@ -327,7 +352,11 @@ class ContentStore:
 
         What only this image kept alive (blobs, unpacked snapshots) is then collected.
         """
-        await self.services.images_delete(name, sync=sync)
+        self.names.forget(name)
+        try:
+            await self.services.images_delete(name, sync=sync)
+        finally:
+            self.names.forget(name)
 
     # -- snapshots (see _unpack) -----------------------------------------------------------
 

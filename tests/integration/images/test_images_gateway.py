@@ -263,3 +263,38 @@ async def test_basic_auth_and_wrong_credentials(
             await task.wait()
         await task.delete()
         await container.delete()
+
+
+async def test_a_run_by_image_name_costs_seven_rpcs_through_the_gateway(
+    containerd: PrivateContainerd, io_dir: Path
+) -> None:
+    namespace = unique_id("gw7").replace("_", "-")
+    async with (
+        serve_like(containerd, namespace, io_dir) as served,
+        connect_gateway(served.url, served.token) as gw,
+    ):
+        names = served.client.images.store.names
+        assert (await run(gw, image="busybox", args=["true"]))[0] == 0  # warm: probe, cache
+        with trio.fail_after(10):
+            await names.wait_settled(BUSYBOX_IMAGE)
+        assert names.cached(BUSYBOX_IMAGE)
+        cid = unique_id("gw7")
+        before = dict(served.client.statistics().rpc.calls)
+        await gw.call("container.create", {"id": cid, "image": "busybox", "args": ["true"]})
+        await gw.call("task.start", {"id": cid})
+        with trio.fail_after(30):
+            status = await gw.call("task.wait", {"id": cid})
+        await gw.call("task.delete", {"id": cid})
+        await gw.call("container.delete", {"id": cid})
+        after = served.client.statistics().rpc.calls
+        assert status["code"] == 0
+        delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        assert delta == {
+            "Containers.Create": 1,
+            "Snapshots.Prepare": 1,
+            "Tasks.Create": 1,
+            "Tasks.Start": 1,
+            "Tasks.Delete": 1,
+            "Snapshots.Remove": 1,
+            "Containers.Delete": 1,
+        }
