@@ -23,6 +23,7 @@ import io
 import os
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,10 +145,32 @@ def _top_layer(tar: tarfile.TarFile) -> None:
     _add_file(tar, "opq/new", b"new\n")
 
 
-def _extra_layer(files: dict[str, bytes]) -> object:
+@dataclass(frozen=True)
+class Symlink:
+    """An ``extra`` entry that is a symbolic link to ``target``."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class Fifo:
+    """An ``extra`` entry that is a named pipe."""
+
+
+ExtraEntry = bytes | Symlink | Fifo
+
+
+def _extra_layer(files: Mapping[str, ExtraEntry]) -> object:
     def build(tar: tarfile.TarFile) -> None:
-        for name, data in sorted(files.items()):
-            _add_file(tar, name, data)
+        for name, entry in sorted(files.items()):
+            if isinstance(entry, Symlink):
+                info = _info(name, kind=tarfile.SYMTYPE, mode=0o777)
+                info.linkname = entry.target
+                tar.addfile(info)
+            elif isinstance(entry, Fifo):
+                tar.addfile(_info(name, kind=tarfile.FIFOTYPE, mode=0o644))
+            else:
+                _add_file(tar, name, entry)
 
     return build
 
@@ -156,11 +179,19 @@ def build_image(
     rootfs: Path,
     *,
     platforms: tuple[str, ...] = ("linux/amd64", "linux/arm64"),
-    extra: dict[str, bytes] | None = None,
+    extra: Mapping[str, ExtraEntry] | None = None,
     layout: Path | None = None,
     tag: str = "latest",
+    user: str = "",
+    stop_signal: str = "SIGINT",
+    entrypoint: list[str] | None = None,
+    cmd: list[str] | None = None,
 ) -> BuiltImage:
-    """Build the test image from a busybox rootfs directory (made if missing)."""
+    """Build the test image from a busybox rootfs directory (made if missing).
+
+    ``extra`` entries (regular files, :class:`Symlink`, :class:`Fifo`) go into a third
+    layer; ``user``, ``stop_signal``, ``entrypoint`` and ``cmd`` set the config's fields.
+    """
     build_busybox_rootfs(rootfs)
     blobs: dict[str, bytes] = {}
     layers: list[Descriptor] = []
@@ -185,11 +216,12 @@ def build_image(
             created="2023-11-14T22:13:20Z",
             rootfs=RootFS(type="layers", diff_ids=diff_ids),
             config=ContainerConfig(
-                entrypoint=ENTRYPOINT,
-                cmd=CMD,
+                entrypoint=ENTRYPOINT if entrypoint is None else entrypoint,
+                cmd=CMD if cmd is None else cmd,
                 env=ENV,
                 working_dir=WORKING_DIR,
-                stop_signal="SIGINT",
+                user=user,
+                stop_signal=stop_signal,
                 labels={"org.example.test": "yes"},
                 exposed_ports={"8080/tcp": {}},
             ),

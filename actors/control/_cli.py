@@ -40,6 +40,7 @@ from ._cliargs import (
     parse_time,
     parse_user,
     resolve_env,
+    user_param,
     validate_name,
     validate_workdir,
 )
@@ -221,8 +222,7 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
     if args.memory:
         params["memory_limit"] = parse_bytes(args.memory)
     if args.user:
-        uid, gid = parse_user(args.user)
-        params["user"] = {"uid": uid, "gid": gid}
+        params["user"] = user_param(args.user)
     if args.hostname:
         params["hostname"] = args.hostname
     if args.stop_signal:
@@ -747,7 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--env-file", action="append", metavar="FILE", help="KEY=VALUE lines")
         p.add_argument("-w", "--workdir", help="working directory inside the container")
-        p.add_argument("-u", "--user", help="UID[:GID] (or root)")
+        p.add_argument(
+            "-u",
+            "--user",
+            help="USER[:GROUP]: ids, or names looked up in the image's /etc/passwd and "
+            "/etc/group (exec: UID[:GID] only)",
+        )
 
     def sig_proxy(p: argparse.ArgumentParser) -> None:
         p.add_argument(

@@ -109,6 +109,18 @@ def parse_user(text: str, *, flag: str = "--user") -> tuple[int, int]:
     return uid, gid
 
 
+def user_param(text: str) -> dict[str, int] | str:
+    """``--user`` of run/create: numeric ids as they are, or a name the server resolves in
+    the image's /etc/passwd and /etc/group (``app``, ``www-data:www-data``, ``1000:staff``)."""
+    user, _, group = text.partition(":")
+    if all(not part or part == "root" or part.isdigit() for part in (user, group)):
+        uid, gid = parse_user(text)
+        return {"uid": uid, "gid": gid}
+    if not user or len(text) > 130 or "\x00" in text:
+        raise InvalidArgument(f"invalid --user {text!r}: expected USER[:GROUP]")
+    return text
+
+
 def validate_name(name: str) -> str:
     """Docker's wording for a bad ``--name``; our rule is the id pattern of containerd.
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from ..core._ids import validate_id
-from ..core._image_spec import with_image_root
+from ..core._image_spec import with_image_root, with_user_lookup
 from ..core._seccomp import default_seccomp_profile
 from ..core.spec import (
     DEFAULT_CAPABILITIES,
@@ -239,10 +239,17 @@ def build_container_spec(
             entrypoint=params.entrypoint,
             env=params.env or (),
             cwd=params.cwd,
-            user=f"{params.user.uid}:{params.user.gid}" if params.user is not None else None,
+            user=(
+                params.user
+                if isinstance(params.user, str)
+                else f"{params.user.uid}:{params.user.gid}"
+                if params.user is not None
+                else None
+            ),
         )
         # A placeholder for the builder's directory check; the root is replaced below.
         rootfs, args, cwd, user = "/", run.args, run.cwd, run.user
+        lookup = run.user_lookup
         env: list[str] | None = run.env
     else:
         if params.entrypoint is not None:
@@ -252,7 +259,13 @@ def build_container_spec(
         rootfs = _rootfs(what, params.rootfs, policy)
         args, cwd = params.args, params.cwd or "/"
         env = list(params.env) if params.env is not None else None
+        if isinstance(params.user, str):
+            raise InvalidArgument(
+                f"{what}: user {params.user!r} is a name, which only an image can resolve",
+                local=True,
+            )
         user = (params.user.uid, params.user.gid) if params.user is not None else (0, 0)
+        lookup = ""
         readonly_rootfs = readonly_rootfs or policy.readonly_rootfs_dirs
     try:
         spec = build_spec(
@@ -275,7 +288,7 @@ def build_container_spec(
         )
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"{what}: {exc}", local=True) from None
-    return with_image_root(spec) if image is not None else spec
+    return with_user_lookup(with_image_root(spec), lookup) if image is not None else spec
 
 
 def check_resource_update(params: TaskUpdateParams, policy: SpecPolicy) -> None:

@@ -172,6 +172,17 @@ class UserParams(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     gid: UnixId
 
 
+# ``user[:group]`` by name (``app``, ``www-data:www-data``, ``1000:staff``): resolved in the
+# image's own /etc/passwd and /etc/group by the server (container.create with an image only).
+UserName: TypeAlias = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\$?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\$?)?\Z",
+        max_length=130,
+    ),
+]
+
+
 class MountParams(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A requested bind mount; the policy decides whether the host path may be used."""
 
@@ -207,7 +218,8 @@ class ContainerCreateParams(Params, frozen=True):
     entrypoint: Annotated[list[Arg], msgspec.Meta(max_length=256)] | None = None
     env: EnvList | None = None
     cwd: AbsPath | None = None
-    user: UserParams | None = None
+    # Numeric ids, or a name to look up in the image (see UserName).
+    user: UserParams | UserName | None = None
     terminal: bool = False
     hostname: Hostname | None = None
     labels: Labels = msgspec.field(default_factory=dict)

@@ -53,6 +53,7 @@ from ._delivery import (
 from ._groups import collapse
 from ._handles import Container
 from ._ids import validate_id
+from ._image_spec import resolved_user, user_lookup
 from ._restart import RESTART_POLICY_LABEL, ContainerRestartPolicy
 from ._shimgroups import (
     GROUP_ANNOTATION,
@@ -563,11 +564,22 @@ class Client:
         if self._live_actor(container_id) is not None:
             raise AlreadyExists(f"container {container_id} already exists", local=True)
         from_image: Image | None = None
+        lookup = ""
         if image and not snapshot_key and not rootfs:
             from_image = image if isinstance(image, Image) else await self.images.get(image)
             spec = _image_spec_for(from_image, spec, args, entrypoint)
             snapshotter = await self.images.store.snapshotter()
             snapshot_key = container_id
+            lookup = user_lookup(spec)
+            known = self.images.cached_user(from_image, lookup) if lookup else None
+            if known is not None:
+                # Resolved for this image config before: no file to read, no RPC added.
+                spec, lookup = resolved_user(spec, known), ""
+        elif isinstance(spec, Spec) and user_lookup(spec):
+            raise InvalidArgument(
+                f"user {user_lookup(spec)[:64]!r}: a user name needs an image to resolve it",
+                local=True,
+            )
         image_name = image.name if isinstance(image, Image) else image
         if spec is None:
             raise InvalidArgument("new_container needs a spec or an image", local=True)
@@ -593,6 +605,10 @@ class Client:
             created = await self._remote.containers_create(record_pb)
             if from_image is not None:
                 rootfs = await self._prepare_image_snapshot(container_id, from_image)
+                if lookup:
+                    spec_bytes = await self._resolve_image_user(
+                        record_pb, from_image, rootfs, lookup
+                    )
         except BaseException:
             if pool is not None and self._live_actor(container_id) is None:
                 pool.release(container_id)
@@ -623,6 +639,32 @@ class Client:
                 await self._remote.containers_delete(container_id)
             raise
         return mounts
+
+    async def _resolve_image_user(
+        self,
+        record_pb: containers_pb2.Container,
+        image: Image,
+        mounts: list[Mount],
+        lookup: str,
+    ) -> bytes:
+        """The first container of an image config with a user name: read the image's
+        passwd/group from the prepared snapshot, then fix the record's spec (one
+        Containers.Update, once per image config). On failure nothing is left."""
+        container_id = record_pb.id
+        try:
+            user = await self.images.resolve_user(image, mounts, lookup)
+            spec = resolved_user(decode_spec(bytes(record_pb.spec.value)), user)
+            spec_bytes = encode_spec(spec)
+            record_pb.spec.CopyFrom(AnyPb(type_url=SPEC_TYPE_URL, value=spec_bytes))
+            await self._remote.containers_update(record_pb, ["spec"])
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                with contextlib.suppress(ContainerdActorsError):
+                    await self.images.store.remove_snapshot(container_id)
+                with contextlib.suppress(ContainerdActorsError):
+                    await self._remote.containers_delete(container_id)
+            raise
+        return spec_bytes
 
     def containers(self) -> list[Container]:
         """Every container this client supervises (0 RPCs)."""

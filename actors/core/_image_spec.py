@@ -6,8 +6,10 @@
 
 The root is the container's own snapshot, mounted by containerd at the bundle's ``rootfs``
 directory, so ``root.path`` is ``rootfs``. Only the image's Entrypoint, Cmd, Env,
-WorkingDir and User reach the spec: an image cannot ask for privileges, mounts, devices or
-capabilities (its ``Volumes`` become nothing; docker would add anonymous volumes).
+WorkingDir and User reach the spec (a User given by name is resolved from the image's
+own passwd/group files, see actors.images._passwd): an image cannot ask for privileges,
+mounts, devices or capabilities (its ``Volumes`` become nothing; docker would add
+anonymous volumes).
 """
 
 from __future__ import annotations
@@ -19,12 +21,55 @@ import msgspec
 
 from ..errors import InvalidArgument
 from ..images._api import Image
+from ..images._passwd import ExecUser
 from ..images._runconfig import RunConfig, merge_run_config
-from .spec import Root, Spec, build_spec
+from .spec import Root, Spec, User, build_spec
 
-__all__ = ["IMAGE_ROOT_PATH", "image_run_config", "image_spec", "with_image_root"]
+__all__ = [
+    "IMAGE_ROOT_PATH",
+    "USER_LOOKUP_ANNOTATION",
+    "image_run_config",
+    "image_spec",
+    "resolved_user",
+    "user_lookup",
+    "with_image_root",
+    "with_user_lookup",
+]
 
 IMAGE_ROOT_PATH = "rootfs"
+# A spec whose user is a name (``app``, ``www-data:staff``) carries it here until
+# Client.new_container resolves it in the image's passwd/group (the process runs as nobody
+# until then); the annotation never reaches runc.
+USER_LOOKUP_ANNOTATION = "org.containerd-actors.image-user"
+
+
+def with_user_lookup(spec: Spec, text: str) -> Spec:
+    """``spec`` marked for resolving user ``text`` in the image (no-op for "")."""
+    if not text:
+        return spec
+    return msgspec.structs.replace(
+        spec, annotations={**spec.annotations, USER_LOOKUP_ANNOTATION: text}
+    )
+
+
+def user_lookup(spec: Spec) -> str:
+    """The user name ``spec`` waits to have resolved, or ""."""
+    return spec.annotations.get(USER_LOOKUP_ANNOTATION, "")
+
+
+def resolved_user(spec: Spec, user: ExecUser) -> Spec:
+    """``spec`` running as ``user``, the lookup mark removed."""
+    annotations = {k: v for k, v in spec.annotations.items() if k != USER_LOOKUP_ANNOTATION}
+    process = spec.process
+    if process is not None:
+        identity = User(
+            uid=user.uid,
+            gid=user.gid,
+            umask=process.user.umask,
+            additional_gids=list(user.additional_gids),
+        )
+        process = msgspec.structs.replace(process, user=identity)
+    return msgspec.structs.replace(spec, annotations=annotations, process=process)
 
 
 def image_run_config(
@@ -67,7 +112,9 @@ def image_spec(
         entrypoint: replaces the image's Entrypoint and drops its Cmd; ``[""]`` clears it.
         env: ``KEY=VALUE`` entries that win over the image's.
         cwd: working directory (default: the image's WorkingDir, else ``/``).
-        user: ``uid[:gid]`` (default: the image's User; names other than root are refused).
+        user: ``user[:group]`` (default: the image's User); a name is resolved in the
+            image's ``/etc/passwd`` and ``/etc/group`` by ``Client.new_container`` once the
+            container's snapshot exists (the spec carries it until then).
         options: any other :func:`actors.build_spec` keyword (``terminal``,
             ``memory_limit``, ``hardened``, ...).
 
@@ -80,4 +127,4 @@ def image_spec(
         spec = build_spec("/", run.args, env=run.env, cwd=run.cwd, user=run.user, **options)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"image {image.name}: {exc}", local=True) from None
-    return with_image_root(spec)
+    return with_user_lookup(with_image_root(spec), run.user_lookup)

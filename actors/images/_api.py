@@ -72,6 +72,7 @@ from ._model import (
     bytes_source,
     image_of,
 )
+from ._passwd import ExecUser, read_user_files, resolve_user
 from ._platform import Platform, choose_manifest, host_platform, parse_platform
 from ._pull import pull_image
 from ._reference import parse_reference
@@ -164,6 +165,8 @@ class Images:
         self._documents: collections.OrderedDict[str, Manifest | Index | ImageConfig] = (
             collections.OrderedDict()
         )
+        # (config digest, user spec) -> its resolution: the config's diff IDs fix the files.
+        self._users: collections.OrderedDict[tuple[str, str], ExecUser] = collections.OrderedDict()
 
     # -- documents (immutable by digest, cached) -------------------------------------------
 
@@ -405,6 +408,38 @@ class Images:
                     key, image.chain_id, snapshotter=snapshotter, lease=lease
                 )
         return snapshotter, mounts
+
+    # -- users given by name ------------------------------------------------------------
+
+    def cached_user(self, image: Image, text: str) -> ExecUser | None:
+        """``text`` (``user[:group]``) resolved for ``image`` before, or None. No I/O."""
+        key = (image.config_descriptor.digest, text)
+        found = self._users.get(key)
+        if found is not None:
+            self._users.move_to_end(key)
+        return found
+
+    async def resolve_user(self, image: Image, mounts: Sequence[Mount], text: str) -> ExecUser:
+        """``text`` looked up in the image's ``/etc/passwd`` and ``/etc/group``, read from
+        the container's prepared snapshot ``mounts`` without mounting them (see
+        :mod:`actors.images._passwd`); cached by config digest. No RPC.
+
+        Raises:
+            InvalidArgument: no such user or group, or the files are unsafe to read (a
+                symbolic link, not a regular file, too big).
+        """
+        cached = self.cached_user(image, text)
+        if cached is not None:
+            return cached
+        try:
+            passwd, group = await trio.to_thread.run_sync(read_user_files, mounts, text)
+            user = resolve_user(text, passwd, group)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"image {image.name}: {exc.message}", local=True) from None
+        self._users[(image.config_descriptor.digest, text)] = user
+        while len(self._users) > _CACHE_ENTRIES:
+            self._users.popitem(last=False)
+        return user
 
     # -- archives --------------------------------------------------------------------------
 

@@ -9,7 +9,11 @@ merged with what the caller asked for exactly as ``docker run`` does (moby's
   entrypoint of ``[""]`` (``--entrypoint ""``) clears it;
 - Env: the caller's entries win by key, the image's other entries follow; ``PATH`` gets
   docker's default when neither sets it;
-- WorkingDir and User: the caller's value, else the image's, else ``/`` and root.
+- WorkingDir and User: the caller's value, else the image's, else ``/`` and root. A user
+  given by name (``app``, ``www-data:www-data``, ``1000:staff``) is looked up in the
+  image's own ``/etc/passwd`` and ``/etc/group`` once the container's snapshot exists
+  (see :mod:`actors.images._passwd`): :attr:`RunConfig.user_lookup` carries it, and
+  :attr:`RunConfig.user` is ``nobody`` until then.
 
 >>> from actors.images._media import ContainerConfig
 >>> image = ContainerConfig(entrypoint=["/bin/sh", "-c"], cmd=["echo hi"], env=["A=1"])
@@ -23,14 +27,16 @@ merged with what the caller asked for exactly as ``docker run`` does (moby's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import msgspec
 
 from ..errors import InvalidArgument
 from ._media import ContainerConfig
+from ._passwd import needs_lookup
 
-__all__ = ["DEFAULT_PATH_ENV", "RunConfig", "merge_run_config", "parse_user"]
+__all__ = ["DEFAULT_PATH_ENV", "UNRESOLVED_USER", "RunConfig", "merge_run_config", "parse_user"]
 
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -43,14 +49,23 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     cwd: str
     user: tuple[int, int]
     stop_signal: str = ""
+    # ``user[:group]`` with a name in it, to resolve in the image's passwd/group files.
+    user_lookup: str = ""
+
+
+# What passwd/group names may look like (useradd's rule, plus '.'); anything else is refused
+# before the image is read.
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}\$?")
+
+# Until a user name is resolved the process would run as nobody, never as root.
+UNRESOLVED_USER = (65534, 65534)
 
 
 def parse_user(text: str) -> tuple[int, int]:
     """``uid``, ``uid:gid``, ``root`` or ``""`` as (uid, gid).
 
-    User names other than ``root`` would need the image's ``/etc/passwd``; they are refused
-    with a message that says to give numeric ids (we never read files out of an image's
-    rootfs on the host: a hostile image controls them).
+    User names other than ``root`` need the image's ``/etc/passwd``: they are refused
+    here (:func:`merge_run_config` hands them to the lookup instead).
     """
     if not text or text in ("root", "0", "root:root", "0:0"):
         return (0, 0)
@@ -92,7 +107,7 @@ def merge_run_config(
         entrypoint: replaces the image's Entrypoint and drops its Cmd; ``[""]`` clears it.
         env: ``KEY=VALUE`` entries that win over the image's.
         cwd: absolute working directory (default: the image's, else ``/``).
-        user: ``uid[:gid]`` (default: the image's, else root).
+        user: ``user[:group]``, numeric or names (default: the image's, else root).
 
     Raises:
         InvalidArgument: nothing to run ("no command specified"), or a bad user.
@@ -125,10 +140,19 @@ def merge_run_config(
     if not workdir.startswith("/"):
         # Docker resolves a relative image WorkingDir against "/".
         workdir = "/" + workdir
+    user_text = user if user else config.user
+    lookup = user_text if needs_lookup(user_text) else ""
+    if lookup:
+        for part in lookup.split(":", 1):
+            if part and not part.isdigit() and not _USER_NAME.fullmatch(part):
+                raise InvalidArgument(
+                    f"user {lookup[:64]!r}: invalid user or group name", local=True
+                )
     return RunConfig(
         args=argv,
         env=merged,
         cwd=workdir,
-        user=parse_user(user if user else config.user),
+        user=UNRESOLVED_USER if lookup else parse_user(user_text),
         stop_signal=config.stop_signal,
+        user_lookup=lookup,
     )

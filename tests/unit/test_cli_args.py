@@ -14,6 +14,7 @@ from actors.control._cliargs import (
     parse_time,
     parse_user,
     resolve_env,
+    user_param,
     validate_name,
     validate_workdir,
 )
@@ -55,6 +56,13 @@ def test_users_names_and_workdirs() -> None:
     assert parse_user("root") == (0, 0)
     with pytest.raises(InvalidArgument, match="must be a number"):
         parse_user("nobody")
+    # run/create: names go to the server, which resolves them in the image.
+    assert user_param("1000:5") == {"uid": 1000, "gid": 5}
+    assert user_param("app") == "app"
+    assert user_param("www-data:www-data") == "www-data:www-data"
+    assert user_param("1000:staff") == "1000:staff"
+    with pytest.raises(InvalidArgument, match="USER"):
+        user_param(":staff")
     assert validate_name("web-1") == "web-1"
     with pytest.raises(InvalidArgument, match=r"Invalid container name \(bad name!\)"):
         validate_name("bad name!")

@@ -42,6 +42,7 @@ from actors.control._protocol import (
     ProcessKillParams,
     Request,
     TaskKillParams,
+    UserParams,
     decode_request,
     encode_error,
     encode_notification,
@@ -168,7 +169,7 @@ def test_create_params_values_and_defaults() -> None:
     assert isinstance(full, Request)
     assert isinstance(full.params, ContainerCreateParams)
     assert full.params.mounts[0].readonly is False
-    assert full.params.user is not None
+    assert isinstance(full.params.user, UserParams)
     assert full.params.user.uid == 1000
 
 
