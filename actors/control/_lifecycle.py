@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from ..core.spec import decode_spec
+from ..errors import InvalidArgument
 from ._labels import INTERNAL_LABEL_PREFIX
+from ._protocol import parse_signal
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ..core._handles import Container
+    from ..images._api import Image
     from ._protocol import ContainerCreateParams, EventFilter, EventMessage
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "auto_remove",
     "default_hostname",
     "describe_extra",
+    "image_stop_signal",
     "lifecycle_labels",
     "read_top",
     "stop_signal",
@@ -84,6 +88,25 @@ def default_hostname(container_id: str) -> str:
 
 def auto_remove(labels: dict[str, str]) -> bool:
     return labels.get(AUTO_REMOVE_LABEL) == "true"
+
+
+def image_stop_signal(image: Image) -> int | None:
+    """The image config's StopSignal as a number (None when it sets none).
+
+    Raises:
+        InvalidArgument: the image names a signal that does not exist (docker refuses
+            such an image at create too).
+    """
+    run = image.config.config
+    text = run.stop_signal if run is not None else ""
+    if not text:
+        return None
+    try:
+        return parse_signal(text)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"image {image.name}: invalid StopSignal {text[:32]!r} in its config", local=True
+        ) from None
 
 
 def stop_signal(labels: dict[str, str]) -> int:

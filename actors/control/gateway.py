@@ -84,6 +84,7 @@ from ._lifecycle import (
     auto_remove,
     default_hostname,
     describe_extra,
+    image_stop_signal,
     lifecycle_labels,
     read_top,
     stop_signal,
@@ -699,11 +700,14 @@ class Gateway:
                 "conflicting options: a restart policy and auto-remove (--rm)", local=True
             )
         signo = proto.parse_signal(params.stop_signal) if params.stop_signal is not None else None
-        labels = store_user_labels(params.labels) | lifecycle_labels(params, signo)
-        labels[OWNER_LABEL] = OWNER_VALUE
         if params.hostname is None:
             params = msgspec.structs.replace(params, hostname=default_hostname(params.id))
         image = await self._container_image(params)
+        if signo is None and image is not None:
+            signo = image_stop_signal(image)  # docker's rule: --stop-signal, else the image's
+        # In our label namespace, so a later serve (and ``inspect``) knows it too.
+        labels = store_user_labels(params.labels) | lifecycle_labels(params, signo)
+        labels[OWNER_LABEL] = OWNER_VALUE
         if image is not None:
             labels[IMAGE_LABEL] = image.name  # what ps shows; not the client's spelling
         spec = build_container_spec(params, policy, namespace=client.namespace, image=image)

@@ -479,7 +479,7 @@ async def test_run_output_shows_env_and_user(served: Served) -> None:
         (["events", "--filter", "event=destroy"], b"unknown event 'destroy'"),
         (["run", "-m", "lots", "busybox"], b"invalid value 'lots' for --memory"),
         (["run", "--init", "busybox", "--", "true"], b"--init is not supported"),
-        (["run", "-u", "nobody", "busybox", "--", "true"], b"must be a number"),
+        (["run", "-u", "nobody", "busybox", "--", "true"], b"unable to find user nobody"),
         (["frobnicate"], b"invalid choice: 'frobnicate'"),
     ],
 )

@@ -10,11 +10,11 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -298,3 +298,65 @@ async def test_a_run_by_image_name_costs_seven_rpcs_through_the_gateway(
             "Snapshots.Remove": 1,
             "Containers.Delete": 1,
         }
+
+
+TRAP = (
+    "trap 'echo got-usr1; exit 3' USR1; trap 'echo got-usr2; exit 4' USR2; "
+    "echo ready; while true; do sleep 0.1; done"
+)
+
+
+async def started(gw: GatewayClient, cid: str, **params: Any) -> None:
+    """Create and start ``cid`` on the stop-signal image; return once its traps are set."""
+    await gw.call("container.create", {"id": cid, **params})
+    await gw.call("task.start", {"id": cid})
+    async with (
+        gw.attach(cid, replay=True) as stdio,
+        aclosing(cast(AsyncGenerator[tuple[int, bytes], None], stdio.output())) as output,
+    ):
+        with trio.fail_after(30):
+            async for stream, data in output:
+                if stream == 1 and b"ready" in data:
+                    break
+
+
+async def test_stop_sends_the_image_stop_signal_unless_overridden(
+    containerd: PrivateContainerd, io_dir: Path, tmp_path: Path
+) -> None:
+    import io
+
+    from tests.imagebuilder import layout_tar
+
+    namespace = unique_id("stopsig").replace("_", "-")
+    layout = tmp_path / "layout"
+    build_image(
+        tmp_path / "rootfs",
+        platforms=(HOST,),
+        layout=layout,
+        tag="usr1",
+        stop_signal="SIGUSR1",
+        cmd=[TRAP],
+    )
+    image_cid, override_cid = unique_id("usr1"), unique_id("usr2")
+    async with serve_like(containerd, namespace, io_dir) as served:
+        (image,) = await served.client.images.import_archive(
+            io.BytesIO(layout_tar(layout)), base_name="test/stopsig"
+        )
+        async with connect_gateway(served.url, served.token) as gw:
+            await started(gw, image_cid, image=image.name)
+            await started(gw, override_cid, image=image.name, stop_signal="SIGUSR2")
+            assert (await gw.call("container.inspect", {"id": image_cid}))["stop_signal"] == 10
+            with trio.fail_after(30):
+                status = await gw.call("container.stop", {"id": override_cid, "timeout": 20})
+            assert status["code"] == 4, "--stop-signal wins over the image's"
+    # A new serve (new gateway and client) still knows the image's signal: it is a label.
+    async with (
+        serve_like(containerd, namespace, io_dir) as served,
+        connect_gateway(served.url, served.token) as gw,
+    ):
+        with trio.fail_after(30):
+            status = await gw.call("container.stop", {"id": image_cid, "timeout": 20})
+        assert status["code"] == 3, "SIGUSR1 first (SIGTERM is ignored by a pid 1 sh: 137)"
+        for cid in (image_cid, override_cid):
+            await gw.call("task.delete", {"id": cid})
+            await gw.call("container.delete", {"id": cid})
