@@ -539,16 +539,21 @@ class Images:
             labels=manifest_gc_labels(entry.config_descriptor, list(entry.manifest.layers)),
             lease=lease,
         )
-        if entry.target.digest != entry.manifest_descriptor.digest:
-            index_bytes = await trio.to_thread.run_sync(lambda: archive.read_blob(entry.target))
-            index = decode_manifest_or_index(index_bytes, entry.target.media_type)
+        for index_desc in entry.indexes:  # every level: index -> index -> manifest
+
+            def read_index(desc: Descriptor = index_desc) -> bytes:
+                return archive.read_blob(desc)
+
+            index_bytes = await trio.to_thread.run_sync(read_index)
+            index = decode_manifest_or_index(index_bytes, index_desc.media_type)
             if isinstance(index, Index):
                 await self.store.ingest(
-                    entry.target,
+                    index_desc,
                     bytes_source(index_bytes),
                     labels=index_gc_labels(index.manifests),
                     lease=lease,
                 )
+                self.remember(index_desc.digest, index)
         await self.unpack(image, lease=lease)
         record = await self.store.create_image(name, image.target, lease=lease)
         self.remember(entry.manifest_descriptor.digest, entry.manifest)

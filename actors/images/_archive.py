@@ -93,6 +93,9 @@ class ArchiveImage(msgspec.Struct, frozen=True):
     config_descriptor: Descriptor
     config: ImageConfig
     layers: list[Descriptor]
+    # Every index from ``target`` down to the manifest (index -> index -> manifest), top
+    # first: each is imported with its GC labels.
+    indexes: tuple[Descriptor, ...] = ()
 
 
 class _LayoutMarker(msgspec.Struct):
@@ -288,6 +291,7 @@ def _resolve_entry(
     archive: ImageArchive, entry: Descriptor, want: Platform, name: str | None, tag: str | None
 ) -> ArchiveImage:
     descriptor = entry
+    indexes: list[Descriptor] = []
     for _ in range(3):
         doc = decode_manifest_or_index(archive.read_blob(descriptor), descriptor.media_type)
         if isinstance(doc, Manifest):
@@ -302,7 +306,9 @@ def _resolve_entry(
                 config_descriptor=doc.config,
                 config=config,
                 layers=[d for d in doc.layers if is_layer_type(d.media_type)],
+                indexes=tuple(indexes),
             )
+        indexes.append(descriptor)
         descriptor = choose_manifest(doc.manifests, want, name=name or tag or entry.digest)
     raise InvalidArgument("archive indexes are nested too deep", local=True)
 

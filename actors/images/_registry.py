@@ -127,6 +127,9 @@ class ResolvedImage(msgspec.Struct, frozen=True):
     platform: Platform
     index: Index | None = None
     index_bytes: bytes | None = None
+    # Indexes below the top one (index -> index -> manifest), top first, with their bytes:
+    # each is stored with its own GC labels, or GC would drop what the image needs.
+    nested: tuple[tuple[Descriptor, bytes, Index], ...] = ()
 
     @property
     def digest(self) -> str:
@@ -275,12 +278,15 @@ class Registry:
         index_bytes: bytes | None = None
         descriptor = target
         depth = 0
+        nested: list[tuple[Descriptor, bytes, Index]] = []
         while isinstance(doc, Index):
             depth += 1
             if depth > _MAX_INDEX_DEPTH:
                 raise InvalidArgument(f"{self.where}: indexes nested too deep", local=True)
             if index is None:
                 index, index_bytes = doc, body
+            else:
+                nested.append((descriptor, body, doc))
             entry = choose_manifest(doc.manifests, self.platform, name=str(self.reference))
             body = await self.fetch_manifest(entry)
             doc = decode_manifest_or_index(body, entry.media_type)
@@ -315,6 +321,7 @@ class Registry:
             platform=self.platform,
             index=index,
             index_bytes=index_bytes,
+            nested=tuple(nested),
         )
 
     async def head(self) -> Descriptor | None:
