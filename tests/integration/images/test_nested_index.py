@@ -65,6 +65,18 @@ async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterato
         yield client
 
 
+def put_manifest(registry: LocalRegistry, repository: str, tag: str, body: bytes) -> int:
+    """PUT an index by tag with plain HTTP (not skopeo): the HTTP status."""
+    request = urllib.request.Request(
+        f"http://{registry.host}/v2/{repository}/manifests/{tag}",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": OCI_INDEX},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return int(response.status)
+
+
 def nested(inner: BuiltImage) -> tuple[BuiltImage, bytes]:
     """``inner`` (a two-platform index) wrapped in an outer index: (image, outer bytes)."""
     host = parse_platform(HOST)
@@ -140,14 +152,7 @@ async def test_pull_of_a_nested_index_keeps_every_level_until_rmi(
     repository = f"nest/{unique_id('repo').replace('_', '-').lower()}"
     skopeo_push(tmp_path / "layout", "inner", f"{registry.host}/{repository}:inner")
     built, outer_bytes = nested(inner)
-    request = urllib.request.Request(
-        f"http://{registry.host}/v2/{repository}/manifests/nested",
-        data=outer_bytes,
-        method="PUT",
-        headers={"Content-Type": OCI_INDEX},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 201
+    assert put_manifest(registry, repository, "nested", outer_bytes) == 201
     reference = f"{registry.host}/{repository}:nested"
     with trio.fail_after(120):
         image = await ns_client.images.pull(reference)
