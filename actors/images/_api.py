@@ -42,7 +42,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Final
 import msgspec
 import trio
 
-from ..errors import DataLoss, InvalidArgument, NotFound
+from ..errors import ContainerdActorsError, DataLoss, InvalidArgument, NotFound
 from ._archive import (
     ArchiveImage,
     DockerSaveEntry,
@@ -455,7 +455,10 @@ class Images:
         Names come from the archive (``io.containerd.image.name`` or docker's
         ``RepoTags``); an OCI entry that carries only a tag is named ``base_name:tag``.
         Every blob is verified, the layers are unpacked, and the images created under one
-        lease. InvalidArgument when the file is not an image archive (nothing is created).
+        lease. All or nothing: the names are created only once every image is in, so an
+        archive with a corrupt image creates none (and what was written goes with the
+        lease). InvalidArgument when the file is not an image archive, DataLoss when a
+        blob does not match its digest.
         """
         if not isinstance(source, str | os.PathLike):
             return await self._import_from(source, base_name, progress)
@@ -472,11 +475,63 @@ class Images:
             lambda: read_archive(fileobj, platform=self.platform)
         )
         names = [self._archive_name(entry, base_name) for entry in archive.images]
-        imported: builtins.list[Image] = []
         async with self.store.open_lease() as lease:
-            for name, entry in zip(names, archive.images, strict=True):
-                imported.append(await self._import_one(archive, entry, name, lease, progress))
+            # All or nothing: every image's blobs are verified and unpacked under the one
+            # lease first; names change only once all of them are in. A failure before
+            # that creates no image and leaves only garbage the lease's end releases.
+            staged = [
+                await self._stage_one(archive, entry, name, lease, progress)
+                for name, entry in zip(names, archive.images, strict=True)
+            ]
+            records = await self._name_all(staged, lease)
+        imported: builtins.list[Image] = []
+        for (image, entry), record in zip(staged, records, strict=True):
+            self.remember(entry.manifest_descriptor.digest, entry.manifest)
+            self.remember(entry.config_descriptor.digest, entry.config)
+            if progress:
+                for i, layer in enumerate(image.layers):
+                    progress(
+                        LayerProgress(
+                            reference=image.name,
+                            index=i,
+                            digest=layer.digest,
+                            state="done",
+                            done=layer.size,
+                            total=layer.size,
+                        )
+                    )
+            imported.append(msgspec.structs.replace(image, created_at=record.created_at))
         return imported
+
+    async def _name_all(
+        self, staged: Sequence[tuple[Image, ArchiveImage]], lease: str
+    ) -> builtins.list[ImageRecord]:
+        """Create (or re-point) every staged image's name; if one fails, put the names
+        back as they were (removed, or pointing at their old targets) and raise."""
+        previous: dict[str, ImageRecord | None] = {}
+        for image, _ in staged:
+            if image.name not in previous:
+                try:
+                    previous[image.name] = await self.store.get_image(image.name)
+                except NotFound:
+                    previous[image.name] = None
+        records: builtins.list[ImageRecord] = []
+        try:
+            for image, _ in staged:
+                records.append(await self.store.create_image(image.name, image.target, lease=lease))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._restore_names(previous)
+            raise
+        return records
+
+    async def _restore_names(self, previous: dict[str, ImageRecord | None]) -> None:
+        for name, old in previous.items():
+            with contextlib.suppress(ContainerdActorsError):
+                if old is None:
+                    await self.store.delete_image(name, sync=False)
+                else:
+                    await self.store.create_image(name, old.target, old.labels)
 
     def _archive_name(self, entry: ArchiveImage, base_name: str | None) -> str:
         if entry.name:
@@ -491,14 +546,15 @@ class Images:
             local=True,
         )
 
-    async def _import_one(
+    async def _stage_one(
         self,
         archive: ImageArchive,
         entry: ArchiveImage,
         name: str,
         lease: str,
         progress: ProgressCallback | None,
-    ) -> Image:
+    ) -> tuple[Image, ArchiveImage]:
+        """One image's blobs (verified) and snapshots, under ``lease``; no name yet."""
         image = image_of(
             name,
             entry.target,
@@ -555,22 +611,7 @@ class Images:
                 )
                 self.remember(index_desc.digest, index)
         await self.unpack(image, lease=lease)
-        record = await self.store.create_image(name, image.target, lease=lease)
-        self.remember(entry.manifest_descriptor.digest, entry.manifest)
-        self.remember(entry.config_descriptor.digest, entry.config)
-        if progress:
-            for i, layer in enumerate(image.layers):
-                progress(
-                    LayerProgress(
-                        reference=name,
-                        index=i,
-                        digest=layer.digest,
-                        state="done",
-                        done=layer.size,
-                        total=layer.size,
-                    )
-                )
-        return msgspec.structs.replace(image, created_at=record.created_at)
+        return image, entry
 
     async def export(
         self, names: str | Sequence[str], destination: str | os.PathLike[str] | BinaryIO
