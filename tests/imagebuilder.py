@@ -186,6 +186,7 @@ def build_image(
     stop_signal: str = "SIGINT",
     entrypoint: list[str] | None = None,
     cmd: list[str] | None = None,
+    volumes: list[str] | None = None,
 ) -> BuiltImage:
     """Build the test image from a busybox rootfs directory (made if missing).
 
@@ -222,6 +223,7 @@ def build_image(
                 working_dir=WORKING_DIR,
                 user=user,
                 stop_signal=stop_signal,
+                volumes={path: {} for path in volumes} if volumes else None,
                 labels={"org.example.test": "yes"},
                 exposed_ports={"8080/tcp": {}},
             ),

@@ -169,6 +169,7 @@ def docker_inspect(info: dict[str, Any]) -> dict[str, Any]:
             "WorkingDir": info.get("cwd", ""),
             "Labels": info.get("labels", {}),
             "StopSignal": str(info.get("stop_signal", "")),
+            "Volumes": {path: {} for path in info.get("volumes", [])} or None,
         },
         "HostConfig": {
             "Memory": info.get("memory_limit", 0),

@@ -74,6 +74,8 @@ def describe_image(image: Image) -> dict[str, Any]:
             "working_dir": run.working_dir if run else "",
             "user": run.user if run else "",
             "stop_signal": run.stop_signal if run else "",
+            # Not volumes here: the paths stay in each container's own snapshot.
+            "volumes": sorted(run.volumes or {}) if run else [],
         },
     }
 

@@ -35,11 +35,13 @@ __all__ = [
     "CREATED_LABEL",
     "IMAGE_LABEL",
     "STOP_SIGNAL_LABEL",
+    "VOLUMES_LABEL",
     "EventLog",
     "auto_remove",
     "default_hostname",
     "describe_extra",
     "image_stop_signal",
+    "image_volumes",
     "lifecycle_labels",
     "read_top",
     "stop_signal",
@@ -49,6 +51,10 @@ CREATED_LABEL: Final = INTERNAL_LABEL_PREFIX + "created"
 IMAGE_LABEL: Final = INTERNAL_LABEL_PREFIX + "image"
 AUTO_REMOVE_LABEL: Final = INTERNAL_LABEL_PREFIX + "auto-remove"
 STOP_SIGNAL_LABEL: Final = INTERNAL_LABEL_PREFIX + "stop-signal"
+# The image's Volumes: no volume is made for them; the paths stay in the container's own
+# writable snapshot (removed with the container, like docker's anonymous volumes with --rm).
+VOLUMES_LABEL: Final = INTERNAL_LABEL_PREFIX + "volumes"
+_LABEL_VALUE_MAX: Final = 3500
 DEFAULT_IMAGE_NAME: Final = "busybox"
 DEFAULT_STOP_TIMEOUT: Final = 10
 EVENT_LOG_SIZE: Final = 1024
@@ -107,6 +113,26 @@ def image_stop_signal(image: Image) -> int | None:
         raise InvalidArgument(
             f"image {image.name}: invalid StopSignal {text[:32]!r} in its config", local=True
         ) from None
+
+
+def image_volumes(image: Image) -> str | None:
+    """The label value recording an image's Volumes (a JSON list of paths), or None."""
+    run = image.config.config
+    paths = sorted(run.volumes or {}) if run is not None else []
+    kept: list[str] = []
+    for path in paths:
+        if len(msgspec.json.encode([*kept, path])) > _LABEL_VALUE_MAX:
+            break  # a label is bounded; inspect then shows the first ones
+        kept.append(path)
+    return msgspec.json.encode(kept).decode() if kept else None
+
+
+def volumes(labels: dict[str, str]) -> list[str]:
+    try:
+        found = msgspec.json.decode(labels.get(VOLUMES_LABEL, "[]"), type=list[str])
+    except msgspec.DecodeError:
+        return []
+    return found
 
 
 def stop_signal(labels: dict[str, str]) -> int:
@@ -178,6 +204,7 @@ def describe_extra(container: Container) -> dict[str, Any]:
         "image": labels.get(IMAGE_LABEL) or container._record.image or "",
         "auto_remove": auto_remove(labels),
         "stop_signal": stop_signal(labels),
+        "volumes": volumes(labels),
         "restart": msgspec.to_builtins(container.restart_status()),
     }
     try:

@@ -80,11 +80,13 @@ from ._labels import (
 from ._lifecycle import (
     DEFAULT_STOP_TIMEOUT,
     IMAGE_LABEL,
+    VOLUMES_LABEL,
     EventLog,
     auto_remove,
     default_hostname,
     describe_extra,
     image_stop_signal,
+    image_volumes,
     lifecycle_labels,
     read_top,
     stop_signal,
@@ -710,6 +712,9 @@ class Gateway:
         labels[OWNER_LABEL] = OWNER_VALUE
         if image is not None:
             labels[IMAGE_LABEL] = image.name  # what ps shows; not the client's spelling
+            recorded = image_volumes(image)
+            if recorded is not None:
+                labels[VOLUMES_LABEL] = recorded  # shown by inspect (no volume is made)
         spec = build_container_spec(params, policy, namespace=client.namespace, image=image)
         settings = _log_settings(params.log)
         staged = stage_bind_sources(

@@ -8,8 +8,8 @@ The root is the container's own snapshot, mounted by containerd at the bundle's 
 directory, so ``root.path`` is ``rootfs``. Only the image's Entrypoint, Cmd, Env,
 WorkingDir and User reach the spec (a User given by name is resolved from the image's
 own passwd/group files, see actors.images._passwd): an image cannot ask for privileges,
-mounts, devices or capabilities (its ``Volumes`` become nothing; docker would add
-anonymous volumes).
+mounts, devices or capabilities. Its ``Volumes`` get no volume: the paths stay in the
+container's own snapshot, removed with it (docker's anonymous volumes with ``--rm``).
 """
 
 from __future__ import annotations

@@ -360,3 +360,32 @@ async def test_stop_sends_the_image_stop_signal_unless_overridden(
         for cid in (image_cid, override_cid):
             await gw.call("task.delete", {"id": cid})
             await gw.call("container.delete", {"id": cid})
+
+
+async def test_image_volumes_stay_in_each_containers_own_snapshot_and_inspect_shows_them(
+    containerd: PrivateContainerd, io_dir: Path, tmp_path: Path
+) -> None:
+    import io
+
+    from tests.imagebuilder import layout_tar
+
+    namespace = unique_id("vols").replace("_", "-")
+    layout = tmp_path / "layout"
+    build_image(tmp_path / "rootfs", platforms=(HOST,), layout=layout, tag="vol", volumes=["/vol"])
+    async with serve_like(containerd, namespace, io_dir) as served:
+        (image,) = await served.client.images.import_archive(
+            io.BytesIO(layout_tar(layout)), base_name="test/vols"
+        )
+        async with connect_gateway(served.url, served.token) as gw:
+            assert (await gw.call("image.inspect", {"name": image.name}))["config"]["volumes"] == [
+                "/vol"
+            ]
+            cid = unique_id("vol")
+            await gw.call("container.create", {"id": cid, "image": image.name, "args": ["true"]})
+            assert (await gw.call("container.inspect", {"id": cid}))["volumes"] == ["/vol"]
+            await gw.call("container.delete", {"id": cid})
+            # Written in one container, absent in the next: no shared volume exists.
+            code, _ = await run(gw, image=image.name, args=["mkdir -p /vol && echo x > /vol/f"])
+            assert code == 0
+            code, out = await run(gw, image=image.name, args=["ls /vol 2>&1; echo end"])
+            assert (code, out.split()[-1]) == (0, "end") and "f" not in out.split()
