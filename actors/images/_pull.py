@@ -10,8 +10,8 @@ Under one lease (so a failure or a crash leaves nothing that outlives it):
    applying layer n. containerd checks each blob's digest and size at commit, and our
    unpack checks each layer's diff ID;
 4. config (labelled with the snapshot chain), manifest (labelled with config and layers)
-   and every index on the way to it (each labelled with its manifests) are written, so
-   containerd's GC keeps them all through the image record;
+   and index (labelled with its manifests) are written, so containerd's GC keeps them all
+   through the image record;
 5. Images.Create (Update when the name exists), then the lease goes.
 
 A failure cancels the other downloads; the lease is deleted, so what was written becomes
@@ -208,7 +208,8 @@ async def pull_image(
                     labels=index_gc_labels(resolved.index.manifests),
                     lease=lease,
                 )
-            for desc, data, inner in resolved.nested:  # index -> index -> manifest
+            # index -> index -> manifest: every inner index too, or GC drops what it lists.
+            for desc, data, inner in resolved.nested:
                 await store.ingest(
                     desc, bytes_source(data), labels=index_gc_labels(inner.manifests), lease=lease
                 )
