@@ -179,11 +179,11 @@ class Client:
         self._crashes = CrashHistory(restart_policy)
         self._actor_crashes = 0
         self._resyncs = 0
+        # Image names resolved without an Images.Get while the event stream keeps it true.
+        self._image_names = ImageNameCache()
         self._resync_wanted = trio.Event()
         self._closed = False
         self._images: Images | None = None
-        # Image names resolved without an Images.Get while the event stream keeps it true.
-        self._image_names = ImageNameCache()
         self.hub = SubscriberHub()
         self.router = EventRouter(
             remote,
