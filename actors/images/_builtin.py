@@ -41,7 +41,6 @@ from ._media import (
     encode,
 )
 from ._model import Image, bytes_source, image_of
-from ._pb import images_pb2
 from ._platform import host_platform
 from ._runconfig import DEFAULT_PATH_ENV
 from ._types import Descriptor as StoreDescriptor
@@ -162,14 +161,16 @@ async def ensure_busybox_image(images: _Images, *, name: str = BUSYBOX_IMAGE) ->
             lease=lease,
         )
         await images.unpack(image, lease=lease)
-        record = images_pb2.Image(
-            name=name,
-            labels={BUILTIN_LABEL: "busybox"},
-            target=StoreDescriptor.of(manifest_desc).to_proto(),
-        )
         try:
-            # Create only: an image of this name made meanwhile (a pull) wins.
-            await store.services.images_create(record, lease=lease)
+            # Create only: an image of this name made meanwhile (a pull) wins. Through the
+            # store, so the client's name cache expects this write's event.
+            await store.create_image(
+                name,
+                StoreDescriptor.of(manifest_desc),
+                {BUILTIN_LABEL: "busybox"},
+                lease=lease,
+                replace=False,
+            )
         except AlreadyExists:
             return await images.get(name)
     images.remember(manifest_desc.digest, manifest)

@@ -309,8 +309,10 @@ class ContentStore:
         labels: Mapping[str, str] | None = None,
         *,
         lease: str | None = None,
+        replace: bool = True,
     ) -> ImageRecord:
-        """Create the image record, or point an existing one at ``target`` (1 or 2 RPCs)."""
+        """Create the image record, or point an existing one at ``target`` (1 or 2 RPCs;
+        with ``replace=False`` an existing one is left alone: AlreadyExists)."""
         if not isinstance(name, str) or not name or len(name) > 4096:
             raise InvalidArgument(f"invalid image name {name!r}", local=True)
         desc = validate_descriptor(target)
@@ -322,6 +324,8 @@ class ContentStore:
             try:
                 created = await self.services.images_create(image, lease=lease)
             except AlreadyExists:
+                if not replace:
+                    raise
                 created = await self.services.images_update(
                     image, ["target", "labels"], lease=lease
                 )
