@@ -173,12 +173,14 @@ async def test_logs_and_events_fail_loudly_when_serve_goes_away(
                 async def cli(key: str, *args: str) -> None:
                     results[key] = await _cli(served, *args)
 
+                # serve keeps a subscriber of its own (the event history): wait for one more.
+                baseline = served.client.statistics().subscribers.subscribers
                 outer.start_soon(cli, "logs", "logs", "-f", name)
                 outer.start_soon(cli, "events", "events")
                 with trio.fail_after(30):
                     while (
                         served.gateway.statistics().stdio_sessions < 1
-                        or served.client.statistics().subscribers.subscribers < 1
+                        or served.client.statistics().subscribers.subscribers <= baseline
                     ):
                         await trio.sleep(0.05)
             # serve is gone now; both commands must notice and fail.
