@@ -59,6 +59,7 @@ from ._docker import IMAGE, DockerDaemon, docker_daemon
 from ._lab import Lab, host_problem
 
 MiB = 1 << 20
+PATHS = frozenset({"control", "library", "ctr", "docker"})
 _WRITE_CHUNK = 1 << 16
 
 
@@ -162,7 +163,7 @@ def _nothing() -> float:
     return 0.0
 
 
-async def bench(size: int, lines: int, rounds: int) -> str:
+async def bench(size: int, lines: int, rounds: int, only: frozenset[str] = PATHS) -> str:
     lab = Lab()
     lab.start()
     rootfs = lab.rootfs
@@ -238,13 +239,16 @@ async def bench(size: int, lines: int, rounds: int) -> str:
                 return run
 
             def add(name: str, counts: str, runner: Runner) -> None:
-                rows[name] = Row(name, counts)
-                runners[name] = runner
+                if name.split()[0].strip("`") in only:
+                    rows[name] = Row(name, counts)
+                    runners[name] = runner
 
             add("control plane `run` (log store)", "this process + the CLI", ours)
             add("library `task.io`", "this process", library)
             add("`ctr run`", "ctr", ctr)
             try:
+                if "docker" not in only:
+                    raise RuntimeError("not asked for (--only)")
                 daemon = await stack.enter_async_context(docker_daemon(lab))
             except (RuntimeError, OSError, trio.TooSlowError) as exc:
                 skipped.append(f"docker `local` / `json-file`: not measured: {exc}")
@@ -388,13 +392,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parent / "results" / "output.md")
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(sorted(PATHS)),
+        help=f"comma-separated paths to measure (default: all of {','.join(sorted(PATHS))})",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(p.strip() for p in args.only.split(",") if p.strip())
+    if not only or not only <= PATHS:
+        parser.error(f"--only takes some of {', '.join(sorted(PATHS))}")
     problem = host_problem()
     if problem is not None:
         print(f"cannot run: {problem}", file=sys.stderr)
         return 2
     load = os.getloadavg()[0]
-    text = trio.run(bench, args.size_mib * MiB, args.lines, args.rounds)
+    text = trio.run(bench, args.size_mib * MiB, args.lines, args.rounds, only)
     text += "\n" + _store_cost() + "\n"
     text += (
         f"\n1-minute load average (2 shared CPUs): {load:.1f} at the start, "
