@@ -186,8 +186,11 @@ async def bench(size: int, lines: int, rounds: int, only: frozenset[str] = PATHS
             logs = LogManager(lab.base / "logs")
             gateway = Gateway(client, GatewayConfig(token=token, policy=policy, port=0), logs=logs)
             await nursery.start(gateway.serve)
+            # The CLI keeps its bytecode cache, as an installed package has one: with
+            # PYTHONDONTWRITEBYTECODE (set on some machines) every start would compile the
+            # sources again. The warm-up run below writes the cache.
             env = {
-                **os.environ,
+                **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
                 "CONTAINERD_ACTORS_TOKEN": token,
                 "CONTAINERD_ACTORS_URL": f"ws://127.0.0.1:{gateway.port}",
             }
