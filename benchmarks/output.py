@@ -11,7 +11,9 @@ interleaved in every round (the order rotates), with the same busybox files ever
 * ``ctr run --rm`` (containerd's own client; the shim's FIFO copied straight to the file);
 * ``docker run --rm --log-driver local`` and ``--log-driver json-file``: Debian's dockerd
   started for the run (:mod:`benchmarks._docker`) on the same containerd; the CLI attached,
-  so dockerd copies the FIFO both into the log driver (on disk) and to the attached CLI.
+  so dockerd copies the FIFO both into the log driver (on disk) and to the attached CLI;
+* reading back after the container exited: our ``logs`` (the log store replayed over the
+  websocket, no drain running) and ``docker logs`` of each driver (the run itself untimed).
 
 Workloads: ``--size-mib`` MiB of zeros (``head -c``: no newlines), ``seq 1 L`` (short lines)
 and ``true`` (no output: what each path costs before any byte, so the per-MiB figures can be
@@ -40,6 +42,7 @@ import os
 import resource
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,6 +162,16 @@ async def _timed_children(
     return wall, cpu
 
 
+async def _quiet(command: list[str], env: dict[str, str] | None = None) -> None:
+    """Run an untimed step (a setup or a cleanup) to its end; RuntimeError if it fails."""
+    result = await trio.run_process(
+        command, stdout=subprocess.DEVNULL, stdin=b"", capture_stderr=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(f"{' '.join(command[:4])} ... exited {result.returncode}: {err}")
+
+
 def _nothing() -> float:
     return 0.0
 
@@ -202,6 +215,18 @@ async def bench(size: int, lines: int, rounds: int, only: frozenset[str] = PATHS
                     await trio.run_process([*cli, *workload.argv], stdout=handle, env=env)
                     return time.perf_counter() - start, _self_cpu() + _children_cpu() - cpu
 
+            async def ours_logs(workload: Workload, path: Path) -> tuple[float, float]:
+                cli = [sys.executable, "-m", "supervisor"]
+                name = f"lg-{secrets.token_hex(3)}"
+                await _quiet([*cli, "run", "--name", name, "busybox", "--", *workload.argv], env)
+                try:
+                    with path.open("wb") as handle:
+                        start, cpu = time.perf_counter(), _self_cpu() + _children_cpu()
+                        await trio.run_process([*cli, "logs", name], stdout=handle, env=env)
+                        return time.perf_counter() - start, _self_cpu() + _children_cpu() - cpu
+                finally:
+                    await _quiet([*cli, "rm", name], env)
+
             async def library(workload: Workload, path: Path) -> tuple[float, float]:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
@@ -241,6 +266,21 @@ async def bench(size: int, lines: int, rounds: int, only: frozenset[str] = PATHS
 
                 return run
 
+            def docker_logs(daemon: DockerDaemon, driver: str) -> Runner:
+                async def run(workload: Workload, path: Path) -> tuple[float, float]:
+                    name = f"dl-{secrets.token_hex(3)}"
+                    await _quiet([
+                        *daemon.client, "run", "--name", name, "--network", "none",
+                        "--log-driver", driver, IMAGE, *workload.argv,
+                    ])  # fmt: skip
+                    try:
+                        command = [*daemon.client, "logs", name]
+                        return await _timed_children(command, path, daemon.cpu_seconds)
+                    finally:
+                        await _quiet([*daemon.client, "rm", name])
+
+                return run
+
             def add(name: str, counts: str, runner: Runner) -> None:
                 if name.split()[0].strip("`") in only:
                     rows[name] = Row(name, counts)
@@ -261,6 +301,19 @@ async def bench(size: int, lines: int, rounds: int, only: frozenset[str] = PATHS
                         f"`docker run --log-driver {driver}`",
                         "docker CLI + dockerd",
                         docker(daemon, driver),
+                    )
+            # Read back after the container exited: the log files alone, no drain running.
+            add(
+                "control plane `logs` after exit (from the log store)",
+                "this process + the CLI",
+                ours_logs,
+            )
+            if "docker" in only and not skipped:
+                for driver in ("local", "json-file"):
+                    add(
+                        f"`docker logs` after exit (`{driver}`)",
+                        "docker CLI + dockerd",
+                        docker_logs(daemon, driver),
                     )
             names = list(rows)
             for name in names:  # warm-up, not counted: first imports, first image use
