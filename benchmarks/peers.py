@@ -4,8 +4,8 @@ Each peer runs the same busybox ``true`` lifecycle as ours, at concurrency 1 and
 interleaved with ours in every repetition (ratios are per repetition):
 
 * docker: Debian's ``dockerd`` started here on its own data root, exec root and socket,
-  driving the run's private containerd (``--containerd``; namespace ``moby``), without
-  networking; the busybox rootfs is imported as an image. Stopped (SIGTERM) afterwards.
+  driving the run's private containerd, the busybox rootfs imported as an image
+  (:mod:`benchmarks._docker`, shared with the output benchmark).
 * podman: Debian's ``podman`` with its own root and run root (vfs storage, cgroupfs, no
   events), the rootfs imported the same way; its runtime is runc through conmon.
 
@@ -15,28 +15,24 @@ A peer that cannot start here is skipped with the reason printed and reported.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import resource
 import shutil
-import signal
-import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import msgspec
 import trio
 
 from actors import build_spec, open_client
 
+from ._docker import DOCKERD, IMAGE, docker_daemon
+from ._docker import check as _check
+from ._docker import rootfs_tar as _rootfs_tar
 from ._lab import Lab
 from ._progress import Progress
 from ._stats import Percentiles, Spread, percentiles, scaled, spread
 from .lifecycle import Batch, _Ours, run_batch
 
-IMAGE = "cab-busybox"
-DOCKER = "/usr/bin/docker"  # Debian's docker.io client (another `docker` may be on PATH)
-DOCKERD = "/usr/sbin/dockerd"
 PEERS = ("ours", "docker", "podman")
 
 
@@ -73,24 +69,6 @@ class PeersResult(msgspec.Struct, frozen=True, kw_only=True):
     versions: dict[str, str]
 
 
-def _rootfs_tar(rootfs: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(str(rootfs), arcname=".")
-    return buffer.getvalue()
-
-
-async def _check(command: list[str], *, stdin: bytes = b"", limit: float = 60) -> str:
-    with trio.fail_after(limit):
-        result = await trio.run_process(
-            command, stdin=stdin, capture_stdout=True, capture_stderr=True, check=False
-        )
-    if result.returncode != 0:
-        err = result.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"{Path(command[0]).name} exited {result.returncode}: {err[-1:]}")
-    return result.stdout.decode(errors="replace").strip()
-
-
 class _Subprocess:
     """One ``run --rm`` per lifecycle."""
 
@@ -103,47 +81,8 @@ class _Subprocess:
 
 @contextlib.asynccontextmanager
 async def _docker(lab: Lab) -> AsyncIterator[_Subprocess]:
-    for binary in (DOCKER, DOCKERD):
-        if not os.access(binary, os.X_OK):
-            raise RuntimeError(f"{binary} not installed (Debian package docker.io)")
-    base = lab.base / "docker"
-    base.mkdir(parents=True, exist_ok=True)
-    socket = base / "d.sock"
-    log = (base / "dockerd.log").open("wb")
-    command = [
-        DOCKERD,
-        "--data-root", str(base / "data"),
-        "--exec-root", str(base / "exec"),
-        "--pidfile", str(base / "dockerd.pid"),
-        "-H", f"unix://{socket}",
-        "--containerd", lab.address,
-        "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
-    ]  # fmt: skip
-    process = await trio.lowlevel.open_process(command, stdout=log, stderr=log)
-    client = [DOCKER, "-H", f"unix://{socket}"]
-    try:
-        with trio.move_on_after(60):
-            while process.poll() is None:
-                with contextlib.suppress(RuntimeError):
-                    await _check([*client, "version"], limit=10)
-                    break
-                await trio.sleep(0.5)
-        if process.poll() is not None or not socket.exists():
-            tail = (base / "dockerd.log").read_text(errors="replace").strip().splitlines()[-2:]
-            raise RuntimeError(f"dockerd did not start: {tail}")
-        assert lab.rootfs is not None
-        await _check([*client, "import", "-", IMAGE], stdin=_rootfs_tar(lab.rootfs))
-        yield _Subprocess([*client, "run", "--rm", "--network", "none"])
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(30):
-                    await process.wait()
-                if process.poll() is None:
-                    process.kill()
-                    await process.wait()
-            log.close()
+    async with docker_daemon(lab) as daemon:
+        yield _Subprocess([*daemon.client, "run", "--rm", "--network", "none"])
 
 
 def _podman_base(lab: Lab) -> list[str]:

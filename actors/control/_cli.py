@@ -161,14 +161,14 @@ def _start_exit_code(exc: Exception) -> int:
     return EXIT_DAEMON_ERROR
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
 async def _copy_output(session: StdioSession) -> None:
-    async for channel, data in session.output():
+    async for channel, data in session.output_views():
         _write_all(sys.stdout.fileno() if channel == 1 else sys.stderr.fileno(), data)
 
 

@@ -154,7 +154,7 @@ async def stream(
             nursery.start_soon(forward, signals)
         if stdin:
             nursery.start_soon(pump_stdin, session, nursery.cancel_scope)
-        async for channel, data in session.output():
+        async for channel, data in session.output_views():
             _write_all(sys.stdout.fileno() if channel == 1 else sys.stderr.fileno(), data)
         nursery.cancel_scope.cancel()
     result.code = session.exit_code
@@ -169,7 +169,7 @@ async def stream(
     return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

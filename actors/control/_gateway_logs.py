@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgspec
 import trio
@@ -34,8 +34,13 @@ __all__ = ["ContainerLogSettings", "LogManager", "timestamp_prefix"]
 
 log = logging.getLogger("containerd_actors.logs")
 
+Buffer: TypeAlias = bytes | memoryview
+
 CONFIG_FILE: Final = "config.json"
 DRAIN_CHUNK: Final = 1 << 16
+#: The most output bytes one websocket message carries (the client accepts up to 1 MiB).
+MESSAGE_LIMIT: Final = 1 << 16
+_CHANNEL_BYTE: Final = {int(LogStream.STDOUT): b"\x01", int(LogStream.STDERR): b"\x02"}
 WRITE_RETRY_SECONDS: Final = 1.0
 
 
@@ -253,14 +258,49 @@ class Stamper:
 async def log_chunks(
     store: LogStore, options: LogReadOptions, *, timestamps: bool = False
 ) -> AsyncGenerator[tuple[int, bytes, int], None]:
-    """``(stream, data, dropped)`` for the websocket: data to print, or a gap to report."""
+    """``(stream, data, dropped)`` for the websocket: data to print, or a gap to report.
+
+    Records of one stream that one read of the file returned together come joined, up to
+    :data:`MESSAGE_LIMIT` bytes (never more); nothing waits for more records to come.
+    """
+    async with contextlib.aclosing(_log_parts(store, options, timestamps)) as pieces:
+        async for stream, parts, dropped in pieces:
+            yield stream, b"".join(parts), dropped
+
+
+async def _log_parts(
+    store: LogStore, options: LogReadOptions, timestamps: bool
+) -> AsyncGenerator[tuple[int, list[Buffer], int], None]:
+    # Per message, not per record: a line-oriented process leaves records of a few KiB, and
+    # a message per record costs the websocket, the client and its write(2) as much as a
+    # full one. The parts are joined once, by whoever frames them.
     stamper = Stamper() if timestamps else None
-    async with contextlib.aclosing(store.read(options)) as records:
-        async for record in records:
-            if record.dropped:
-                yield record.stream, b"", record.dropped
-            else:
-                yield record.stream, stamper.apply(record) if stamper else record.data, 0
+    async with contextlib.aclosing(store.read_batches(options)) as batches:
+        async for batch in batches:
+            parts: list[Buffer] = []
+            size = stream = 0
+            for record in batch:
+                if record.dropped:
+                    if parts:
+                        yield stream, parts, 0
+                        parts, size = [], 0
+                    yield record.stream, [], record.dropped
+                    continue
+                data: Buffer = stamper.apply(record) if stamper else record.data
+                if parts and (record.stream != stream or size + len(data) > MESSAGE_LIMIT):
+                    yield stream, parts, 0
+                    parts, size = [], 0
+                stream = record.stream
+                if len(data) > MESSAGE_LIMIT:  # a stamped record of very short lines
+                    view = memoryview(data)
+                    while len(view) > MESSAGE_LIMIT:
+                        yield stream, [view[:MESSAGE_LIMIT]], 0
+                        view = view[MESSAGE_LIMIT:]
+                    data = view
+                parts.append(data)
+                size += len(data)
+            if parts:
+                yield stream, parts, 0
 
 
 def dropped_status_message(stream: int, dropped: int) -> bytes:
@@ -282,14 +322,11 @@ async def send_log_frames(
     ws: Any, store: LogStore, options: LogReadOptions, *, timestamps: bool = False
 ) -> None:
     """Send a log read as k8s channel frames (1 stdout, 2 stderr, 3 for a drop marker)."""
-    chunks = log_chunks(store, options, timestamps=timestamps)
-    async with contextlib.aclosing(chunks):
-        async for stream, data, dropped in chunks:
-            await _send_chunk(ws, stream, data, dropped)
-
-
-async def _send_chunk(ws: Any, stream: int, data: bytes, dropped: int) -> None:
-    if dropped:
-        await ws.send_message(bytes((3,)) + dropped_status_message(stream, dropped))
-    else:
-        await ws.send_message(bytes((stream,)) + data)
+    async with contextlib.aclosing(_log_parts(store, options, timestamps)) as pieces:
+        async for stream, parts, dropped in pieces:
+            if dropped:
+                await ws.send_message(bytes((3,)) + dropped_status_message(stream, dropped))
+            else:  # the channel byte and the data in one copy
+                await ws.send_message(
+                    b"".join((_CHANNEL_BYTE.get(stream) or bytes((stream,)), *parts))
+                )
