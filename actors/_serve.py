@@ -26,21 +26,19 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
-from .containerd._embedded import containerd_address, default_state_root
-from .containerd._remote import DEFAULT_ADDRESS
+from .containerd._paths import DEFAULT_ADDRESS, default_state_root
 from .control._cli import _say, load_or_create_token, run_cli, serve_policy
-from .control._gateway_logs import LogManager
-from .control.gateway import Gateway, GatewayConfig
-from .core._client import Client, open_client
-from .core._logstore import LogConfig
-from .core._shimgroups import ShimGroups
-from .core._supervision import RestartPolicy
-from .images._builtin import ensure_busybox_image
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from .core._client import Client
     from .core._container import Backend
+    from .core._shimgroups import ShimGroups
+    from .core._supervision import RestartPolicy
+
+# The daemon side (gRPC stubs, actors, gateway, registry client) is imported by the functions
+# that run it: every CLI verb starts here, and a `ps` should not pay for `serve`.
 
 DEFAULT_NAMESPACE = "containerd-actors"
 
@@ -70,6 +68,9 @@ async def open_supervisor(
     Today this is :func:`actors.open_client` with ``restore=True`` and a restart policy
     (both its defaults) and the program's default namespace.
     """
+    from .core._client import open_client
+    from .core._supervision import RestartPolicy
+
     async with open_client(
         address,
         namespace,
@@ -85,6 +86,12 @@ async def open_supervisor(
 
 async def serve(args: argparse.Namespace) -> int:
     """``containerd-actors serve``: supervise the namespace and serve the control plane."""
+    from .containerd._embedded import containerd_address
+    from .control._gateway_logs import LogManager
+    from .control.gateway import Gateway, GatewayConfig
+    from .core._logstore import LogConfig
+    from .images._builtin import ensure_busybox_image
+
     state_root = Path(args.state_dir) if args.state_dir else default_state_root()
     token_file = Path(args.token_file) if args.token_file else state_root / "token"
     token = os.environ.get("CONTAINERD_ACTORS_TOKEN") or load_or_create_token(token_file)
@@ -173,6 +180,8 @@ async def serve(args: argparse.Namespace) -> int:
 
 def shim_groups_from(args: argparse.Namespace) -> ShimGroups | None:
     """``--shim-groups K --shim-group-size N`` as a policy (None: one shim per container)."""
+    from .core._shimgroups import ShimGroups
+
     count = getattr(args, "shim_groups", 0)
     if not count:
         return None

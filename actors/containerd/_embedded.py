@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from ..errors import Unavailable
+from ._paths import default_state_root as default_state_root
 from ._remote import DEFAULT_ADDRESS
 
 __all__ = [
@@ -74,13 +75,6 @@ def build_busybox_rootfs(target: str | os.PathLike[str]) -> Path:
     (root / "etc" / "group").write_text("root:x:0:\n")
     marker.write_text("busybox rootfs\n")
     return root
-
-
-def default_state_root() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/containerd-actors")
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "containerd-actors"
 
 
 def _answers(address: str) -> bool:

@@ -34,6 +34,7 @@ from actors.containerd.pb.grpc.health.v1 import health_grpc, health_pb2
 
 from ..errors import ClientClosed, from_grpc_exception
 from ._mounts import Mount, mounts_to_proto
+from ._paths import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._streams import Duplex, RequestSlot, ResponseStream, duplex_messages
 from ._typeurls import (
     PROCESS_TYPE_URL,
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 _Resp = TypeVar("_Resp")
 
 NAMESPACE_HEADER: Final = "containerd-namespace"
-DEFAULT_ADDRESS: Final = "/run/containerd/containerd.sock"
 DEFAULT_TIMEOUT: Final = 30.0
 
 

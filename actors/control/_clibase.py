@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import trio
 
-from ..containerd._embedded import default_state_root
+from ..containerd._paths import default_state_root
 from .gateway_client import GatewayClient, GatewayError, connect_gateway
 
 if TYPE_CHECKING:

@@ -15,15 +15,18 @@ container's own snapshot, removed with it (docker's anonymous volumes with ``--r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..errors import InvalidArgument
-from ..images._api import Image
 from ..images._passwd import ExecUser
 from ..images._runconfig import RunConfig, merge_run_config
 from .spec import Root, Spec, User, build_spec
+
+if TYPE_CHECKING:
+    # Only a type here: the CLI imports this module and needs no registry client.
+    from ..images._api import Image
 
 __all__ = [
     "IMAGE_ROOT_PATH",

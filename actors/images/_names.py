@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 import trio
 
-from ._types import ImageRecord
+if TYPE_CHECKING:
+    # A type only: the event router (which the CLI's protocol module imports) needs no stubs.
+    from ._types import ImageRecord
 
 __all__ = ["IMAGE_TOPICS", "ImageNameCache", "NameCacheStatistics", "decode_image_event"]
 

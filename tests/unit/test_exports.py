@@ -47,3 +47,26 @@ def test_images_api_is_exported() -> None:
     for name in ("Image", "Images", "LayerProgress", "PullProgress", "image_spec"):
         assert name in actors.__all__, name
     assert isinstance(actors.Client.images, property)
+
+
+def test_every_exported_name_loads_from_its_table_entry() -> None:
+    """The lazy table and ``__all__`` name the same things, and each entry resolves."""
+    import importlib
+
+    sources: dict[str, str] = vars(actors)["_SOURCES"]
+    assert set(sources) == set(actors.__all__)
+    for name, source in sources.items():
+        module = importlib.import_module(source, "actors")
+        assert getattr(actors, name) is getattr(module, name), name
+
+
+def test_importing_the_package_loads_no_daemon_side_module() -> None:
+    """The CLI pays only for what it uses: a bare ``import actors`` pulls in no layer."""
+    import subprocess
+    import sys
+
+    code = "import sys, actors; print(sorted(m for m in sys.modules if m.startswith('actors.')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", out
