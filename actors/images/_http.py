@@ -22,8 +22,6 @@ from ..errors import Unavailable
 
 __all__ = ["Body", "error_detail", "is_plain_http", "transport_reason"]
 
-CHUNK = 1 << 20
-
 
 def _is_loopback(host: str) -> bool:
     hostname = _hostname(host)
@@ -74,7 +72,10 @@ class Body:
         self.response = response
         self._host = host
         self._what = what
-        self._chunks = response.aiter_raw(CHUNK)
+        # No chunk size: the pieces come as the connection reads them (up to 64 KiB), without
+        # httpx re-cutting them through a BytesIO (a copy of every byte); whoever needs
+        # fixed-size pieces cuts them once (see actors.images._ingest).
+        self._chunks = response.aiter_raw()
         self._started = False
         self._finished = False
 

@@ -73,15 +73,28 @@ async def open_source(
 
 
 async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
-    buffer = bytearray()
+    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter).
+
+    Each byte is copied once, by the join that makes its piece (a chunk that is a piece
+    already is passed on as it is); the parts of a chunk are memoryviews, not slices.
+    """
+    parts: list[bytes | memoryview] = []
+    held = 0
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        start, end = 0, len(chunk)
+        while held + end - start >= size:
+            stop = start + size - held
+            parts.append(chunk if start == 0 and stop == end else memoryview(chunk)[start:stop])
+            first = parts[0]
+            yield first if len(parts) == 1 and isinstance(first, bytes) else b"".join(parts)
+            parts = []
+            held = 0
+            start = stop
+        if start < end:
+            parts.append(chunk if start == 0 else memoryview(chunk)[start:])
+            held += end - start
+    if parts:
+        yield b"".join(parts)
 
 
 class _Mismatch(DataLoss):

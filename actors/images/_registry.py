@@ -141,11 +141,14 @@ class BlobStream:
     (a plain ``async for`` also works when you read to the end: the connection is released
     at the end or on any error). The stream fails with DataLoss as soon as it runs past the
     descriptor's size, and at its end when size or digest differ. With ``offset > 0``
-    (resuming) only the size can be checked here: the caller's content store must check the
-    digest at commit. ``received`` counts the bytes so far, ``offset`` included.
+    (resuming), or ``check_digest=False``, only the size is checked here: the caller's content
+    store must check the digest at commit. ``received`` counts the bytes so far, ``offset``
+    included.
     """
 
-    def __init__(self, registry: Registry, descriptor: Descriptor, offset: int) -> None:
+    def __init__(
+        self, registry: Registry, descriptor: Descriptor, offset: int, *, check_digest: bool = True
+    ) -> None:
         parse_digest(descriptor.digest)
         if not 0 <= offset <= descriptor.size:
             raise InvalidArgument(
@@ -157,7 +160,11 @@ class BlobStream:
         self._registry = registry
         self._what = f"blob {descriptor.digest}"
         self._verifier = BlobVerifier(
-            descriptor.digest, descriptor.size, what=self._what, offset=offset
+            descriptor.digest,
+            descriptor.size,
+            what=self._what,
+            offset=offset,
+            check_digest=check_digest,
         )
         self._body: Body | None = None
         self._skip = 0
@@ -375,9 +382,16 @@ class Registry:
             parts = [chunk async for chunk in stream]
         return b"".join(parts)
 
-    def blob(self, descriptor: Descriptor, offset: int = 0) -> BlobStream:
-        """Stream a blob from ``offset``, verified as it arrives (see :class:`BlobStream`)."""
-        return BlobStream(self, descriptor, offset)
+    def blob(
+        self, descriptor: Descriptor, offset: int = 0, *, check_digest: bool = True
+    ) -> BlobStream:
+        """Stream a blob from ``offset``, verified as it arrives (see :class:`BlobStream`).
+
+        ``check_digest=False`` checks only the size here: for bytes that go straight into
+        containerd's content store, which computes the digest anyway and refuses to commit a
+        mismatch (so hashing them here too would only double the CPU spent per byte).
+        """
+        return BlobStream(self, descriptor, offset, check_digest=check_digest)
 
     # -- HTTP with authentication ------------------------------------------------------------
 
