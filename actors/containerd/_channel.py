@@ -13,7 +13,7 @@ the number of system calls drops (to one per flow-control window).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from grpclib.client import Channel, Handler
 from grpclib.protocol import H2Protocol
@@ -59,8 +59,9 @@ class _CoalescingTransport:
 
 class _CoalescingProtocol(H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        wrapped: Any = _CoalescingTransport(transport, asyncio.get_running_loop())
+        # A socket transport (asyncio.Transport) for every connection grpclib makes.
+        inner = cast(asyncio.Transport, transport)
+        wrapped: Any = _CoalescingTransport(inner, asyncio.get_running_loop())
         super().connection_made(wrapped)
 
 

@@ -5,10 +5,17 @@ opens the ingest, or finds how far an interrupted one of the same ref got), WRIT
 :data:`CHUNK_SIZE` from there, and a COMMIT carrying the last bytes and the labels; containerd
 checks size and digest before committing. Bytes that can never become the blob (a digest or
 size mismatch, a source longer than the descriptor) abort the ingest once the stream is gone.
+
+The WRITEs are pipelined (:meth:`Duplex.send`): each travels while the next piece is read
+from the source, and containerd's answers (the size it then holds) are checked in order as
+they come back. When the source fails or the ingest is cancelled, the answers to what was
+sent are awaited first (bounded by :data:`DRAIN_TIMEOUT`), so a resume starts after every
+byte containerd acknowledged, and an Abort never races a write still in flight.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -28,6 +35,8 @@ __all__ = ["CHUNK_SIZE", "write_blob"]
 
 CHUNK_SIZE: Final = 1 << 20
 """Bytes per Content.Write message (containerd's limit per message is 16 MiB)."""
+DRAIN_TIMEOUT: Final = 2.0
+"""Seconds a failed or cancelled ingest waits for containerd to answer the WRITEs in flight."""
 LOCK_RETRIES: Final = 10
 LOCK_BACKOFF: Final = 0.05
 
@@ -105,9 +114,10 @@ async def _commit(
     writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
     desc: Descriptor,
     message: content_pb2.WriteContentRequest,
-) -> content_pb2.WriteContentResponse:
+) -> list[content_pb2.WriteContentResponse]:
+    """Send the COMMIT (ending the stream); every answer not returned before, its own last."""
     try:
-        return await writer.exchange(message, end=True)
+        return await writer.send(message, end=True)
     except FailedPrecondition as exc:
         # containerd refused the commit: the size or the digest differ.
         raise _Mismatch(
@@ -203,7 +213,7 @@ async def _write_small(
 ) -> IngestResult:
     # One COMMIT message (which truncates any earlier partial ingest of the ref).
     async with services.content_write(lease=lease) as writer:
-        response = await _commit(
+        answers = await _commit(
             writer,
             desc,
             content_pb2.WriteContentRequest(
@@ -216,7 +226,7 @@ async def _write_small(
                 labels=labels,
             ),
         )
-    _check_committed(desc, response)
+    _check_committed(desc, answers[-1])
     return IngestResult(digest=desc.digest, present=False, written=len(data))
 
 
@@ -239,27 +249,45 @@ async def _write_chunks(
             start = 0  # not this blob's bytes; a WRITE at 0 truncates them
         offset = start
         pending = b""
-        if offset < desc.size:
-            # One piece held back, so the last one travels with the COMMIT.
-            async with open_source(source, offset, CHUNK_SIZE) as pieces:
-                async for piece in pieces:
-                    if pending:
-                        response = await writer.exchange(
-                            request(action=content_pb2.WRITE, offset=offset, data=pending)
-                        )
-                        offset += len(pending)
-                        if int(response.offset) != offset:
-                            raise _Mismatch(
-                                f"blob {desc.digest}: containerd holds {response.offset}"
-                                f" bytes, expected {offset}",
-                                local=True,
+        # WRITEs are pipelined: each is sent while the next piece is read, and its answer (the
+        # size containerd then holds) is checked when it comes back, in order.
+        holds: collections.deque[int] = collections.deque()
+
+        def check(answers: list[content_pb2.WriteContentResponse]) -> None:
+            for answer in answers:
+                expected = holds.popleft()
+                if int(answer.offset) != expected:
+                    raise _Mismatch(
+                        f"blob {desc.digest}: containerd holds {answer.offset} bytes,"
+                        f" expected {expected}",
+                        local=True,
+                    )
+
+        try:
+            if offset < desc.size:
+                # One piece held back, so the last one travels with the COMMIT.
+                async with open_source(source, offset, CHUNK_SIZE) as pieces:
+                    async for piece in pieces:
+                        if pending:
+                            answers = await writer.send(
+                                request(action=content_pb2.WRITE, offset=offset, data=pending)
                             )
-                    pending = piece
-                    if offset + len(pending) > desc.size:
-                        raise _too_long(desc)
-        # A short but clean end keeps the bytes, for a resume from where they stop.
-        _check_complete(desc, offset + len(pending))
-        response = await _commit(
+                            offset += len(pending)
+                            holds.append(offset)
+                            check(answers)
+                        pending = piece
+                        if offset + len(pending) > desc.size:
+                            raise _too_long(desc)
+            # A short but clean end keeps the bytes, for a resume from where they stop.
+            _check_complete(desc, offset + len(pending))
+        except BaseException:
+            # The source failed, or we were cancelled, or the bytes are wrong: let containerd
+            # answer what was sent first. So it is known to be stored and a resume starts
+            # after it; and an Abort that follows does not race the writes still in flight
+            # (containerd's writer would refill the ingest directory it removes).
+            await _drain_shielded(writer)
+            raise
+        answers = await _commit(
             writer,
             desc,
             request(
@@ -271,10 +299,21 @@ async def _write_chunks(
                 labels=labels,
             ),
         )
-    _check_committed(desc, response)
+        check(answers[:-1])
+    _check_committed(desc, answers[-1])
     return IngestResult(
         digest=desc.digest, present=False, resumed_from=start, written=desc.size - start
     )
+
+
+async def _drain_shielded(
+    writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
+) -> None:
+    if writer.done or not writer.unanswered:
+        return
+    # Bounded: a containerd that stopped answering must not hold up a cancellation.
+    with trio.move_on_after(DRAIN_TIMEOUT, shield=True), contextlib.suppress(Exception):
+        await writer.drain()
 
 
 async def _abort_shielded(services: ContainerdImageServices, ref: str) -> None:
