@@ -4,11 +4,12 @@ Under one lease (so a failure or a crash leaves nothing that outlives it):
 
 1. resolve the reference (index, this platform's manifest, config: all verified);
 2. one Snapshots.List finds how many bottom layers are unpacked already;
-3. layers are fetched concurrently (bounded), each straight into ``Content.Write`` (present
-   blobs are skipped with one Content.Info; an interrupted ingest resumes with ``Range``),
+3. layers are fetched concurrently (bounded), each straight into ``Content.Write`` (a present
+   blob is skipped when the Write's opening STAT answers AlreadyExists, or, for a layer of
+   one Write message, after one Content.Info; an interrupted ingest resumes with ``Range``),
    while the unpacker applies them in order as they land: fetching layer n+1 overlaps
-   applying layer n. containerd checks each blob's digest and size at commit, and our
-   unpack checks each layer's diff ID;
+   applying layer n. containerd checks each blob's digest and size at commit (we do not
+   hash the bytes a second time), and our unpack checks each layer's diff ID;
 4. config (labelled with the snapshot chain), manifest (labelled with config and layers)
    and index (labelled with its manifests) are written, so containerd's GC keeps them all
    through the image record;
@@ -29,6 +30,7 @@ import trio
 from ..errors import ContainerdActorsError
 from ._auth import Credentials
 from ._dockerconfig import DockerConfig
+from ._ingest import CHUNK_SIZE
 from ._media import Descriptor
 from ._model import (
     Image,
@@ -159,6 +161,11 @@ async def pull_image(
                         registry.blob(layer, offset, check_digest=False), tracker, index
                     ),
                     lease=lease,
+                    # A layer of more than one Write message opens with a STAT, whose answer
+                    # (AlreadyExists when the blob is here) makes Content.Info redundant. A
+                    # small one is read before its single COMMIT: Info first spares that
+                    # download when the blob is here.
+                    check_present=layer.size <= CHUNK_SIZE,
                 )
             finally:
                 limiter.release_on_behalf_of(index)
@@ -190,11 +197,15 @@ async def pull_image(
                         tracker.report(index, "done")
             except BaseExceptionGroup as group:
                 raise _single_error(group) from None
+            # The documents are in memory: each goes as one COMMIT, whose AlreadyExists (the
+            # blob is here; containerd adds it to the lease) replaces a Content.Info; their
+            # labels are then set with one Content.Update.
             await store.ingest(
                 resolved.config_descriptor,
                 bytes_source(resolved.config_bytes),
                 labels=config_gc_labels(snapshotter, ids[-1]),
                 lease=lease,
+                check_present=False,
             )
             await store.ingest(
                 resolved.manifest_descriptor,
@@ -203,6 +214,7 @@ async def pull_image(
                     resolved.config_descriptor, list(resolved.manifest.layers)
                 ),
                 lease=lease,
+                check_present=False,
             )
             if resolved.index is not None and resolved.index_bytes is not None:
                 await store.ingest(
@@ -210,6 +222,7 @@ async def pull_image(
                     bytes_source(resolved.index_bytes),
                     labels=index_gc_labels(resolved.index.manifests),
                     lease=lease,
+                    check_present=False,
                 )
             record = await store.create_image(name, resolved.target, lease=lease)
     remember(resolved.manifest_descriptor.digest, resolved.manifest)
