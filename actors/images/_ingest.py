@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
+from ..containerd._channel import Encoded
 from ..errors import DataLoss, FailedPrecondition, NotFound, Unavailable
 from ._pb import content_pb2
 from ._types import BlobSource, Descriptor, IngestResult
 
 if TYPE_CHECKING:
-    from ..containerd._streams import Duplex
-    from ._content import ContainerdImageServices
+    from ._content import ContainerdImageServices, ContentWriter
 
 __all__ = ["CHUNK_SIZE", "write_blob"]
 
@@ -50,6 +50,15 @@ async def open_source(
     Every async generator involved is closed on the way out (also the source's own, once we
     started reading it), so an abandoned ingest leaves no generator for the GC to finalise.
     """
+    async with _open_parts(source, offset, size) as cut, contextlib.aclosing(_joined(cut)) as out:
+        yield out
+
+
+@contextlib.asynccontextmanager
+async def _open_parts(
+    source: BlobSource, offset: int, size: int
+) -> AsyncIterator[AsyncIterator[list[Part]]]:
+    """As :func:`open_source`, each piece as the list of its parts (joined by the caller)."""
     if callable(source) and not hasattr(source, "__aiter__"):
         iterable = source(offset)
         skip = 0
@@ -71,31 +80,31 @@ async def open_source(
 
     async with (
         contextlib.aclosing(skipped()) as pieces,
-        contextlib.aclosing(_rechunk(pieces, size)) as chunks,
+        contextlib.aclosing(_recut(pieces, size)) as cut,
     ):
         try:
-            yield chunks
+            yield cut
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
 
 
-async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter).
+Part = bytes | memoryview
 
-    Each byte is copied once, by the join that makes its piece (a chunk that is a piece
-    already is passed on as it is); the parts of a chunk are memoryviews, not slices.
-    """
-    parts: list[bytes | memoryview] = []
+
+async def _recut(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[list[Part], None]:
+    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter),
+    each the list of its parts: whole chunks, or memoryviews of the chunks that straddle a
+    boundary -- so no byte is copied here; whoever sends a piece joins it, once."""
+    parts: list[Part] = []
     held = 0
     async for chunk in chunks:
         start, end = 0, len(chunk)
         while held + end - start >= size:
             stop = start + size - held
             parts.append(chunk if start == 0 and stop == end else memoryview(chunk)[start:stop])
-            first = parts[0]
-            yield first if len(parts) == 1 and isinstance(first, bytes) else b"".join(parts)
+            yield parts
             parts = []
             held = 0
             start = stop
@@ -103,7 +112,43 @@ async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[by
             parts.append(chunk if start == 0 else memoryview(chunk)[start:])
             held += end - start
     if parts:
-        yield b"".join(parts)
+        yield parts
+
+
+def _join(parts: list[Part]) -> bytes:
+    first = parts[0] if parts else b""
+    return first if len(parts) == 1 and isinstance(first, bytes) else b"".join(parts)
+
+
+async def _joined(cut: AsyncIterator[list[Part]]) -> AsyncGenerator[bytes, None]:
+    async for parts in cut:
+        yield _join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _write_request(offset: int, parts: list[Part], size: int) -> Encoded:
+    """``WriteContentRequest{action: WRITE, offset, data}`` serialized by hand.
+
+    The data is joined with the few header bytes in one copy; filling a protobuf message and
+    serializing it were two copies of every byte. Fields in number order, as protobuf writes
+    them: action (1, varint WRITE), offset (5, varint; left out when 0, as proto3 does) and
+    data (6, length-delimited; left out when empty).
+    """
+    header = b"\x08" + _varint(content_pb2.WRITE)
+    if offset:
+        header += b"\x28" + _varint(offset)
+    if not size:
+        return Encoded(header)
+    header += b"\x32" + _varint(size)
+    return Encoded(b"".join([header, *parts]))
 
 
 class _Mismatch(DataLoss):
@@ -111,7 +156,7 @@ class _Mismatch(DataLoss):
 
 
 async def _commit(
-    writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
+    writer: ContentWriter,
     desc: Descriptor,
     message: content_pb2.WriteContentRequest,
 ) -> list[content_pb2.WriteContentResponse]:
@@ -248,7 +293,8 @@ async def _write_chunks(
         if start > desc.size:
             start = 0  # not this blob's bytes; a WRITE at 0 truncates them
         offset = start
-        pending = b""
+        pending: list[Part] = []
+        pending_size = 0
         # WRITEs are pipelined: each is sent while the next piece is read, and its answer (the
         # size containerd then holds) is checked when it comes back, in order.
         holds: collections.deque[int] = collections.deque()
@@ -266,20 +312,20 @@ async def _write_chunks(
         try:
             if offset < desc.size:
                 # One piece held back, so the last one travels with the COMMIT.
-                async with open_source(source, offset, CHUNK_SIZE) as pieces:
-                    async for piece in pieces:
+                async with _open_parts(source, offset, CHUNK_SIZE) as pieces:
+                    async for parts in pieces:
                         if pending:
                             answers = await writer.send(
-                                request(action=content_pb2.WRITE, offset=offset, data=pending)
+                                _write_request(offset, pending, pending_size)
                             )
-                            offset += len(pending)
+                            offset += pending_size
                             holds.append(offset)
                             check(answers)
-                        pending = piece
-                        if offset + len(pending) > desc.size:
+                        pending, pending_size = parts, sum(map(len, parts))
+                        if offset + pending_size > desc.size:
                             raise _too_long(desc)
             # A short but clean end keeps the bytes, for a resume from where they stop.
-            _check_complete(desc, offset + len(pending))
+            _check_complete(desc, offset + pending_size)
         except BaseException:
             # The source failed, or we were cancelled, or the bytes are wrong: let containerd
             # answer what was sent first. So it is known to be stored and a resume starts
@@ -293,7 +339,7 @@ async def _write_chunks(
             request(
                 action=content_pb2.COMMIT,
                 offset=offset,
-                data=pending,
+                data=_join(pending),
                 total=desc.size,
                 expected=desc.digest,
                 labels=labels,
@@ -307,7 +353,7 @@ async def _write_chunks(
 
 
 async def _drain_shielded(
-    writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
+    writer: ContentWriter,
 ) -> None:
     if writer.done or not writer.unanswered:
         return

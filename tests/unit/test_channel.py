@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from actors.containerd._channel import CoalescingChannel, _CoalescingTransport
+from actors.containerd._channel import ContainerdChannel, Encoded, _CoalescingTransport
+from actors.images._pb import content_pb2
 
 
 class Recorder:
@@ -59,7 +60,7 @@ def test_writes_of_one_loop_iteration_go_out_as_one_in_order() -> None:
 
 def test_the_channel_builds_coalescing_protocols() -> None:
     async def main() -> None:
-        channel = CoalescingChannel(path="/nonexistent.sock")
+        channel = ContainerdChannel(path="/nonexistent.sock")
         try:
             protocol = channel._protocol_factory()
             recorder = Recorder()
@@ -69,6 +70,21 @@ def test_the_channel_builds_coalescing_protocols() -> None:
             await asyncio.sleep(0)
             assert len(recorder.writes) == 1
             assert recorder.writes[0].startswith(b"PRI * HTTP/2.0")
+        finally:
+            channel.close()
+
+    asyncio.run(main())
+
+
+def test_the_codec_passes_encoded_messages_through() -> None:
+    async def main() -> None:
+        channel = ContainerdChannel(path="/nonexistent.sock")
+        try:
+            codec = channel._codec
+            kind = content_pb2.WriteContentRequest
+            assert codec.encode(Encoded(b"\x08\x01"), kind) == b"\x08\x01"
+            message = kind(action=content_pb2.STAT, ref="r")
+            assert codec.encode(message, kind) == message.SerializeToString()
         finally:
             channel.close()
 
