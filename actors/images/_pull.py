@@ -10,9 +10,9 @@ Under one lease (so a failure or a crash leaves nothing that outlives it):
    while the unpacker applies them in order as they land: fetching layer n+1 overlaps
    applying layer n. containerd checks each blob's digest and size at commit (we do not
    hash the bytes a second time), and our unpack checks each layer's diff ID;
-4. config (labelled with the snapshot chain), manifest (labelled with config and layers)
-   and index (labelled with its manifests) are written, so containerd's GC keeps them all
-   through the image record;
+4. meanwhile (from the start, they are in memory) config (labelled with the snapshot chain),
+   manifest (labelled with config and layers) and index (labelled with its manifests) are
+   written, so containerd's GC keeps them all through the image record;
 5. Images.Create (Update when the name exists), then the lease goes.
 
 A failure cancels the other downloads; the lease is deleted, so what was written becomes
@@ -173,33 +173,12 @@ async def pull_image(
                 tracker.report(index, "exists", layer.size)
             landed[index].set()
 
-        async with store.open_lease() as lease:
-            try:
-                async with trio.open_nursery() as nursery:
-
-                    async def feed() -> None:
-                        # Bottom layer first: the unpacker needs the layers in order, so
-                        # downloads take their slots in that order too.
-                        for index in range(len(layers)):
-                            await limiter.acquire_on_behalf_of(index)
-                            nursery.start_soon(fetch, index, lease)
-
-                    nursery.start_soon(feed)
-                    for index in range(len(layers)):
-                        await landed[index].wait()
-                        if index < unpacked:
-                            tracker.report(index, "done", layers[index].size)
-                            continue
-                        tracker.report(index, "extracting", layers[index].size)
-                        await store.apply_layer(
-                            layers[index], diff_ids, index, snapshotter=snapshotter, lease=lease
-                        )
-                        tracker.report(index, "done")
-            except BaseExceptionGroup as group:
-                raise _single_error(group) from None
-            # The documents are in memory: each goes as one COMMIT, whose AlreadyExists (the
-            # blob is here; containerd adds it to the lease) replaces a Content.Info; their
-            # labels are then set with one Content.Update.
+        async def documents(lease: str) -> None:
+            # In memory, so written while the layers download (not after them, on the pull's
+            # critical path): each goes as one COMMIT, whose AlreadyExists (the blob is here;
+            # containerd adds it to the lease) replaces a Content.Info; their labels are then
+            # set with one Content.Update. Their GC labels may name layers and snapshots that
+            # do not exist yet; the lease holds everything until the image record does.
             await store.ingest(
                 resolved.config_descriptor,
                 bytes_source(resolved.config_bytes),
@@ -224,6 +203,32 @@ async def pull_image(
                     lease=lease,
                     check_present=False,
                 )
+
+        async with store.open_lease() as lease:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(documents, lease)
+
+                    async def feed() -> None:
+                        # Bottom layer first: the unpacker needs the layers in order, so
+                        # downloads take their slots in that order too.
+                        for index in range(len(layers)):
+                            await limiter.acquire_on_behalf_of(index)
+                            nursery.start_soon(fetch, index, lease)
+
+                    nursery.start_soon(feed)
+                    for index in range(len(layers)):
+                        await landed[index].wait()
+                        if index < unpacked:
+                            tracker.report(index, "done", layers[index].size)
+                            continue
+                        tracker.report(index, "extracting", layers[index].size)
+                        await store.apply_layer(
+                            layers[index], diff_ids, index, snapshotter=snapshotter, lease=lease
+                        )
+                        tracker.report(index, "done")
+            except BaseExceptionGroup as group:
+                raise _single_error(group) from None
             record = await store.create_image(name, resolved.target, lease=lease)
     remember(resolved.manifest_descriptor.digest, resolved.manifest)
     remember(resolved.config_descriptor.digest, resolved.config)
