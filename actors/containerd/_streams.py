@@ -192,8 +192,11 @@ async def duplex_messages(
                 with suppress(Exception):
                     await stream.end()
         finally:
-            if reader is not None and not reader.done():
-                reader.cancel()
+            if reader is not None:
+                if not reader.done():
+                    reader.cancel()
+                # Awaited also when done: an error nobody asked for is retrieved (asyncio
+                # would log it as never retrieved); what the caller needs was raised above.
                 with suppress(BaseException):
                     await reader
 
