@@ -18,7 +18,8 @@ response after the client ends) and reports the call's final status.
 Cancellation: a cancelled :meth:`Duplex.exchange` or :meth:`Duplex.send` leaves the duplex
 broken (the request may or may not have reached the server); leaving the ``async with``
 cancels the asyncio task, which resets the gRPC stream. :meth:`Duplex.drain` first waits for
-the answers to everything sent, for a caller that wants them applied before it gives up.
+the answers to everything sent, for a caller that wants them applied before it gives up;
+:meth:`Duplex.close` ends the stream without a request and waits for the server to finish.
 
 Errors are ours (``actors.errors``), never grpclib's, and each stream counts as one RPC; a
 stream that fails counts one failure. A request the server refuses while others are in flight
@@ -101,10 +102,11 @@ class RequestSlot:
     """The one request Trio hands to the loop; written before the pull that consumes it.
 
     ``wait``: the pull answers only once every request sent so far is answered. ``drain``:
-    the pull sends nothing, it only waits so.
+    the pull sends nothing, it only waits so. ``close``: the pull sends nothing but ends our
+    side, and reads the stream to its end.
     """
 
-    __slots__ = ("drain", "end", "request", "wait")
+    __slots__ = ("close", "drain", "end", "request", "wait")
 
     def __init__(self) -> None:
         # Any: a request message of whichever stub method the Duplex drives; Duplex[Req, Resp]
@@ -113,12 +115,16 @@ class RequestSlot:
         self.end = False
         self.wait = True
         self.drain = False
+        self.close = False
 
     def take(self) -> tuple[Any, bool, bool]:
         request, self.request = self.request, None
         if self.drain:
             self.drain = False
             return None, False, True
+        if self.close:
+            self.close = False
+            return None, True, True
         if request is None:
             raise RuntimeError("duplex pulled without a request")
         return request, self.end, self.wait
@@ -169,6 +175,10 @@ async def duplex_messages(
                     sent += 1
                     if reader is None:
                         reader = asyncio.ensure_future(read())
+                elif end and reader is not None:
+                    # Closing without a request: our end lets the server finish its handler.
+                    with suppress(Exception):
+                        await stream.end()
                 if reader is None:
                     yield []  # drained before anything was sent
                     continue
@@ -226,6 +236,7 @@ class Duplex(Generic[Req, Resp]):
         self._done = False
         self._in_flight = False  # a pull was started by send() and not received yet
         self._unanswered = 0
+        self._sent = False
 
     @property
     def done(self) -> bool:
@@ -265,6 +276,7 @@ class Duplex(Generic[Req, Resp]):
         self._slot.request = request
         self._slot.end = end
         self._slot.wait = wait or end
+        self._sent = True
         self._unanswered += 1 - len(answers)
         if wait or end:
             batch = await self._receive(final=False)
@@ -307,6 +319,31 @@ class Duplex(Generic[Req, Resp]):
                 self._failures[self._name] += 1
                 raise Internal(f"{self._name}: fewer answers than requests")
         self._done = False
+        return answers
+
+    async def close(self) -> list[Resp]:
+        """End our side without a request and read the stream to its end; return the answers
+        not returned yet. Unlike leaving the block (which resets the stream), the server's
+        handler has finished when this returns -- e.g. containerd's content writer is closed,
+        so an Abort of its ingest that follows cannot race it."""
+        if self._done:
+            raise RuntimeError(f"{self._name}: the stream is finished")
+        self._done = True
+        answers: list[Resp] = []
+        if self._in_flight:
+            self._in_flight = False
+            answers = await self._receive(final=False)
+        self._unanswered -= len(answers)
+        if not self._sent:
+            return answers  # nothing reached the server: nothing to close there
+        self._slot.close = True
+        batch = await self._receive(final=False)
+        answers.extend(batch)
+        self._unanswered -= len(batch)
+        with suppress(trio.EndOfChannel):
+            await self._receive(final=True)
+            self._failures[self._name] += 1
+            raise Internal(f"{self._name}: more responses than requests")
         return answers
 
     async def _receive(self, *, final: bool) -> list[Resp]:

@@ -9,8 +9,8 @@ size mismatch, a source longer than the descriptor) abort the ingest once the st
 The WRITEs are pipelined (:meth:`Duplex.send`): each travels while the next piece is read
 from the source, and containerd's answers (the size it then holds) are checked in order as
 they come back. When the source fails or the ingest is cancelled, the answers to what was
-sent are awaited first (bounded by :data:`DRAIN_TIMEOUT`), so a resume starts after every
-byte containerd acknowledged, and an Abort never races a write still in flight.
+sent are awaited and the call ended gracefully (bounded by :data:`CLOSE_TIMEOUT`), so a resume
+starts after every byte containerd acknowledged, and an Abort never races containerd's writer.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ __all__ = ["CHUNK_SIZE", "write_blob"]
 
 CHUNK_SIZE: Final = 1 << 20
 """Bytes per Content.Write message (containerd's limit per message is 16 MiB)."""
-DRAIN_TIMEOUT: Final = 2.0
-"""Seconds a failed or cancelled ingest waits for containerd to answer the WRITEs in flight."""
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds a failed or cancelled ingest waits for containerd to answer the WRITEs in flight
+and finish the call."""
 LOCK_RETRIES: Final = 10
 LOCK_BACKOFF: Final = 0.05
 
@@ -327,11 +328,12 @@ async def _write_chunks(
             # A short but clean end keeps the bytes, for a resume from where they stop.
             _check_complete(desc, offset + pending_size)
         except BaseException:
-            # The source failed, or we were cancelled, or the bytes are wrong: let containerd
-            # answer what was sent first. So it is known to be stored and a resume starts
-            # after it; and an Abort that follows does not race the writes still in flight
-            # (containerd's writer would refill the ingest directory it removes).
-            await _drain_shielded(writer)
+            # The source failed, or we were cancelled, or the bytes are wrong: end the stream
+            # gracefully rather than reset it. containerd answers what was sent first (so it
+            # is known to be stored, and a resume starts after it) and closes its writer
+            # before the call ends -- which writes into the ingest directory, so an Abort
+            # racing it failed with "unlinkat ...: directory not empty".
+            await _close_shielded(writer)
             raise
         answers = await _commit(
             writer,
@@ -352,14 +354,13 @@ async def _write_chunks(
     )
 
 
-async def _drain_shielded(
-    writer: ContentWriter,
-) -> None:
-    if writer.done or not writer.unanswered:
+async def _close_shielded(writer: ContentWriter) -> None:
+    if writer.done:
         return
-    # Bounded: a containerd that stopped answering must not hold up a cancellation.
-    with trio.move_on_after(DRAIN_TIMEOUT, shield=True), contextlib.suppress(Exception):
-        await writer.drain()
+    # Bounded: a containerd that stopped answering must not hold up a cancellation. Its
+    # verdict does not matter here: the caller's own error is what propagates.
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True), contextlib.suppress(Exception):
+        await writer.close()
 
 
 async def _abort_shielded(services: ContainerdImageServices, ref: str) -> None:

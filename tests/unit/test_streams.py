@@ -283,3 +283,26 @@ async def test_a_failed_pipelined_write_surfaces_at_a_later_call(
     assert remote.statistics().failures == {"Content.Write": 1}
     assert bridge.statistics().streams_open == 0
     assert bridge.statistics().tasks_in_flight == 0
+
+
+async def test_close_ends_our_side_and_waits_for_the_server(
+    served: tuple[FakeContent, Remote, AsyncioBridge],
+) -> None:
+    fake, remote, bridge = served
+    services = ContainerdImageServices(remote)
+    with trio.fail_after(10):
+        async with services.content_write() as writer:
+            assert await writer.close() == []  # nothing sent: nothing to close on the server
+        async with services.content_write() as writer:
+            got = await writer.send(_write(content_pb2.WRITE, b"abc", ref="r"))
+            got += await writer.send(_write(content_pb2.WRITE, b"d"))
+            # The server's answers to both, its repeat of the last one after our end dropped.
+            got += await writer.close()
+            assert [a.offset for a in got] == [3, 4] and writer.done
+            with pytest.raises(RuntimeError, match="finished"):
+                await writer.close()
+    assert [r.data for r in fake.received] == [b"abc", b"d"]
+    assert remote.statistics().calls == {"Content.Write": 2}
+    assert remote.statistics().failures == {}
+    assert bridge.statistics().streams_open == 0
+    assert bridge.statistics().tasks_in_flight == 0
