@@ -17,9 +17,8 @@ response after the client ends) and reports the call's final status.
 
 Cancellation: a cancelled :meth:`Duplex.exchange` or :meth:`Duplex.send` leaves the duplex
 broken (the request may or may not have reached the server); leaving the ``async with``
-cancels the asyncio task, which resets the gRPC stream. :meth:`Duplex.drain` first waits for
-the answers to everything sent, for a caller that wants them applied before it gives up;
-:meth:`Duplex.close` ends the stream without a request and waits for the server to finish.
+cancels the asyncio task, which resets the gRPC stream. :meth:`Duplex.close` instead ends the
+stream without a request and waits for every answer and for the server to finish.
 
 Errors are ours (``actors.errors``), never grpclib's, and each stream counts as one RPC; a
 stream that fails counts one failure. A request the server refuses while others are in flight
@@ -101,12 +100,11 @@ class ResponseStream(Generic[Resp]):
 class RequestSlot:
     """The one request Trio hands to the loop; written before the pull that consumes it.
 
-    ``wait``: the pull answers only once every request sent so far is answered. ``drain``:
-    the pull sends nothing, it only waits so. ``close``: the pull sends nothing but ends our
-    side, and reads the stream to its end.
+    ``wait``: the pull answers only once every request sent so far is answered. ``close``: the
+    pull sends nothing but ends our side, and reads the stream to its end.
     """
 
-    __slots__ = ("close", "drain", "end", "request", "wait")
+    __slots__ = ("close", "end", "request", "wait")
 
     def __init__(self) -> None:
         # Any: a request message of whichever stub method the Duplex drives; Duplex[Req, Resp]
@@ -114,14 +112,10 @@ class RequestSlot:
         self.request: Any = None
         self.end = False
         self.wait = True
-        self.drain = False
         self.close = False
 
     def take(self) -> tuple[Any, bool, bool]:
         request, self.request = self.request, None
-        if self.drain:
-            self.drain = False
-            return None, False, True
         if self.close:
             self.close = False
             return None, True, True
@@ -179,9 +173,7 @@ async def duplex_messages(
                     # Closing without a request: our end lets the server finish its handler.
                     with suppress(Exception):
                         await stream.end()
-                if reader is None:
-                    yield []  # drained before anything was sent
-                    continue
+                assert reader is not None  # Duplex.close pulls only after a request went
                 if end:
                     await asyncio.wait([reader])
                 elif wait:
@@ -294,30 +286,6 @@ class Duplex(Generic[Req, Resp]):
         else:
             self._stream.prefetch()
             self._in_flight = True
-        self._done = False
-        return answers
-
-    async def drain(self) -> list[Resp]:
-        """Wait until every request sent is answered; return the answers not returned yet.
-
-        Sends nothing, so the stream stays usable (e.g. before giving up on it, so that what
-        the server acknowledged is known to be applied)."""
-        if self._done:
-            raise RuntimeError(f"{self._name}: the stream is finished")
-        self._done = True
-        answers: list[Resp] = []
-        if self._in_flight:
-            self._in_flight = False
-            answers = await self._receive(final=False)
-        self._unanswered -= len(answers)
-        if self._unanswered:
-            self._slot.drain = True
-            batch = await self._receive(final=False)
-            answers.extend(batch)
-            self._unanswered -= len(batch)
-            if self._unanswered:
-                self._failures[self._name] += 1
-                raise Internal(f"{self._name}: fewer answers than requests")
         self._done = False
         return answers
 

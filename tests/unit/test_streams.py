@@ -246,25 +246,6 @@ async def test_pipelined_sends_get_every_answer_in_order(
     assert bridge.statistics().tasks_in_flight == 0
 
 
-async def test_drain_waits_for_the_answers_and_keeps_the_stream(
-    served: tuple[FakeContent, Remote, AsyncioBridge],
-) -> None:
-    _, remote, _ = served
-    services = ContainerdImageServices(remote)
-    with trio.fail_after(10):
-        async with services.content_write() as writer:
-            assert await writer.drain() == []  # nothing sent yet: nothing to wait for
-            got = await writer.send(_write(content_pb2.WRITE, b"ab", ref="r"))
-            got += await writer.send(_write(content_pb2.WRITE, b"c"))
-            got += await writer.drain()
-            assert [a.offset for a in got] == [2, 3] and writer.unanswered == 0
-            assert not writer.done
-            # Still usable, lock-step too.
-            committed = await writer.exchange(_write(content_pb2.COMMIT), end=True)
-            assert committed.offset == 3
-    assert remote.statistics().failures == {}
-
-
 async def test_a_failed_pipelined_write_surfaces_at_a_later_call(
     served: tuple[FakeContent, Remote, AsyncioBridge],
 ) -> None:
