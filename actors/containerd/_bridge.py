@@ -653,6 +653,25 @@ class BridgedStream(_Entry, Generic[T]):
         item: T = await trio.lowlevel.wait_task_rescheduled(self._abort)
         return item
 
+    def prefetch(self) -> None:
+        """Ask for the next item now without waiting for it; a later :meth:`receive` gets it.
+
+        For a producer whose work should overlap the caller's (a request sent while the next
+        one is being prepared). Does nothing when an item is buffered or asked for already, or
+        when the stream has ended.
+        """
+        if not self._entered:
+            raise RuntimeError("use 'async with bridge.open_stream(...)' before prefetching")
+        if self._pending_pull or self._buffered is not None:
+            return
+        if self._exited or self._final is not None:
+            return
+        try:
+            self._bridge._loop.call_soon_threadsafe(self._request_next)
+        except RuntimeError:
+            return  # the loop is gone: the next receive reports it
+        self._pending_pull = True
+
     # Trio thread.
 
     def _abort(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:

@@ -33,6 +33,7 @@ from actors.containerd.pb.containerd.types.task import task_pb2
 from actors.containerd.pb.grpc.health.v1 import health_grpc, health_pb2
 
 from ..errors import ClientClosed, from_grpc_exception
+from ._channel import ContainerdChannel
 from ._mounts import Mount, mounts_to_proto
 from ._paths import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._streams import Duplex, RequestSlot, ResponseStream, duplex_messages
@@ -85,8 +86,8 @@ def parse_address(address: str) -> tuple[str | None, str | None, int | None]:
 async def _make_channel(path: str | None, host: str | None, port: int | None) -> Channel:
     # grpclib binds the channel to the running loop, so it must be built inside the bridge.
     if path is not None:
-        return Channel(path=path)
-    return Channel(host=host, port=port)
+        return ContainerdChannel(path=path)
+    return ContainerdChannel(host=host, port=port)
 
 
 async def _call_unary(

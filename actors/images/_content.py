@@ -11,7 +11,7 @@ library's structs.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
@@ -35,12 +35,23 @@ from ._pb import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping
 
+    from ..containerd._channel import Encoded
     from ..containerd._interface import ContainerdRemote
     from ..containerd._streams import Duplex, ResponseStream
 
-__all__ = ["LEASE_HEADER", "ContainerdImageServices", "remove_snapshot", "snapshot_mounts"]
+__all__ = [
+    "LEASE_HEADER",
+    "ContainerdImageServices",
+    "ContentWriter",
+    "remove_snapshot",
+    "snapshot_mounts",
+]
 
 LEASE_HEADER: Final = "containerd-lease"
+
+ContentWriter: TypeAlias = (
+    "Duplex[content_pb2.WriteContentRequest | Encoded, content_pb2.WriteContentResponse]"
+)
 
 
 def _lease_headers(lease: str | None) -> Mapping[str, str] | None:
@@ -126,10 +137,11 @@ class ContainerdImageServices:
             yield stream
 
     @contextlib.asynccontextmanager
-    async def content_write(
-        self, *, lease: str | None = None
-    ) -> AsyncIterator[Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse]]:
-        """Open Content.Write: one response per request, COMMIT ends it (``end=True``)."""
+    async def content_write(self, *, lease: str | None = None) -> AsyncIterator[ContentWriter]:
+        """Open Content.Write: one response per request, COMMIT ends it (``end=True``).
+
+        A request may also be :class:`~actors.containerd._channel.Encoded` (serialized by the
+        caller, see :mod:`actors.images._ingest`)."""
         async with self.remote.open_duplex(
             "Content.Write", self._content.Write, headers=_lease_headers(lease)
         ) as duplex:

@@ -63,7 +63,9 @@ def short_digest(digest: str) -> str:
 class BlobVerifier:
     """Checks a stream of chunks against an expected digest and size (sans-IO)."""
 
-    def __init__(self, digest: str, size: int, *, what: str, offset: int = 0) -> None:
+    def __init__(
+        self, digest: str, size: int, *, what: str, offset: int = 0, check_digest: bool = True
+    ) -> None:
         algorithm, _ = parse_digest(digest)
         if size < 0:
             raise InvalidArgument(f"{what}: negative size {size}", local=True)
@@ -71,8 +73,9 @@ class BlobVerifier:
         self.size = size
         self.what = what
         # After a resume we did not see the first ``offset`` bytes, so only the size can be
-        # checked here; the content store checks the digest at commit.
-        self._hasher = hashlib.new(algorithm) if offset == 0 else None
+        # checked here; the content store checks the digest at commit. A caller whose bytes
+        # go to the content store anyway can leave the digest to it (``check_digest``).
+        self._hasher = hashlib.new(algorithm) if offset == 0 and check_digest else None
         self.received = offset
 
     def update(self, chunk: bytes) -> None:

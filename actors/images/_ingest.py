@@ -5,10 +5,17 @@ opens the ingest, or finds how far an interrupted one of the same ref got), WRIT
 :data:`CHUNK_SIZE` from there, and a COMMIT carrying the last bytes and the labels; containerd
 checks size and digest before committing. Bytes that can never become the blob (a digest or
 size mismatch, a source longer than the descriptor) abort the ingest once the stream is gone.
+
+The WRITEs are pipelined (:meth:`Duplex.send`): each travels while the next piece is read
+from the source, and containerd's answers (the size it then holds) are checked in order as
+they come back. When the source fails or the ingest is cancelled, the answers to what was
+sent are awaited and the call ended gracefully (bounded by :data:`CLOSE_TIMEOUT`), so a resume
+starts after every byte containerd acknowledged, and an Abort never races containerd's writer.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -16,18 +23,21 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
+from ..containerd._channel import Encoded
 from ..errors import DataLoss, FailedPrecondition, NotFound, Unavailable
 from ._pb import content_pb2
 from ._types import BlobSource, Descriptor, IngestResult
 
 if TYPE_CHECKING:
-    from ..containerd._streams import Duplex
-    from ._content import ContainerdImageServices
+    from ._content import ContainerdImageServices, ContentWriter
 
 __all__ = ["CHUNK_SIZE", "write_blob"]
 
 CHUNK_SIZE: Final = 1 << 20
 """Bytes per Content.Write message (containerd's limit per message is 16 MiB)."""
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds a failed or cancelled ingest waits for containerd to answer the WRITEs in flight
+and finish the call."""
 LOCK_RETRIES: Final = 10
 LOCK_BACKOFF: Final = 0.05
 
@@ -41,6 +51,15 @@ async def open_source(
     Every async generator involved is closed on the way out (also the source's own, once we
     started reading it), so an abandoned ingest leaves no generator for the GC to finalise.
     """
+    async with _open_parts(source, offset, size) as cut, contextlib.aclosing(_joined(cut)) as out:
+        yield out
+
+
+@contextlib.asynccontextmanager
+async def _open_parts(
+    source: BlobSource, offset: int, size: int
+) -> AsyncIterator[AsyncIterator[list[Part]]]:
+    """As :func:`open_source`, each piece as the list of its parts (joined by the caller)."""
     if callable(source) and not hasattr(source, "__aiter__"):
         iterable = source(offset)
         skip = 0
@@ -62,26 +81,75 @@ async def open_source(
 
     async with (
         contextlib.aclosing(skipped()) as pieces,
-        contextlib.aclosing(_rechunk(pieces, size)) as chunks,
+        contextlib.aclosing(_recut(pieces, size)) as cut,
     ):
         try:
-            yield chunks
+            yield cut
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
 
 
-async def _rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter)."""
-    buffer = bytearray()
+Part = bytes | memoryview
+
+
+async def _recut(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[list[Part], None]:
+    """Re-cut a byte stream into pieces of exactly ``size`` bytes (the last may be shorter),
+    each the list of its parts: whole chunks, or memoryviews of the chunks that straddle a
+    boundary -- so no byte is copied here; whoever sends a piece joins it, once."""
+    parts: list[Part] = []
+    held = 0
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        start, end = 0, len(chunk)
+        while held + end - start >= size:
+            stop = start + size - held
+            parts.append(chunk if start == 0 and stop == end else memoryview(chunk)[start:stop])
+            yield parts
+            parts = []
+            held = 0
+            start = stop
+        if start < end:
+            parts.append(chunk if start == 0 else memoryview(chunk)[start:])
+            held += end - start
+    if parts:
+        yield parts
+
+
+def _join(parts: list[Part]) -> bytes:
+    first = parts[0] if parts else b""
+    return first if len(parts) == 1 and isinstance(first, bytes) else b"".join(parts)
+
+
+async def _joined(cut: AsyncIterator[list[Part]]) -> AsyncGenerator[bytes, None]:
+    async for parts in cut:
+        yield _join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _write_request(offset: int, parts: list[Part], size: int) -> Encoded:
+    """``WriteContentRequest{action: WRITE, offset, data}`` serialized by hand.
+
+    The data is joined with the few header bytes in one copy; filling a protobuf message and
+    serializing it were two copies of every byte. Fields in number order, as protobuf writes
+    them: action (1, varint WRITE), offset (5, varint; left out when 0, as proto3 does) and
+    data (6, length-delimited; left out when empty).
+    """
+    header = b"\x08" + _varint(content_pb2.WRITE)
+    if offset:
+        header += b"\x28" + _varint(offset)
+    if not size:
+        return Encoded(header)
+    header += b"\x32" + _varint(size)
+    return Encoded(b"".join([header, *parts]))
 
 
 class _Mismatch(DataLoss):
@@ -89,12 +157,13 @@ class _Mismatch(DataLoss):
 
 
 async def _commit(
-    writer: Duplex[content_pb2.WriteContentRequest, content_pb2.WriteContentResponse],
+    writer: ContentWriter,
     desc: Descriptor,
     message: content_pb2.WriteContentRequest,
-) -> content_pb2.WriteContentResponse:
+) -> list[content_pb2.WriteContentResponse]:
+    """Send the COMMIT (ending the stream); every answer not returned before, its own last."""
     try:
-        return await writer.exchange(message, end=True)
+        return await writer.send(message, end=True)
     except FailedPrecondition as exc:
         # containerd refused the commit: the size or the digest differ.
         raise _Mismatch(
@@ -190,7 +259,7 @@ async def _write_small(
 ) -> IngestResult:
     # One COMMIT message (which truncates any earlier partial ingest of the ref).
     async with services.content_write(lease=lease) as writer:
-        response = await _commit(
+        answers = await _commit(
             writer,
             desc,
             content_pb2.WriteContentRequest(
@@ -203,7 +272,7 @@ async def _write_small(
                 labels=labels,
             ),
         )
-    _check_committed(desc, response)
+    _check_committed(desc, answers[-1])
     return IngestResult(digest=desc.digest, present=False, written=len(data))
 
 
@@ -225,43 +294,73 @@ async def _write_chunks(
         if start > desc.size:
             start = 0  # not this blob's bytes; a WRITE at 0 truncates them
         offset = start
-        pending = b""
-        if offset < desc.size:
-            # One piece held back, so the last one travels with the COMMIT.
-            async with open_source(source, offset, CHUNK_SIZE) as pieces:
-                async for piece in pieces:
-                    if pending:
-                        response = await writer.exchange(
-                            request(action=content_pb2.WRITE, offset=offset, data=pending)
-                        )
-                        offset += len(pending)
-                        if int(response.offset) != offset:
-                            raise _Mismatch(
-                                f"blob {desc.digest}: containerd holds {response.offset}"
-                                f" bytes, expected {offset}",
-                                local=True,
+        pending: list[Part] = []
+        pending_size = 0
+        # WRITEs are pipelined: each is sent while the next piece is read, and its answer (the
+        # size containerd then holds) is checked when it comes back, in order.
+        holds: collections.deque[int] = collections.deque()
+
+        def check(answers: list[content_pb2.WriteContentResponse]) -> None:
+            for answer in answers:
+                expected = holds.popleft()
+                if int(answer.offset) != expected:
+                    raise _Mismatch(
+                        f"blob {desc.digest}: containerd holds {answer.offset} bytes,"
+                        f" expected {expected}",
+                        local=True,
+                    )
+
+        try:
+            if offset < desc.size:
+                # One piece held back, so the last one travels with the COMMIT.
+                async with _open_parts(source, offset, CHUNK_SIZE) as pieces:
+                    async for parts in pieces:
+                        if pending:
+                            answers = await writer.send(
+                                _write_request(offset, pending, pending_size)
                             )
-                    pending = piece
-                    if offset + len(pending) > desc.size:
-                        raise _too_long(desc)
-        # A short but clean end keeps the bytes, for a resume from where they stop.
-        _check_complete(desc, offset + len(pending))
-        response = await _commit(
+                            offset += pending_size
+                            holds.append(offset)
+                            check(answers)
+                        pending, pending_size = parts, sum(map(len, parts))
+                        if offset + pending_size > desc.size:
+                            raise _too_long(desc)
+            # A short but clean end keeps the bytes, for a resume from where they stop.
+            _check_complete(desc, offset + pending_size)
+        except BaseException:
+            # The source failed, or we were cancelled, or the bytes are wrong: end the stream
+            # gracefully rather than reset it. containerd answers what was sent first (so it
+            # is known to be stored, and a resume starts after it) and closes its writer
+            # before the call ends -- which writes into the ingest directory, so an Abort
+            # racing it failed with "unlinkat ...: directory not empty".
+            await _close_shielded(writer)
+            raise
+        answers = await _commit(
             writer,
             desc,
             request(
                 action=content_pb2.COMMIT,
                 offset=offset,
-                data=pending,
+                data=_join(pending),
                 total=desc.size,
                 expected=desc.digest,
                 labels=labels,
             ),
         )
-    _check_committed(desc, response)
+        check(answers[:-1])
+    _check_committed(desc, answers[-1])
     return IngestResult(
         digest=desc.digest, present=False, resumed_from=start, written=desc.size - start
     )
+
+
+async def _close_shielded(writer: ContentWriter) -> None:
+    if writer.done:
+        return
+    # Bounded: a containerd that stopped answering must not hold up a cancellation. Its
+    # verdict does not matter here: the caller's own error is what propagates.
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True), contextlib.suppress(Exception):
+        await writer.close()
 
 
 async def _abort_shielded(services: ContainerdImageServices, ref: str) -> None:

@@ -4,14 +4,15 @@ Under one lease (so a failure or a crash leaves nothing that outlives it):
 
 1. resolve the reference (index, this platform's manifest, config: all verified);
 2. one Snapshots.List finds how many bottom layers are unpacked already;
-3. layers are fetched concurrently (bounded), each straight into ``Content.Write`` (present
-   blobs are skipped with one Content.Info; an interrupted ingest resumes with ``Range``),
+3. layers are fetched concurrently (bounded), each straight into ``Content.Write`` (a present
+   blob is skipped when the Write's opening STAT answers AlreadyExists, or, for a layer of
+   one Write message, after one Content.Info; an interrupted ingest resumes with ``Range``),
    while the unpacker applies them in order as they land: fetching layer n+1 overlaps
-   applying layer n. containerd checks each blob's digest and size at commit, and our
-   unpack checks each layer's diff ID;
-4. config (labelled with the snapshot chain), manifest (labelled with config and layers)
-   and index (labelled with its manifests) are written, so containerd's GC keeps them all
-   through the image record;
+   applying layer n. containerd checks each blob's digest and size at commit (we do not
+   hash the bytes a second time), and our unpack checks each layer's diff ID;
+4. meanwhile (from the start, they are in memory) config (labelled with the snapshot chain),
+   manifest (labelled with config and layers) and index (labelled with its manifests) are
+   written, so containerd's GC keeps them all through the image record;
 5. Images.Create (Update when the name exists), then the lease goes.
 
 A failure cancels the other downloads; the lease is deleted, so what was written becomes
@@ -29,6 +30,7 @@ import trio
 from ..errors import ContainerdActorsError
 from ._auth import Credentials
 from ._dockerconfig import DockerConfig
+from ._ingest import CHUNK_SIZE
 from ._media import Descriptor
 from ._model import (
     Image,
@@ -154,8 +156,16 @@ async def pull_image(
             try:
                 result = await store.ingest(
                     layer,
-                    lambda offset: _Counted(registry.blob(layer, offset), tracker, index),
+                    # containerd checks the digest at commit: not hashed here too.
+                    lambda offset: _Counted(
+                        registry.blob(layer, offset, check_digest=False), tracker, index
+                    ),
                     lease=lease,
+                    # A layer of more than one Write message opens with a STAT, whose answer
+                    # (AlreadyExists when the blob is here) makes Content.Info redundant. A
+                    # small one is read before its single COMMIT: Info first spares that
+                    # download when the blob is here.
+                    check_present=layer.size <= CHUNK_SIZE,
                 )
             finally:
                 limiter.release_on_behalf_of(index)
@@ -163,9 +173,50 @@ async def pull_image(
                 tracker.report(index, "exists", layer.size)
             landed[index].set()
 
+        async def documents(lease: str) -> None:
+            # In memory, so written while the layers download (not after them, on the pull's
+            # critical path): each goes as one COMMIT, whose AlreadyExists (the blob is here;
+            # containerd adds it to the lease) replaces a Content.Info; their labels are then
+            # set with one Content.Update. Their GC labels may name layers and snapshots that
+            # do not exist yet; the lease holds everything until the image record does.
+            await store.ingest(
+                resolved.config_descriptor,
+                bytes_source(resolved.config_bytes),
+                labels=config_gc_labels(snapshotter, ids[-1]),
+                lease=lease,
+                check_present=False,
+            )
+            await store.ingest(
+                resolved.manifest_descriptor,
+                bytes_source(resolved.manifest_bytes),
+                labels=manifest_gc_labels(
+                    resolved.config_descriptor, list(resolved.manifest.layers)
+                ),
+                lease=lease,
+                check_present=False,
+            )
+            if resolved.index is not None and resolved.index_bytes is not None:
+                await store.ingest(
+                    resolved.target,
+                    bytes_source(resolved.index_bytes),
+                    labels=index_gc_labels(resolved.index.manifests),
+                    lease=lease,
+                    check_present=False,
+                )
+            # index -> index -> manifest: every inner index too, or GC drops what it lists.
+            for desc, data, inner in resolved.nested:
+                await store.ingest(
+                    desc,
+                    bytes_source(data),
+                    labels=index_gc_labels(inner.manifests),
+                    lease=lease,
+                    check_present=False,
+                )
+
         async with store.open_lease() as lease:
             try:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(documents, lease)
 
                     async def feed() -> None:
                         # Bottom layer first: the unpacker needs the layers in order, so
@@ -187,32 +238,6 @@ async def pull_image(
                         tracker.report(index, "done")
             except BaseExceptionGroup as group:
                 raise _single_error(group) from None
-            await store.ingest(
-                resolved.config_descriptor,
-                bytes_source(resolved.config_bytes),
-                labels=config_gc_labels(snapshotter, ids[-1]),
-                lease=lease,
-            )
-            await store.ingest(
-                resolved.manifest_descriptor,
-                bytes_source(resolved.manifest_bytes),
-                labels=manifest_gc_labels(
-                    resolved.config_descriptor, list(resolved.manifest.layers)
-                ),
-                lease=lease,
-            )
-            if resolved.index is not None and resolved.index_bytes is not None:
-                await store.ingest(
-                    resolved.target,
-                    bytes_source(resolved.index_bytes),
-                    labels=index_gc_labels(resolved.index.manifests),
-                    lease=lease,
-                )
-            # index -> index -> manifest: every inner index too, or GC drops what it lists.
-            for desc, data, inner in resolved.nested:
-                await store.ingest(
-                    desc, bytes_source(data), labels=index_gc_labels(inner.manifests), lease=lease
-                )
             record = await store.create_image(name, resolved.target, lease=lease)
     remember(resolved.manifest_descriptor.digest, resolved.manifest)
     remember(resolved.config_descriptor.digest, resolved.config)

@@ -92,7 +92,14 @@ from ._media import (
 from ._platform import Platform, choose_manifest, host_platform, match_rank, parse_platform
 from ._reference import Reference, parse_reference
 
-__all__ = ["BlobStream", "Registry", "ResolvedImage", "is_plain_http", "open_registry"]
+__all__ = [
+    "BlobStream",
+    "Registry",
+    "ResolvedImage",
+    "default_tls",
+    "is_plain_http",
+    "open_registry",
+]
 
 _MAX_ERROR_BODY = 64 << 10
 _MAX_TOKEN_BODY = 1 << 20
@@ -144,11 +151,14 @@ class BlobStream:
     (a plain ``async for`` also works when you read to the end: the connection is released
     at the end or on any error). The stream fails with DataLoss as soon as it runs past the
     descriptor's size, and at its end when size or digest differ. With ``offset > 0``
-    (resuming) only the size can be checked here: the caller's content store must check the
-    digest at commit. ``received`` counts the bytes so far, ``offset`` included.
+    (resuming), or ``check_digest=False``, only the size is checked here: the caller's content
+    store must check the digest at commit. ``received`` counts the bytes so far, ``offset``
+    included.
     """
 
-    def __init__(self, registry: Registry, descriptor: Descriptor, offset: int) -> None:
+    def __init__(
+        self, registry: Registry, descriptor: Descriptor, offset: int, *, check_digest: bool = True
+    ) -> None:
         parse_digest(descriptor.digest)
         if not 0 <= offset <= descriptor.size:
             raise InvalidArgument(
@@ -160,7 +170,11 @@ class BlobStream:
         self._registry = registry
         self._what = f"blob {descriptor.digest}"
         self._verifier = BlobVerifier(
-            descriptor.digest, descriptor.size, what=self._what, offset=offset
+            descriptor.digest,
+            descriptor.size,
+            what=self._what,
+            offset=offset,
+            check_digest=check_digest,
         )
         self._body: Body | None = None
         self._skip = 0
@@ -382,9 +396,16 @@ class Registry:
             parts = [chunk async for chunk in stream]
         return b"".join(parts)
 
-    def blob(self, descriptor: Descriptor, offset: int = 0) -> BlobStream:
-        """Stream a blob from ``offset``, verified as it arrives (see :class:`BlobStream`)."""
-        return BlobStream(self, descriptor, offset)
+    def blob(
+        self, descriptor: Descriptor, offset: int = 0, *, check_digest: bool = True
+    ) -> BlobStream:
+        """Stream a blob from ``offset``, verified as it arrives (see :class:`BlobStream`).
+
+        ``check_digest=False`` checks only the size here: for bytes that go straight into
+        containerd's content store, which computes the digest anyway and refuses to commit a
+        mismatch (so hashing them here too would only double the CPU spent per byte).
+        """
+        return BlobStream(self, descriptor, offset, check_digest=check_digest)
 
     # -- HTTP with authentication ------------------------------------------------------------
 
@@ -571,6 +592,23 @@ def _doc_type(doc: Manifest | Index) -> str:
     return doc.media_type
 
 
+_default_tls: ssl.SSLContext | None = None
+
+
+def default_tls() -> ssl.SSLContext:
+    """httpx's default verifying context (certifi's CA bundle, or ``$SSL_CERT_FILE`` /
+    ``$SSL_CERT_DIR``), built once per process and shared by every registry client.
+
+    Building it parses the whole CA bundle: ~18 ms of CPU that every pull paid at its start,
+    also from a plain-HTTP registry (httpx builds it with the client). An SSLContext is safe
+    to share; nothing here changes it. The environment is read on the first use.
+    """
+    global _default_tls
+    if _default_tls is None:
+        _default_tls = httpx.create_ssl_context()
+    return _default_tls
+
+
 @asynccontextmanager
 async def open_registry(
     reference: str | Reference,
@@ -593,7 +631,7 @@ async def open_registry(
         follow_redirects=True,
         max_redirects=10,
         timeout=httpx.Timeout(io_timeout),
-        verify=verify,
+        verify=default_tls() if verify is True else verify,
         headers={"User-Agent": "containerd-actors"},
     ) as http:
         yield Registry(http, ref, credentials=credentials, insecure=tuple(insecure), platform=want)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from actors.containerd._bridge import AsyncioBridge
+from actors.containerd._bridge import AsyncioBridge, BridgedStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -264,6 +264,38 @@ async def test_stream_is_pull_based(bridge: AsyncioBridge) -> None:
             await trio.sleep(0.01)
             assert produced == list(range(5))
         assert bridge.statistics().streams_open == 0
+
+
+async def test_prefetch_asks_for_one_item_ahead(bridge: AsyncioBridge) -> None:
+    produced: list[int] = []
+
+    async def numbers() -> AsyncIterator[int]:
+        for number in range(2):
+            produced.append(number)
+            yield number
+
+    with trio.fail_after(10):
+        async with bridge.open_stream(numbers) as stream:
+            stream.prefetch()
+            stream.prefetch()  # one item ahead at most: asked for already
+            while not produced:
+                await trio.sleep(0.001)
+            await trio.sleep(0.01)
+            assert produced == [0]
+            assert await stream.receive() == 0  # the prefetched item, buffered meanwhile
+            stream.prefetch()
+            assert await stream.receive() == 1
+            stream.prefetch()
+            with pytest.raises(trio.EndOfChannel):
+                await stream.receive()
+            stream.prefetch()  # after the end: nothing to ask for
+            with pytest.raises(trio.EndOfChannel):
+                await stream.receive()
+        assert produced == [0, 1]
+        unentered = bridge.open_stream(numbers)
+        assert isinstance(unentered, BridgedStream)
+        with pytest.raises(RuntimeError, match="before prefetching"):
+            unentered.prefetch()
 
 
 async def test_stream_end_of_channel(bridge: AsyncioBridge) -> None:

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from actors.errors import InvalidArgument
-from actors.images._ingest import open_source
+from actors.images._ingest import _recut, _write_request, open_source
+from actors.images._pb import content_pb2
 from actors.images._store import (
     Descriptor,
     config_gc_labels,
@@ -63,6 +64,29 @@ async def test_source_generator_is_closed_when_abandoned() -> None:
         async for _ in chunks:
             break
     assert closed == [True]
+
+
+async def test_recut_hands_out_parts_without_copying() -> None:
+    big = b"0123456789"
+    got = [parts async for parts in _recut(pieces(b"ab", big, b"", b"c"), 4)]
+    assert [b"".join(parts) for parts in got] == [b"ab01", b"2345", b"6789", b"c"]
+    # A chunk that is a piece already is passed on as it is; the others are views of theirs.
+    assert got[0][0] == b"ab" and isinstance(got[0][1], memoryview)
+    assert got[0][1].obj is big and got[1][0].obj is big  # type: ignore[union-attr]
+    exact = b"wxyz"
+    (only,) = [parts async for parts in _recut(pieces(exact), 4)]
+    assert only == [exact] and only[0] is exact
+
+
+@pytest.mark.parametrize("offset", [0, 1, 127, 128, 300, 1 << 20, 5 << 40])
+@pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 600])
+def test_hand_encoded_write_is_what_protobuf_writes(offset: int, data: bytes) -> None:
+    half = len(data) // 2
+    encoded = _write_request(offset, [data[:half], memoryview(data)[half:]], len(data))
+    expected = content_pb2.WriteContentRequest(action=content_pb2.WRITE, offset=offset, data=data)
+    assert encoded.data == expected.SerializeToString()
+    parsed = content_pb2.WriteContentRequest.FromString(encoded.data)
+    assert (parsed.action, parsed.offset, parsed.data) == (content_pb2.WRITE, offset, data)
 
 
 def test_gc_labels_use_containerds_names() -> None:

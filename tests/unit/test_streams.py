@@ -21,7 +21,7 @@ from grpclib.server import Server, Stream
 
 from actors.containerd._bridge import AsyncioBridge
 from actors.containerd._remote import Remote
-from actors.errors import AlreadyExists, FailedPrecondition, Internal, NotFound
+from actors.errors import AlreadyExists, FailedPrecondition, Internal, NotFound, OutOfRange
 from actors.images._content import LEASE_HEADER, ContainerdImageServices
 from actors.images._pb import content_grpc, content_pb2
 
@@ -53,6 +53,8 @@ class FakeContent(content_grpc.ContentBase):
                     self.handler_cancelled.set()
             if request.action == content_pb2.COMMIT and self.mode == "fail_commit":
                 raise GRPCError(Status.FAILED_PRECONDITION, "unexpected commit digest")
+            if request.data == b"bad" and self.mode == "fail_write":
+                raise GRPCError(Status.OUT_OF_RANGE, "write @3 must occur at current offset 2")
             offset += len(request.data)
             last = content_pb2.WriteContentResponse(
                 action=request.action, offset=offset, digest="sha256:" + "0" * 64
@@ -215,3 +217,73 @@ async def test_server_stream_maps_errors(
         assert got == [b"abc"] * 3
     assert remote.statistics().calls == {"Content.Read": 2}
     assert remote.statistics().failures == {"Content.Read": 1}
+
+
+async def test_pipelined_sends_get_every_answer_in_order(
+    served: tuple[FakeContent, Remote, AsyncioBridge],
+) -> None:
+    fake, remote, bridge = served
+    services = ContainerdImageServices(remote)
+    answers: list[content_pb2.WriteContentResponse] = []
+    with trio.fail_after(10):
+        async with services.content_write() as writer:
+            assert (await writer.exchange(_write(content_pb2.STAT, ref="r"))).offset == 0
+            for piece in (b"a", b"bc", b"def"):
+                # Returns before the server answered: only answers that came in meanwhile.
+                answers += await writer.send(_write(content_pb2.WRITE, piece))
+                assert writer.unanswered + len(answers) == len(piece)
+            with pytest.raises(RuntimeError, match="outstanding"):
+                await writer.exchange(_write(content_pb2.STAT))
+            # The end waits for every answer: the COMMIT's own comes last.
+            answers += await writer.send(_write(content_pb2.COMMIT, b"g"), end=True)
+            assert writer.done and writer.unanswered == 0
+    assert [a.offset for a in answers] == [1, 3, 6, 7]
+    assert [a.action for a in answers][-1] == content_pb2.COMMIT
+    assert [r.data for r in fake.received] == [b"", b"a", b"bc", b"def", b"g"]
+    assert remote.statistics().calls == {"Content.Write": 1}
+    assert remote.statistics().failures == {}
+    assert bridge.statistics().streams_open == 0
+    assert bridge.statistics().tasks_in_flight == 0
+
+
+async def test_a_failed_pipelined_write_surfaces_at_a_later_call(
+    served: tuple[FakeContent, Remote, AsyncioBridge],
+) -> None:
+    fake, remote, bridge = served
+    fake.mode = "fail_write"
+    services = ContainerdImageServices(remote)
+    with trio.fail_after(10):
+        with pytest.raises(OutOfRange, match="must occur at current offset"):
+            async with services.content_write() as writer:
+                await writer.send(_write(content_pb2.WRITE, b"ok", ref="r"))
+                await writer.send(_write(content_pb2.WRITE, b"bad"))
+                # The server failed the stream; the error comes with the next call at the
+                # latest (here the end, which waits for every answer).
+                await writer.send(_write(content_pb2.COMMIT), end=True)
+        assert writer.done
+    assert remote.statistics().failures == {"Content.Write": 1}
+    assert bridge.statistics().streams_open == 0
+    assert bridge.statistics().tasks_in_flight == 0
+
+
+async def test_close_ends_our_side_and_waits_for_the_server(
+    served: tuple[FakeContent, Remote, AsyncioBridge],
+) -> None:
+    fake, remote, bridge = served
+    services = ContainerdImageServices(remote)
+    with trio.fail_after(10):
+        async with services.content_write() as writer:
+            assert await writer.close() == []  # nothing sent: nothing to close on the server
+        async with services.content_write() as writer:
+            got = await writer.send(_write(content_pb2.WRITE, b"abc", ref="r"))
+            got += await writer.send(_write(content_pb2.WRITE, b"d"))
+            # The server's answers to both, its repeat of the last one after our end dropped.
+            got += await writer.close()
+            assert [a.offset for a in got] == [3, 4] and writer.done
+            with pytest.raises(RuntimeError, match="finished"):
+                await writer.close()
+    assert [r.data for r in fake.received] == [b"abc", b"d"]
+    assert remote.statistics().calls == {"Content.Write": 2}
+    assert remote.statistics().failures == {}
+    assert bridge.statistics().streams_open == 0
+    assert bridge.statistics().tasks_in_flight == 0

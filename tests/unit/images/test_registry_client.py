@@ -7,6 +7,7 @@ stream or a Bearer challenge; these stubs can.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from contextlib import aclosing
 
@@ -20,7 +21,7 @@ from actors.images._digest import digest_of
 from actors.images._dockerconfig import DockerConfig
 from actors.images._media import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor
 from actors.images._reference import parse_reference
-from actors.images._registry import Registry, is_plain_http, open_registry
+from actors.images._registry import Registry, default_tls, is_plain_http, open_registry
 from tests.httpstub import Reply, Request, http_stub
 
 CONFIG = json.dumps(
@@ -111,6 +112,13 @@ async def test_urls_are_https_by_default() -> None:
         assert registry._base == "http://10.0.0.5:5000/v2/a"
     async with open_registry("localhost:5000/a") as registry:
         assert registry._base == "http://localhost:5000/v2/a"
+
+
+def test_the_default_tls_context_verifies_and_is_built_once() -> None:
+    context = default_tls()
+    assert context is default_tls()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0  # a CA bundle is loaded
 
 
 async def test_resolve_and_fetch_from_stub() -> None:
