@@ -53,7 +53,7 @@ from ._clibase import (
     print_json,
     say,
 )
-from ._cliterm import StreamResult, forwarded_signals, raw_terminal, stream
+from ._cliterm import StreamResult, _write_all, forwarded_signals, raw_terminal, stream
 from ._cliverbs import (
     cmd_cp,
     cmd_inspect,
@@ -159,12 +159,6 @@ def _start_exit_code(exc: Exception) -> int:
     if "no such file" in text or "not found" in text or "executable file" in text:
         return EXIT_NOT_FOUND
     return EXIT_DAEMON_ERROR
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 async def _copy_output(session: StdioSession) -> None:

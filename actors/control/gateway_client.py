@@ -364,17 +364,23 @@ class StdioSession:
 
         Sets ``exit_code`` (or ``failure``) from the final status on the error channel.
         """
-        async for channel, view in self.output_views():
-            yield channel, bytes(view)
+        while (item := await self._next_output()) is not None:
+            yield item[0], bytes(item[1])
 
     async def output_views(self) -> AsyncIterator[tuple[int, memoryview]]:
         """Like :meth:`output`, the data as a view into the message received (no copy: for
         whoever only writes it somewhere)."""
+        while (item := await self._next_output()) is not None:
+            yield item
+
+    async def _next_output(self) -> tuple[int, memoryview] | None:
+        # A plain coroutine both generators share (not one generator iterating the other,
+        # which leaves the inner one to the garbage collector when the outer is abandoned).
         while True:
             try:
                 message = await self._ws.get_message()
             except ConnectionClosed:
-                return
+                return None
             if isinstance(message, str) or not message:
                 continue
             channel = message[0]
@@ -382,7 +388,7 @@ class StdioSession:
                 self._read_status(bytes(message[1:]))
                 continue
             if channel in (frames.Channel.STDOUT, frames.Channel.STDERR):
-                yield channel, memoryview(message)[1:]
+                return channel, memoryview(message)[1:]
 
     def _read_status(self, payload: bytes) -> None:
         status = _decoder.decode(payload)
