@@ -33,7 +33,8 @@ are there; it cut the client CPU of the images benchmark's pull by ~14%. httpcor
 per-client setting for it: this is its class attribute, so it applies to every HTTP/1.1
 connection in the process (never lowered, should something else have raised it).
 """
-if httpcore.AsyncHTTP11Connection.READ_NUM_BYTES < READ_BYTES:
+# httpcore comes with httpx; should a later one drop the attribute, reads stay at its size.
+if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", READ_BYTES) < READ_BYTES:
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_BYTES
 
 
