@@ -15,7 +15,8 @@ the next ingest complete at once.
 
 Then lifecycles of ``true`` from the pulled image (create with its own snapshot, start,
 exit, delete task, delete container + snapshot): ours (RPCs and latency) vs
-``ctr run --rm IMAGE`` (latency; 42 RPCs by the reference count, not measured here).
+``ctr run --rm IMAGE`` (latency; 42 RPCs by the reference count, not measured here), one at
+a time and then at concurrency 16 (throughput; ours and ctr alternating who goes first).
 """
 
 from __future__ import annotations
@@ -58,23 +59,34 @@ CTR_RUN_REFERENCE_RPCS = 42
 TOOLS = ("docker-registry", "skopeo", "ctr")
 
 
+CONCURRENCY = 16
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     layers: int
     layer_bytes: int
     reps: int
     lifecycles: int
+    concurrent_lifecycles: int = 0
 
 
 def config(quick: bool, *, smoke: bool = False) -> Config:
     if smoke:
-        return Config(layers=2, layer_bytes=1 << 20, reps=1, lifecycles=3)
+        return Config(layers=2, layer_bytes=1 << 20, reps=1, lifecycles=3, concurrent_lifecycles=16)
     if quick:
-        return Config(layers=5, layer_bytes=25 << 20, reps=3, lifecycles=10)
-    return Config(layers=5, layer_bytes=25 << 20, reps=5, lifecycles=30)
+        return Config(
+            layers=5, layer_bytes=25 << 20, reps=3, lifecycles=10, concurrent_lifecycles=48
+        )
+    return Config(layers=5, layer_bytes=25 << 20, reps=5, lifecycles=30, concurrent_lifecycles=96)
 
 
 def estimate(cfg: Config) -> float:
-    return 20.0 + cfg.reps * 2 * cfg.layers * cfg.layer_bytes / (40 << 20) + cfg.lifecycles * 0.5
+    return (
+        20.0
+        + cfg.reps * 2 * cfg.layers * cfg.layer_bytes / (40 << 20)
+        + cfg.lifecycles * 0.5
+        + cfg.concurrent_lifecycles * 2 * 0.06
+    )
 
 
 class Pull(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +105,10 @@ class Result(msgspec.Struct, kw_only=True):
     lifecycle_ctr_ms: Percentiles | None = None
     rpcs_per_lifecycle: float = 0.0
     ctr_rpcs_per_lifecycle: int = CTR_RUN_REFERENCE_RPCS
+    # At CONCURRENCY: lifecycles per second, one figure per repetition (ours, ctr).
+    throughput_ours: list[float] = msgspec.field(default_factory=list)
+    throughput_ctr: list[float] = msgspec.field(default_factory=list)
+    rpcs_per_concurrent_lifecycle: float = 0.0
 
 
 def missing_tools() -> list[str]:
@@ -207,6 +223,42 @@ async def _lifecycles(client: Client, reference: str, count: int) -> tuple[list[
     return latencies, (client.statistics().rpc.total - before) / max(1, count)
 
 
+async def _concurrent_ours(client: Client, reference: str, count: int, tag: str) -> float:
+    """``count`` lifecycles from the image, CONCURRENCY at a time: lifecycles per second."""
+    image = await client.images.get(reference)
+    limiter = trio.CapacityLimiter(CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            container = await client.new_container(f"bench-{tag}-{i}", image=image, args=["true"])
+            task = await container.start()
+            await task.wait()
+            await task.delete()
+            await container.delete()
+
+    began = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+    return count / (time.monotonic() - began)
+
+
+async def _concurrent_ctr(lab: Lab, namespace: str, reference: str, count: int, tag: str) -> float:
+    """The same through ``ctr run --rm``, CONCURRENCY processes at a time."""
+    limiter = trio.CapacityLimiter(CONCURRENCY)
+    fifo_dir = lab.fifo_dir()
+
+    async def one(i: int) -> None:
+        args = ("run", "--rm", "--fifo-dir", fifo_dir, reference, f"bench-{tag}-{i}", "true")
+        await trio.to_thread.run_sync(lambda: _ctr(lab, namespace, *args), limiter=limiter)
+
+    began = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+    return count / (time.monotonic() - began)
+
+
 async def run(lab: Lab, cfg: Config, progress: Progress) -> Result:
     from actors.images._builtin import busybox_layer
     from tests.registry_fixture import _start, _stop
@@ -262,7 +314,41 @@ async def run(lab: Lab, cfg: Config, progress: Progress) -> Result:
             args = ("run", "--rm", "--fifo-dir", fifo_dir, reference, f"bench-ctr-{i}", "true")
             await trio.to_thread.run_sync(_ctr, lab, namespace, *args)
             ctr_latencies.append((time.monotonic() - began) * 1000)
+        throughput_ours: list[float] = []
+        throughput_ctr: list[float] = []
+        concurrent_rpcs = 0.0
+        if cfg.concurrent_lifecycles:
+            async with open_client(
+                lab.address, namespace, state_dir=lab.state_dir(namespace)
+            ) as client:
+                for rep in range(2):
+                    order = ("ours", "ctr") if rep % 2 == 0 else ("ctr", "ours")
+                    for who in order:
+                        progress.say(
+                            f"{cfg.concurrent_lifecycles} lifecycles at {CONCURRENCY} from the "
+                            f"image ({rep + 1}/2): {who}"
+                        )
+                        tag = f"c{CONCURRENCY}-{who}-{rep}"
+                        if who == "ours":
+                            rpcs_before = client.statistics().rpc.total
+                            throughput_ours.append(
+                                await _concurrent_ours(
+                                    client, reference, cfg.concurrent_lifecycles, tag
+                                )
+                            )
+                            concurrent_rpcs = (
+                                client.statistics().rpc.total - rpcs_before
+                            ) / cfg.concurrent_lifecycles
+                        else:
+                            throughput_ctr.append(
+                                await _concurrent_ctr(
+                                    lab, namespace, reference, cfg.concurrent_lifecycles, tag
+                                )
+                            )
         return Result(
+            throughput_ours=throughput_ours,
+            throughput_ctr=throughput_ctr,
+            rpcs_per_concurrent_lifecycle=concurrent_rpcs,
             image_bytes=size,
             layers=cfg.layers,
             ours=ours,

@@ -858,6 +858,25 @@ def _images_section(result: images.Result | None) -> list[str]:
     ]
     out += _table(["lifecycle of `true` from the image", "RPCs", "latency ms p50/p90/p99"], life)
     out.append("")
+    if result.throughput_ours and result.throughput_ctr:
+        ratios = [o / c for o, c in zip(result.throughput_ours, result.throughput_ctr, strict=True)]
+        each = " / ".join
+        out += _table(
+            [f"from the image at concurrency {images.CONCURRENCY}", "lifecycles/s (each run)",
+             "RPCs/lifecycle"],
+            [
+                ["ours", each(f"{t:.1f}" for t in result.throughput_ours),
+                 f"{result.rpcs_per_concurrent_lifecycle:.1f}"],
+                ["ctr run --rm IMAGE", each(f"{t:.1f}" for t in result.throughput_ctr),
+                 f"{result.ctr_rpcs_per_lifecycle} (reference count)"],
+            ],
+        )  # fmt: skip
+        out.append("")
+        out.append(
+            "Throughput ours / ctr per run (the two alternate who goes first): "
+            + ", ".join(f"{r:.2f}x" for r in ratios)
+        )
+        out.append("")
     return out
 
 
