@@ -1,12 +1,20 @@
 """The control plane's container logs: the one consumer of every init process's output.
 
-For each container the gateway starts, a drain task copies stdout and stderr from the FIFO
-buffers into the container's :class:`~actors._logstore.LogStore` (one directory per container
-under ``root``). It is the only reader of those FIFOs: ``run``, ``attach`` and ``logs`` read
-the store, so any number of them see the same bytes, and a slow websocket never holds back
-the container. The drain waits only for the disk: when the disk lags, the FIFO buffer fills
-and the container blocks (lossless), unless the container opted into lossy output, in which
-case drops are recorded in the log as gap records and every reader is told.
+For each container the gateway starts, a drain task moves stdout and stderr from the FIFOs
+into the container's :class:`~actors._logstore.LogStore` (one directory per container under
+``root``). It is the only reader of those FIFOs: ``run``, ``attach`` and ``logs`` read the
+store, so any number of them see the same bytes, and a slow websocket never holds back the
+container. The drain waits only for the disk: when the disk lags, the FIFO fills and the
+container blocks.
+
+By default (blocking mode) the drain never holds output in memory: it claims the FIFO and
+the kernel splices each record's bytes from the FIFO into the file, so a SIGKILL of ``serve``
+at any moment loses nothing and duplicates nothing. The next ``serve`` re-opens the FIFOs
+(the shim kept them) and, before draining on, completes the record the kill interrupted
+with the bytes still at the head of that stream's FIFO. A container that opted into lossy
+output is drained through the pipe's ring buffer instead; drops are recorded in the log as
+gap records and every reader is told (what the ring buffer holds when ``serve`` is killed
+is lost, as docker's non-blocking mode loses it).
 
 Per-container settings (rotation, output mode) live in ``<root>/<id>/config.json`` so a
 restarted ``serve`` treats the container the same way.
@@ -19,16 +27,16 @@ import datetime as dt
 import functools
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import trio
 
 from ..core._logformat import LogRecord, LogStream
 from ..core._logstore import LogConfig, LogReadOptions, LogStore
-from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe
+from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe, fifo_bytes
 
 __all__ = ["ContainerLogSettings", "LogManager", "timestamp_prefix"]
 
@@ -37,6 +45,14 @@ log = logging.getLogger("containerd_actors.logs")
 CONFIG_FILE: Final = "config.json"
 DRAIN_CHUNK: Final = 1 << 16
 WRITE_RETRY_SECONDS: Final = 1.0
+_T = TypeVar("_T")
+
+
+def _fifo_bytes(pipe: OutputPipe) -> int:
+    try:
+        return fifo_bytes(pipe.fileno())
+    except trio.ClosedResourceError:
+        return 0
 
 
 class ContainerLogSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,22 +162,49 @@ class LogManager:
         return self._draining.get(container_id, 0) > 0
 
     def drain(self, container_id: str, io: DirectIO) -> None:
-        """Copy ``io``'s output into the store until both streams end."""
+        """Move ``io``'s output into the store until both streams end."""
         if self._nursery is None:
             raise RuntimeError("LogManager.run is not running")
         settings = self.settings(container_id)
-        io.configure_output(mode=settings.mode, limit=settings.buffer_size or DEFAULT_OUTPUT_BUFFER)
         store = self.store(container_id)
-        store.start_writing()
+        streams = [
+            (pipe, stream)
+            for pipe, stream in ((io.stdout, LogStream.STDOUT), (io.stderr, LogStream.STDERR))
+            if pipe is not None and not pipe.claimed  # a second hand-over of the same io
+        ]
+        if not streams:
+            return
+        if settings.mode is OutputMode.LOSSY:
+            io.configure_output(
+                mode=settings.mode, limit=settings.buffer_size or DEFAULT_OUTPUT_BUFFER
+            )
+            store.start_writing()
+            copies = [
+                functools.partial(self._copy, store, pipe, stream) for pipe, stream in streams
+            ]
+        else:
+            # The same process as before a restart: its FIFOs hold the rest of a record a
+            # kill interrupted (unless something read them since, which nothing here does).
+            fifos = {
+                int(stream): pipe.fileno()
+                for pipe, stream in streams
+                if io.reopened and not pipe.total_bytes
+            }
+            store.start_writing(fifos)
+            copies = []
+            for pipe, stream in streams:
+                early = pipe.claim(functools.partial(self._last_bytes, store, pipe, stream))
+                copies.append(functools.partial(self._splice, store, pipe, stream, early))
         self._draining[container_id] = self._draining.get(container_id, 0) + 1
-        self._nursery.start_soon(self._drain, container_id, store, io)
+        self._nursery.start_soon(self._drain, container_id, store, copies)
 
-    async def _drain(self, container_id: str, store: LogStore, io: DirectIO) -> None:
+    async def _drain(
+        self, container_id: str, store: LogStore, copies: Sequence[Callable[[], Awaitable[None]]]
+    ) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                for pipe, stream in ((io.stdout, LogStream.STDOUT), (io.stderr, LogStream.STDERR)):
-                    if pipe is not None:
-                        nursery.start_soon(self._copy, store, pipe, stream)
+                for copy in copies:
+                    nursery.start_soon(copy)
         finally:
             left = self._draining.get(container_id, 1) - 1
             if left > 0:
@@ -169,6 +212,51 @@ class LogManager:
             else:
                 self._draining.pop(container_id, None)
                 store.finish()
+
+    async def _splice(
+        self, store: LogStore, pipe: OutputPipe, stream: LogStream, early: bytes
+    ) -> None:
+        """Blocking mode: FIFO -> file by splice(2), never through our memory."""
+        try:
+            if early:  # read before the log took over (a task started without it)
+                await self._write(functools.partial(store.append, stream, early), store)
+                self._bytes += len(early)
+            while True:
+                available = await pipe.wait_fifo()
+                if not available or not store.writing:
+                    return  # end of stream, or the container was removed under us
+                self._bytes += await self._write(
+                    functools.partial(self._splice_once, store, pipe, stream, available), store
+                )
+        except trio.ClosedResourceError:
+            return  # the process was deleted (its last bytes went in through on_close)
+
+    @staticmethod
+    def _splice_once(store: LogStore, pipe: OutputPipe, stream: LogStream, available: int) -> int:
+        # The fd is looked up at each try: a retry after the process was deleted must not
+        # splice from a closed (or reused) descriptor.
+        return store.append_from_fifo(stream, pipe.fileno(), available)
+
+    def _last_bytes(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
+        """The process is being deleted: what is still in its FIFO goes in now (no waiting:
+        the shim has written everything by the time Tasks.Delete returns)."""
+        if not store.writing:
+            return
+        try:
+            while available := _fifo_bytes(pipe):
+                moved = store.append_from_fifo(stream, pipe.fileno(), available)
+                if not moved:
+                    break
+                self._bytes += moved
+        except OSError as exc:
+            left = _fifo_bytes(pipe)
+            log.error(
+                "the log of %s lost the last %d bytes of its %s: %s",
+                store.directory.name,
+                left,
+                stream.name.lower(),
+                exc,
+            )
 
     async def _copy(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
         try:
@@ -203,14 +291,13 @@ class LogManager:
             await self._write(functools.partial(store.append, stream, chunk.data), store)
             self._bytes += len(chunk.data)
 
-    async def _write(self, write: Callable[[], None], store: LogStore) -> None:
+    async def _write(self, write: Callable[[], _T], store: LogStore) -> _T | int:
         # A full or failing disk must neither lose output nor kill the drain: hold the chunk
         # (the FIFO then fills and the container waits, as with a slow reader) and retry.
         warned = False
         while store.writing:
             try:
-                write()
-                return
+                return write()
             except OSError as exc:
                 if not warned:
                     log.error(
@@ -218,6 +305,7 @@ class LogManager:
                     )
                     warned = True
                 await trio.sleep(WRITE_RETRY_SECONDS)
+        return 0
 
 
 # -- reading for the websocket ----------------------------------------------------------------

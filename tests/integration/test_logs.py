@@ -178,7 +178,8 @@ async def test_logs_and_events_fail_loudly_when_serve_goes_away(
                 with trio.fail_after(30):
                     while (
                         served.gateway.statistics().stdio_sessions < 1
-                        or served.client.statistics().subscribers.subscribers < 1
+                        # the gateway's own event log is one subscriber; `events` the next
+                        or served.client.statistics().subscribers.subscribers < 2
                     ):
                         await trio.sleep(0.05)
             # serve is gone now; both commands must notice and fail.
