@@ -148,6 +148,24 @@ class LogManager:
         self._settings.pop(container_id, None)
         self._draining.pop(container_id, None)
 
+    def sweep(self, existing: set[str]) -> list[str]:
+        """Remove the logs of containers not in ``existing`` (deleted while we were away);
+        the ids removed."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            if name in existing or self._draining.get(name):
+                continue
+            path = self.root / name
+            if path.is_symlink() or not path.is_dir():
+                continue  # never ours: leave it alone
+            self.remove(name)
+            removed.append(name)
+        return removed
+
     # -- draining ---------------------------------------------------------------------------
 
     def stdio_callback(self, container_id: str) -> Callable[[DirectIO], None]:

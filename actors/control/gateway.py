@@ -379,15 +379,18 @@ class Gateway:
             max_pending=config.max_pending_handshakes,
             max_pending_per_peer=config.max_pending_per_peer,
         )
+        stop_watching = self.client.watch_deletions(self._deleted_elsewhere)
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 await nursery.start(self.logs.run)
+                self._sweep_orphan_logs()
                 await self._drain_restored()
                 await nursery.start(self._watch_events)
                 await nursery.start(server.run)
                 task_status.started(self)
         finally:
+            stop_watching()
             self._image_methods.close()  # unfinished image uploads and downloads
 
     def _count_rejected(self) -> None:
@@ -395,6 +398,18 @@ class Gateway:
 
     def _count_internal_error(self) -> None:
         self._internal_errors += 1
+
+    def _sweep_orphan_logs(self) -> None:
+        """Logs of containers deleted while no serve was running (``ctr c rm``) go now."""
+        existing = {container.id for container in self.client.containers()}
+        for container_id in self.logs.sweep(existing):
+            log.info("removed the log of %s: the container no longer exists", container_id)
+
+    def _deleted_elsewhere(self, container: Container) -> None:
+        """Another client deleted one of our containers: remove what we kept for it (its
+        log, staged binds, /etc files), as our own delete does."""
+        if is_ours(container.labels) and self._background is not None:
+            self._background.start_soon(self._removed, container)
 
     async def _drain_restored(self) -> None:
         """After a restart, the log is again the consumer of every restored task's output."""

@@ -1,19 +1,26 @@
-"""Who drains a task's output when nobody is attached: the log, at once, for every new stdio.
+"""Who drains a task's output when nobody is attached, and who cleans up after it.
 
 A restart policy's new task and an actor restarted after a crash re-open (or create) FIFOs;
-unless the log drains them straight away, a chatty container blocks on a full FIFO.
+unless the log drains them straight away, a chatty container blocks on a full FIFO. A
+container deleted by another client (``ctr c rm``) must not leave its log or staged binds.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import trio
 
-from actors.control.gateway_client import GatewayClient
+from actors.containerd._embedded import PrivateContainerd
+from actors.control._binds import DEFAULT_STAGING_DIR, unstage
+from actors.control.gateway_client import GatewayClient, connect_gateway
 from actors.testing import crash_actor
 
-from ..conftest import unique_id
-from .gateway_support import Served
+from ..conftest import NAMESPACE, unique_id
+from .gateway_support import Served, serve
 from .test_gateway import _cli as cli
 from .test_logs import _remove as remove
 
@@ -65,3 +72,66 @@ async def test_a_crashed_actor_hands_its_reopened_stdio_back_to_the_log(
         assert logged.stdout == RUN_OUTPUT * 3
     finally:
         await remove(gw, name)
+
+
+# -- a container deleted behind our back leaves nothing of ours behind ----------------------
+
+
+def ctr(daemon: PrivateContainerd, *args: str) -> None:
+    subprocess.run(
+        ["ctr", "-a", daemon.address, "-n", NAMESPACE, *args],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+
+def staged(cid: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(DEFAULT_STAGING_DIR) if n.startswith(f"{cid}.")]
+    except FileNotFoundError:
+        return []
+
+
+async def test_a_container_removed_with_ctr_loses_its_log_and_staged_binds(
+    containerd: PrivateContainerd, io_dir: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "binds" / "data"
+    data.mkdir(parents=True)
+    live, away = unique_id("ctrrm"), unique_id("ctraway")
+    async with (
+        serve(containerd, io_dir, rootfs, tmp_path) as served,
+        connect_gateway(served.url, served.token) as gw,
+    ):
+        for name in (live, away):
+            await gw.call(
+                "container.create",
+                {
+                    "id": name,
+                    "args": ["echo", "written"],
+                    "mounts": [{"source": str(data), "destination": "/data"}],
+                },
+            )
+            await gw.call("task.start", {"id": name})
+            with trio.fail_after(30):
+                await gw.call("task.wait", {"id": name})
+            assert (await cli(served, "logs", name)).stdout == b"written\n"
+            assert served.gateway.logs.directory(name).is_dir()
+            assert len(staged(name)) == 1
+        # Behind serve's back while it runs: it hears the delete and cleans up at once.
+        ctr(containerd, "tasks", "rm", live)
+        ctr(containerd, "containers", "rm", live)
+        with trio.fail_after(30):
+            while served.gateway.logs.directory(live).exists() or staged(live):
+                await trio.sleep(0.05)
+        log_root = served.gateway.logs.root
+    # And while no serve runs: the next one removes the log it finds orphaned.
+    ctr(containerd, "tasks", "rm", away)
+    ctr(containerd, "containers", "rm", away)
+    assert (log_root / away).is_dir()
+    async with serve(containerd, io_dir, rootfs, tmp_path) as served:
+        assert not served.gateway.logs.directory(away).exists()
+    # Its staged binds cannot be told apart from another namespace's by a new serve
+    # (the staging directory is shared): unstaged here by hand, as an operator would.
+    for name in staged(away):
+        unstage(os.path.join(DEFAULT_STAGING_DIR, name), DEFAULT_STAGING_DIR)
