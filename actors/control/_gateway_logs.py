@@ -16,6 +16,11 @@ output is drained through the pipe's ring buffer instead; drops are recorded in 
 gap records and every reader is told (what the ring buffer holds when ``serve`` is killed
 is lost, as docker's non-blocking mode loses it).
 
+A FIFO lives only while someone has it open, and the shim closes its ends when the process's
+output ends: a process that exits while no ``serve`` runs would take the bytes left in its
+FIFO with it. So every claimed FIFO is also held by the FIFO keeper (``_fifokeeper``), a small
+process of its own that never reads and lets go once the FIFO is drained or removed.
+
 Per-container settings (rotation, output mode) live in ``<root>/<id>/config.json`` so a
 restarted ``serve`` treats the container the same way.
 """
@@ -37,6 +42,7 @@ import trio
 from ..core._logformat import LogRecord, LogStream
 from ..core._logstore import LogConfig, LogReadOptions, LogStore
 from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe, fifo_bytes
+from ._fifokeeper import FifoKeeper
 
 __all__ = ["ContainerLogSettings", "LogManager", "timestamp_prefix"]
 
@@ -74,8 +80,16 @@ class LogManagerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class LogManager:
     """Log stores of one namespace's containers; run :meth:`run` in a nursery first."""
 
-    def __init__(self, root: str | os.PathLike[str], defaults: LogConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        defaults: LogConfig | None = None,
+        *,
+        keep_fifos: bool = True,
+    ) -> None:
         self.root = Path(root)
+        # One keeper per state directory (the parent of the namespaces' log roots).
+        self.keeper = FifoKeeper(self.root.parent / "fifokeeper.sock") if keep_fifos else None
         self.defaults = defaults or LogConfig()
         self._stores: dict[str, LogStore] = {}
         self._settings: dict[str, ContainerLogSettings] = {}
@@ -86,10 +100,19 @@ class LogManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the drain tasks until cancelled (drains stop; the FIFOs stay with the actors)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            if self.keeper is not None:
+                try:
+                    await trio.to_thread.run_sync(self.keeper.connect)
+                except Exception as exc:  # serve runs on; hold() retries and warns once
+                    log.warning("cannot start the FIFO keeper: %s", exc)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            if self.keeper is not None:
+                self.keeper.close()
 
     def statistics(self) -> LogManagerStatistics:
         return LogManagerStatistics(
@@ -212,6 +235,8 @@ class LogManager:
             copies = []
             for pipe, stream in streams:
                 early = pipe.claim(functools.partial(self._last_bytes, store, pipe, stream))
+                if self.keeper is not None:
+                    self.keeper.hold(pipe.path, pipe.fileno())
                 copies.append(functools.partial(self._splice, store, pipe, stream, early))
         self._draining[container_id] = self._draining.get(container_id, 0) + 1
         self._nursery.start_soon(self._drain, container_id, store, copies)
