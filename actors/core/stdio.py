@@ -82,13 +82,19 @@ class FifoSet(msgspec.Struct, frozen=True, kw_only=True):
         return [p for p in (self.stdin, self.stdout, self.stderr) if p]
 
 
-def _make_fifo(path: str) -> None:
+def _make_fifo(path: str, *, reopen: bool) -> None:
     try:
         os.mkfifo(path, 0o600)
     except FileExistsError:
         # Re-attaching after a restart finds our own FIFO; anything else is refused.
         if not stat.S_ISFIFO(os.lstat(path).st_mode):
             raise
+        if not reopen:
+            # A new process never shares a pipe with a predecessor a crash left behind
+            # (someone may still hold that one, and what is in it is not this process's).
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+            return
         os.chmod(path, 0o600)
 
 
@@ -536,7 +542,7 @@ class DirectIO:
         opened: list[int] = []
         try:
             for path in fifos.paths():
-                _make_fifo(path)
+                _make_fifo(path, reopen=reopened)
             flags = os.O_NONBLOCK | os.O_CLOEXEC
             stdin = stdout = stderr = None
             if fifos.stdin:
