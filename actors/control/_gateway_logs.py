@@ -68,6 +68,7 @@ class ContainerLogSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_files: int | None = None
     mode: OutputMode = OutputMode.BLOCKING
     buffer_size: int | None = None
+    execs: bool = False  # exec sessions' output goes to the log too
 
 
 class LogManagerStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +95,7 @@ class LogManager:
         self._stores: dict[str, LogStore] = {}
         self._settings: dict[str, ContainerLogSettings] = {}
         self._draining: dict[str, int] = {}
+        self._teeing: dict[str, int] = {}  # exec sessions writing to the log (opt-in)
         self._nursery: trio.Nursery | None = None
         self._bytes = 0
         self._gaps = 0
@@ -170,6 +172,7 @@ class LogManager:
         store.remove()
         self._settings.pop(container_id, None)
         self._draining.pop(container_id, None)
+        self._teeing.pop(container_id, None)
 
     def sweep(self, existing: set[str]) -> list[str]:
         """Remove the logs of containers not in ``existing`` (deleted while we were away);
@@ -188,6 +191,44 @@ class LogManager:
             self.remove(name)
             removed.append(name)
         return removed
+
+    # -- exec output (opt-in) -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exec_tee(
+        self, container_id: str
+    ) -> AsyncGenerator[Callable[[int, bytes], Awaitable[None]] | None, None]:
+        """While an exec session runs: a function that appends what it forwards to the
+        container's log, or None when the container did not ask for that (``execs``).
+
+        The session stays the exec's only reader (nothing else drains an exec's FIFOs), so
+        what it forwards and what the log keeps are the same bytes.
+        """
+        if not self.settings(container_id).execs or self._nursery is None:
+            yield None
+            return
+        store = self.store(container_id)
+        store.start_writing()
+        self._teeing[container_id] = self._teeing.get(container_id, 0) + 1
+
+        async def append(stream: int, data: bytes) -> None:
+            await self._write(functools.partial(store.append, stream, data), store)
+            self._bytes += len(data)
+
+        try:
+            yield append
+        finally:
+            self._release(self._teeing, container_id, store)
+
+    def _release(self, counts: dict[str, int], container_id: str, store: LogStore) -> None:
+        """One writer of the store is done; the last one (drain or exec tee) finishes it."""
+        left = counts.get(container_id, 1) - 1
+        if left > 0:
+            counts[container_id] = left
+            return
+        counts.pop(container_id, None)
+        if not self._draining.get(container_id) and not self._teeing.get(container_id):
+            store.finish()
 
     # -- draining ---------------------------------------------------------------------------
 
@@ -249,12 +290,7 @@ class LogManager:
                 for copy in copies:
                     nursery.start_soon(copy)
         finally:
-            left = self._draining.get(container_id, 1) - 1
-            if left > 0:
-                self._draining[container_id] = left
-            else:
-                self._draining.pop(container_id, None)
-                store.finish()
+            self._release(self._draining, container_id, store)
 
     async def _splice(
         self, store: LogStore, pipe: OutputPipe, stream: LogStream, early: bytes

@@ -37,7 +37,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -1134,7 +1134,9 @@ class Gateway:
                 output = functools.partial(
                     send_log_frames, ws, self.logs.store(container_id), log_read.options
                 )
-            await _bridge_stdio(ws, process, io, subprotocol, output)
+            tee_context = self.logs.exec_tee(container_id) if exec_id else _no_tee()
+            async with tee_context as tee:
+                await _bridge_stdio(ws, process, io, subprotocol, output, tee)
         except NotFound as exc:
             await ws.send_message(
                 frames.encode_frame(frames.Channel.ERROR, frames.failure_status_message(str(exc)))
@@ -1159,6 +1161,11 @@ class Gateway:
         return process, process.io
 
 
+@contextlib.asynccontextmanager
+async def _no_tee() -> AsyncIterator[None]:
+    yield None
+
+
 _METHOD_OF: Final = {cls: method for method, cls in proto.METHODS.items()}
 _unserved = sorted(m for m, cls in proto.METHODS.items() if cls not in _HANDLERS)
 if _unserved:
@@ -1171,12 +1178,14 @@ async def _bridge_stdio(
     io: DirectIO,
     subprotocol: str,
     output: Callable[[], Awaitable[None]] | None = None,
+    tee: Callable[[int, bytes], Awaitable[None]] | None = None,
 ) -> None:
     """Copy between one process's stdio and the k8s-framed websocket until it exits.
 
     Output comes from ``output`` (a reader of the container's log) when given, else from the
-    FIFOs. If the peer goes away first, copying stops at once (the FIFOs stay with the actor
-    and keep being drained) and the process keeps running.
+    FIFOs, each chunk handed to ``tee`` (the log, for a container that logs its execs) before
+    it is sent. If the peer goes away first, copying stops at once (the FIFOs stay with the
+    actor and keep being drained) and the process keeps running.
     """
     peer_gone = False
 
@@ -1190,6 +1199,8 @@ async def _bridge_stdio(
 
     async def pump(pipe: Any, channel: frames.Channel) -> None:
         while chunk := await pipe.receive_some(1 << 16):
+            if tee is not None:
+                await tee(int(channel), chunk)
             await ws.send_message(frames.encode_frame(channel, chunk))
 
     async def inbound() -> None:
@@ -1256,6 +1267,7 @@ def _log_settings(params: Any) -> ContainerLogSettings:
         max_files=params.max_files,
         mode=OutputMode(params.mode),
         buffer_size=params.buffer_size,
+        execs=params.execs,
     )
 
 

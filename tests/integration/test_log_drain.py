@@ -144,3 +144,31 @@ async def test_a_container_removed_with_ctr_loses_its_log_and_staged_binds(
     # (the staging directory is shared): unstaged here by hand, as an operator would.
     for name in staged(away):
         unstage(os.path.join(DEFAULT_STAGING_DIR, name), DEFAULT_STAGING_DIR)
+
+
+# -- exec output in the log: opt-in per container (--log-execs), off by default -------------
+
+
+async def test_exec_output_reaches_the_log_only_when_the_container_asked(
+    served: Served, gw: GatewayClient
+) -> None:
+    logged, plain = unique_id("execlog"), unique_id("execplain")
+    try:
+        with trio.fail_after(120):
+            for name, flags in ((logged, ("--log-execs",)), (plain, ())):
+                done = await cli(served, "run", "-d", "--name", name, *flags, "busybox", "--",
+                                 "sh", "-c", "echo main; exec sleep 300")  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                await logged_in_full(served, name, len(b"main\n"))
+                ran = await cli(served, "exec", name, "--", "sh", "-c",
+                                "seq 1 20000; echo oops >&2")  # fmt: skip
+                assert ran.returncode == 0, ran.stderr
+                assert ran.stdout == b"".join(b"%d\n" % i for i in range(1, 20001))
+                assert ran.stderr == b"oops\n"
+            everything = b"main\n" + b"".join(b"%d\n" % i for i in range(1, 20001))
+            assert await logged_in_full(served, logged, len(everything)) == everything
+            assert (await cli(served, "logs", logged)).stderr == b"oops\n"
+            assert (await cli(served, "logs", plain)).stdout == b"main\n"
+    finally:
+        await remove(gw, logged)
+        await remove(gw, plain)
