@@ -174,23 +174,21 @@ class LogManager:
         self._draining.pop(container_id, None)
         self._teeing.pop(container_id, None)
 
-    def sweep(self, existing: set[str]) -> list[str]:
-        """Remove the logs of containers not in ``existing`` (deleted while we were away);
-        the ids removed."""
+    def unknown(self, known: set[str]) -> list[str]:
+        """Ids of the logs kept here for containers not in ``known`` (candidates for removal:
+        the caller checks they are really gone)."""
         try:
             names = sorted(os.listdir(self.root))
         except FileNotFoundError:
             return []
-        removed = []
+        found = []
         for name in names:
-            if name in existing or self._draining.get(name):
+            if name in known or self._draining.get(name) or self._teeing.get(name):
                 continue
             path = self.root / name
-            if path.is_symlink() or not path.is_dir():
-                continue  # never ours: leave it alone
-            self.remove(name)
-            removed.append(name)
-        return removed
+            if not path.is_symlink() and path.is_dir():  # anything else was never ours
+                found.append(name)
+        return found
 
     # -- exec output (opt-in) -----------------------------------------------------------------
 

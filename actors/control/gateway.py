@@ -384,7 +384,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 await nursery.start(self.logs.run)
-                self._sweep_orphan_logs()
+                await self._sweep_orphan_logs()
                 await self._drain_restored()
                 await nursery.start(self._watch_events)
                 await nursery.start(server.run)
@@ -399,11 +399,20 @@ class Gateway:
     def _count_internal_error(self) -> None:
         self._internal_errors += 1
 
-    def _sweep_orphan_logs(self) -> None:
-        """Logs of containers deleted while no serve was running (``ctr c rm``) go now."""
-        existing = {container.id for container in self.client.containers()}
-        for container_id in self.logs.sweep(existing):
-            log.info("removed the log of %s: the container no longer exists", container_id)
+    async def _sweep_orphan_logs(self) -> None:
+        """Logs of containers deleted while no serve was running (``ctr c rm``) go now.
+
+        Only a log whose container containerd does not know is removed (one Containers.Get
+        per log the client does not supervise: none after a restore, which found them all).
+        """
+        for container_id in self.logs.unknown({c.id for c in self.client.containers()}):
+            try:
+                await self.client.load_container(container_id)
+            except NotFound:
+                self.logs.remove(container_id)
+                log.info("removed the log of %s: the container no longer exists", container_id)
+            except (ContainerdError, ValueError) as exc:
+                log.warning("cannot tell whether %s still exists: %s", container_id, exc)
 
     def _deleted_elsewhere(self, container: Container) -> None:
         """Another client deleted one of our containers: remove what we kept for it (its

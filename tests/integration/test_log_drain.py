@@ -86,13 +86,14 @@ async def test_a_crashed_actor_hands_its_reopened_stdio_back_to_the_log(
 # -- a container deleted behind our back leaves nothing of ours behind ----------------------
 
 
-def ctr(daemon: PrivateContainerd, *args: str) -> None:
-    subprocess.run(
+def ctr(daemon: PrivateContainerd, *args: str) -> str:
+    return subprocess.run(
         ["ctr", "-a", daemon.address, "-n", NAMESPACE, *args],
         capture_output=True,
+        text=True,
         check=True,
         timeout=60,
-    )
+    ).stdout
 
 
 def staged(cid: str) -> list[str]:
@@ -138,8 +139,13 @@ async def test_a_container_removed_with_ctr_loses_its_log_and_staged_binds(
     ctr(containerd, "tasks", "rm", away)
     ctr(containerd, "containers", "rm", away)
     assert (log_root / away).is_dir()
+    listed = ctr(containerd, "containers", "ls", "-q").split()
+    orphans = [d.name for d in log_root.iterdir() if d.is_dir() and d.name not in listed]
+    assert away in orphans
     async with serve(containerd, io_dir, rootfs, tmp_path) as served:
         assert not served.gateway.logs.directory(away).exists()
+        # One Containers.Get per log whose container the restore did not find, no more.
+        assert served.client.statistics().rpc.calls.get("Containers.Get", 0) == len(orphans)
     # Its staged binds cannot be told apart from another namespace's by a new serve
     # (the staging directory is shared): unstaged here by hand, as an operator would.
     for name in staged(away):
