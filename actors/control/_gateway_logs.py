@@ -96,6 +96,7 @@ class LogManager:
         self._settings: dict[str, ContainerLogSettings] = {}
         self._draining: dict[str, int] = {}
         self._teeing: dict[str, int] = {}  # exec sessions writing to the log (opt-in)
+        self._drain_ended = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._bytes = 0
         self._gaps = 0
@@ -173,6 +174,7 @@ class LogManager:
         self._settings.pop(container_id, None)
         self._draining.pop(container_id, None)
         self._teeing.pop(container_id, None)
+        self._drain_ended.unpark_all()
 
     def unknown(self, known: set[str]) -> list[str]:
         """Ids of the logs kept here for containers not in ``known`` (candidates for removal:
@@ -227,6 +229,14 @@ class LogManager:
         counts.pop(container_id, None)
         if not self._draining.get(container_id) and not self._teeing.get(container_id):
             store.finish()
+        self._drain_ended.unpark_all()
+
+    async def settled(self, container_id: str) -> None:
+        """Until no drain of the container runs: everything its task wrote is in the log
+        (its FIFOs reached end of stream). Bound the wait: a child that inherited the
+        output can keep a FIFO open long after the task exited."""
+        while self._draining.get(container_id):
+            await self._drain_ended.park()
 
     # -- draining ---------------------------------------------------------------------------
 

@@ -106,6 +106,9 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_POLICY_VIOLATION: Final = 1008
 STDIO_TICKET_SECONDS: Final = 30.0
 WRITER_GRACE_SECONDS: Final = 10.0
+# How long task.wait waits, after the exit, for the task's output to reach the log (docker
+# waits for its streams the same way, bounded: a child may hold the output open).
+OUTPUT_SETTLE_SECONDS: Final = 2.0
 HANDSHAKE_SECONDS: Final = 5.0
 #: Descriptors kept free for containerd channels, stdio FIFOs and files (see serve()).
 FD_RESERVE: Final = 256
@@ -890,8 +893,14 @@ class Gateway:
 
     @_handles(proto.TaskWaitParams)
     async def _task_wait(self, session: _Session, params: proto.TaskWaitParams) -> Any:
-        task = await (await self._container(params.id)).task()
-        return msgspec.to_builtins(await task.wait())
+        container = await self._container(params.id)
+        status = await (await container.task()).wait()
+        if container.restart_status().policy in ("", "no"):
+            # As docker: the exit is reported once the task's output is in the log, so a
+            # `logs` after `wait` shows all of it. (A restarting container's log goes on.)
+            with trio.move_on_after(OUTPUT_SETTLE_SECONDS):
+                await self.logs.settled(params.id)
+        return msgspec.to_builtins(status)
 
     @_handles(proto.ProcessExecParams)
     async def _process_exec(self, session: _Session, params: proto.ProcessExecParams) -> Any:
