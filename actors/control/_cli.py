@@ -171,8 +171,9 @@ def _dropped_verdict(session: StdioSession, allow_dropped: bool) -> bool:
     if not session.dropped:
         return False
     _say(
-        f"warning: {session.dropped} bytes of output were dropped (lossy log mode; "
-        f"{len(session.drop_reports)} gap(s))"
+        f"warning: {session.dropped} bytes of output were dropped ("
+        f"{len(session.drop_reports)} gap(s): lossy log mode, or lost before serve could "
+        "keep them)"
     )
     return not allow_dropped
 
@@ -234,6 +235,8 @@ def _create_params(args: argparse.Namespace, name: str) -> dict[str, Any]:
     }
     if args.log_mode != "blocking":
         log["mode"] = args.log_mode
+    if args.log_execs:
+        log["execs"] = True
     if log:
         params["log"] = log
     if args.restart and args.restart != "no":
@@ -790,6 +793,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-buffer-size",
             type=parse_size,
             help="output held in memory before blocking or dropping (default 1m)",
+        )
+        p.add_argument(
+            "--log-execs",
+            action="store_true",
+            help="also keep what `exec` sessions print in this container's log (default: "
+            "only the main process's output, as docker)",
         )
         p.add_argument(
             "--entrypoint",

@@ -1,12 +1,25 @@
 """The control plane's container logs: the one consumer of every init process's output.
 
-For each container the gateway starts, a drain task copies stdout and stderr from the FIFO
-buffers into the container's :class:`~actors._logstore.LogStore` (one directory per container
-under ``root``). It is the only reader of those FIFOs: ``run``, ``attach`` and ``logs`` read
-the store, so any number of them see the same bytes, and a slow websocket never holds back
-the container. The drain waits only for the disk: when the disk lags, the FIFO buffer fills
-and the container blocks (lossless), unless the container opted into lossy output, in which
-case drops are recorded in the log as gap records and every reader is told.
+For each container the gateway starts, a drain task moves stdout and stderr from the FIFOs
+into the container's :class:`~actors._logstore.LogStore` (one directory per container under
+``root``). It is the only reader of those FIFOs: ``run``, ``attach`` and ``logs`` read the
+store, so any number of them see the same bytes, and a slow websocket never holds back the
+container. The drain waits only for the disk: when the disk lags, the FIFO fills and the
+container blocks.
+
+By default (blocking mode) the drain never holds output in memory: it claims the FIFO and
+the kernel splices each record's bytes from the FIFO into the file, so a SIGKILL of ``serve``
+at any moment loses nothing and duplicates nothing. The next ``serve`` re-opens the FIFOs
+(the shim kept them) and, before draining on, completes the record the kill interrupted
+with the bytes still at the head of that stream's FIFO. A container that opted into lossy
+output is drained through the pipe's ring buffer instead; drops are recorded in the log as
+gap records and every reader is told (what the ring buffer holds when ``serve`` is killed
+is lost, as docker's non-blocking mode loses it).
+
+A FIFO lives only while someone has it open, and the shim closes its ends when the process's
+output ends: a process that exits while no ``serve`` runs would take the bytes left in its
+FIFO with it. So every claimed FIFO is also held by the FIFO keeper (``_fifokeeper``), a small
+process of its own that never reads and lets go once the FIFO is drained or removed.
 
 Per-container settings (rotation, output mode) live in ``<root>/<id>/config.json`` so a
 restarted ``serve`` treats the container the same way.
@@ -19,16 +32,17 @@ import datetime as dt
 import functools
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 import msgspec
 import trio
 
 from ..core._logformat import LogRecord, LogStream
 from ..core._logstore import LogConfig, LogReadOptions, LogStore
-from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe
+from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe, fifo_bytes
+from ._fifokeeper import FifoKeeper
 
 __all__ = ["ContainerLogSettings", "LogManager", "timestamp_prefix"]
 
@@ -42,6 +56,14 @@ DRAIN_CHUNK: Final = 1 << 16
 MESSAGE_LIMIT: Final = 1 << 16
 _CHANNEL_BYTE: Final = {int(LogStream.STDOUT): b"\x01", int(LogStream.STDERR): b"\x02"}
 WRITE_RETRY_SECONDS: Final = 1.0
+_T = TypeVar("_T")
+
+
+def _fifo_bytes(pipe: OutputPipe) -> int:
+    try:
+        return fifo_bytes(pipe.fileno())
+    except trio.ClosedResourceError:
+        return 0
 
 
 class ContainerLogSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +73,7 @@ class ContainerLogSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_files: int | None = None
     mode: OutputMode = OutputMode.BLOCKING
     buffer_size: int | None = None
+    execs: bool = False  # exec sessions' output goes to the log too
 
 
 class LogManagerStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,22 +86,41 @@ class LogManagerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class LogManager:
     """Log stores of one namespace's containers; run :meth:`run` in a nursery first."""
 
-    def __init__(self, root: str | os.PathLike[str], defaults: LogConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        defaults: LogConfig | None = None,
+        *,
+        keep_fifos: bool = True,
+    ) -> None:
         self.root = Path(root)
+        # One keeper per state directory (the parent of the namespaces' log roots).
+        self.keeper = FifoKeeper(self.root.parent / "fifokeeper.sock") if keep_fifos else None
         self.defaults = defaults or LogConfig()
         self._stores: dict[str, LogStore] = {}
         self._settings: dict[str, ContainerLogSettings] = {}
         self._draining: dict[str, int] = {}
+        self._teeing: dict[str, int] = {}  # exec sessions writing to the log (opt-in)
+        self._drain_ended = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._bytes = 0
         self._gaps = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the drain tasks until cancelled (drains stop; the FIFOs stay with the actors)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            if self.keeper is not None:
+                try:
+                    await trio.to_thread.run_sync(self.keeper.connect)
+                except Exception as exc:  # serve runs on; hold() retries and warns once
+                    log.warning("cannot start the FIFO keeper: %s", exc)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            if self.keeper is not None:
+                self.keeper.close()
 
     def statistics(self) -> LogManagerStatistics:
         return LogManagerStatistics(
@@ -136,6 +178,70 @@ class LogManager:
         store.remove()
         self._settings.pop(container_id, None)
         self._draining.pop(container_id, None)
+        self._teeing.pop(container_id, None)
+        self._drain_ended.unpark_all()
+
+    def unknown(self, known: set[str]) -> list[str]:
+        """Ids of the logs kept here for containers not in ``known`` (candidates for removal:
+        the caller checks they are really gone)."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name in known or self._draining.get(name) or self._teeing.get(name):
+                continue
+            path = self.root / name
+            if not path.is_symlink() and path.is_dir():  # anything else was never ours
+                found.append(name)
+        return found
+
+    # -- exec output (opt-in) -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exec_tee(
+        self, container_id: str
+    ) -> AsyncGenerator[Callable[[int, bytes], Awaitable[None]] | None, None]:
+        """While an exec session runs: a function that appends what it forwards to the
+        container's log, or None when the container did not ask for that (``execs``).
+
+        The session stays the exec's only reader (nothing else drains an exec's FIFOs), so
+        what it forwards and what the log keeps are the same bytes.
+        """
+        if not self.settings(container_id).execs or self._nursery is None:
+            yield None
+            return
+        store = self.store(container_id)
+        store.start_writing()
+        self._teeing[container_id] = self._teeing.get(container_id, 0) + 1
+
+        async def append(stream: int, data: bytes) -> None:
+            await self._write(functools.partial(store.append, stream, data), store)
+            self._bytes += len(data)
+
+        try:
+            yield append
+        finally:
+            self._release(self._teeing, container_id, store)
+
+    def _release(self, counts: dict[str, int], container_id: str, store: LogStore) -> None:
+        """One writer of the store is done; the last one (drain or exec tee) finishes it."""
+        left = counts.get(container_id, 1) - 1
+        if left > 0:
+            counts[container_id] = left
+            return
+        counts.pop(container_id, None)
+        if not self._draining.get(container_id) and not self._teeing.get(container_id):
+            store.finish()
+        self._drain_ended.unpark_all()
+
+    async def settled(self, container_id: str) -> None:
+        """Until no drain of the container runs: everything its task wrote is in the log
+        (its FIFOs reached end of stream). Bound the wait: a child that inherited the
+        output can keep a FIFO open long after the task exited."""
+        while self._draining.get(container_id):
+            await self._drain_ended.park()
 
     # -- draining ---------------------------------------------------------------------------
 
@@ -151,29 +257,98 @@ class LogManager:
         return self._draining.get(container_id, 0) > 0
 
     def drain(self, container_id: str, io: DirectIO) -> None:
-        """Copy ``io``'s output into the store until both streams end."""
+        """Move ``io``'s output into the store until both streams end."""
         if self._nursery is None:
             raise RuntimeError("LogManager.run is not running")
         settings = self.settings(container_id)
-        io.configure_output(mode=settings.mode, limit=settings.buffer_size or DEFAULT_OUTPUT_BUFFER)
         store = self.store(container_id)
-        store.start_writing()
+        streams = [
+            (pipe, stream)
+            for pipe, stream in ((io.stdout, LogStream.STDOUT), (io.stderr, LogStream.STDERR))
+            if pipe is not None and not pipe.claimed  # a second hand-over of the same io
+        ]
+        if not streams:
+            return
+        if settings.mode is OutputMode.LOSSY:
+            io.configure_output(
+                mode=settings.mode, limit=settings.buffer_size or DEFAULT_OUTPUT_BUFFER
+            )
+            store.start_writing()
+            copies = [
+                functools.partial(self._copy, store, pipe, stream) for pipe, stream in streams
+            ]
+        else:
+            # The same process as before a restart: its FIFOs hold the rest of a record a
+            # kill interrupted (unless something read them since, which nothing here does).
+            fifos = {
+                int(stream): pipe.fileno()
+                for pipe, stream in streams
+                if io.reopened and not pipe.total_bytes
+            }
+            store.start_writing(fifos)
+            copies = []
+            for pipe, stream in streams:
+                early = pipe.claim(functools.partial(self._last_bytes, store, pipe, stream))
+                if self.keeper is not None:
+                    self.keeper.hold(pipe.path, pipe.fileno())
+                copies.append(functools.partial(self._splice, store, pipe, stream, early))
         self._draining[container_id] = self._draining.get(container_id, 0) + 1
-        self._nursery.start_soon(self._drain, container_id, store, io)
+        self._nursery.start_soon(self._drain, container_id, store, copies)
 
-    async def _drain(self, container_id: str, store: LogStore, io: DirectIO) -> None:
+    async def _drain(
+        self, container_id: str, store: LogStore, copies: Sequence[Callable[[], Awaitable[None]]]
+    ) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                for pipe, stream in ((io.stdout, LogStream.STDOUT), (io.stderr, LogStream.STDERR)):
-                    if pipe is not None:
-                        nursery.start_soon(self._copy, store, pipe, stream)
+                for copy in copies:
+                    nursery.start_soon(copy)
         finally:
-            left = self._draining.get(container_id, 1) - 1
-            if left > 0:
-                self._draining[container_id] = left
-            else:
-                self._draining.pop(container_id, None)
-                store.finish()
+            self._release(self._draining, container_id, store)
+
+    async def _splice(
+        self, store: LogStore, pipe: OutputPipe, stream: LogStream, early: bytes
+    ) -> None:
+        """Blocking mode: FIFO -> file by splice(2), never through our memory."""
+        try:
+            if early:  # read before the log took over (a task started without it)
+                await self._write(functools.partial(store.append, stream, early), store)
+                self._bytes += len(early)
+            while True:
+                available = await pipe.wait_fifo()
+                if not available or not store.writing:
+                    return  # end of stream, or the container was removed under us
+                self._bytes += await self._write(
+                    functools.partial(self._splice_once, store, pipe, stream, available), store
+                )
+        except trio.ClosedResourceError:
+            return  # the process was deleted (its last bytes went in through on_close)
+
+    @staticmethod
+    def _splice_once(store: LogStore, pipe: OutputPipe, stream: LogStream, available: int) -> int:
+        # The fd is looked up at each try: a retry after the process was deleted must not
+        # splice from a closed (or reused) descriptor.
+        return store.append_from_fifo(stream, pipe.fileno(), available)
+
+    def _last_bytes(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
+        """The process is being deleted: what is still in its FIFO goes in now (no waiting:
+        the shim has written everything by the time Tasks.Delete returns)."""
+        if not store.writing:
+            return
+        try:
+            while available := _fifo_bytes(pipe):
+                moved = store.append_from_fifo(stream, pipe.fileno(), available)
+                if not moved:
+                    break
+                self._bytes += moved
+        except OSError as exc:
+            left = _fifo_bytes(pipe)
+            log.error(
+                "the log of %s lost the last %d bytes of its %s: %s",
+                store.directory.name,
+                left,
+                stream.name.lower(),
+                exc,
+            )
 
     async def _copy(self, store: LogStore, pipe: OutputPipe, stream: LogStream) -> None:
         try:
@@ -208,14 +383,13 @@ class LogManager:
             await self._write(functools.partial(store.append, stream, chunk.data), store)
             self._bytes += len(chunk.data)
 
-    async def _write(self, write: Callable[[], None], store: LogStore) -> None:
+    async def _write(self, write: Callable[[], _T], store: LogStore) -> _T | int:
         # A full or failing disk must neither lose output nor kill the drain: hold the chunk
         # (the FIFO then fills and the container waits, as with a slow reader) and retry.
         warned = False
         while store.writing:
             try:
-                write()
-                return
+                return write()
             except OSError as exc:
                 if not warned:
                     log.error(
@@ -223,6 +397,7 @@ class LogManager:
                     )
                     warned = True
                 await trio.sleep(WRITE_RETRY_SECONDS)
+        return 0
 
 
 # -- reading for the websocket ----------------------------------------------------------------

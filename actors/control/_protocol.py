@@ -199,6 +199,7 @@ class LogParams(Params, frozen=True):
     max_files: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
     mode: Literal["blocking", "lossy"] = "blocking"
     buffer_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] | None = None
+    execs: bool = False  # also log what exec'd processes write (off by default, as docker)
 
 
 class ContainerCreateParams(Params, frozen=True):

@@ -37,7 +37,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -109,6 +109,9 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_POLICY_VIOLATION: Final = 1008
 STDIO_TICKET_SECONDS: Final = 30.0
 WRITER_GRACE_SECONDS: Final = 10.0
+# How long task.wait waits, after the exit, for the task's output to reach the log (docker
+# waits for its streams the same way, bounded: a child may hold the output open).
+OUTPUT_SETTLE_SECONDS: Final = 2.0
 HANDSHAKE_SECONDS: Final = 5.0
 #: Descriptors kept free for containerd channels, stdio FIFOs and files (see serve()).
 FD_RESERVE: Final = 256
@@ -382,15 +385,18 @@ class Gateway:
             max_pending=config.max_pending_handshakes,
             max_pending_per_peer=config.max_pending_per_peer,
         )
+        stop_watching = self.client.watch_deletions(self._deleted_elsewhere)
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 await nursery.start(self.logs.run)
+                await self._sweep_orphan_logs()
                 await self._drain_restored()
                 await nursery.start(self._watch_events)
                 await nursery.start(server.run)
                 task_status.started(self)
         finally:
+            stop_watching()
             self._image_methods.close()  # unfinished image uploads and downloads
 
     def _count_rejected(self) -> None:
@@ -398,6 +404,27 @@ class Gateway:
 
     def _count_internal_error(self) -> None:
         self._internal_errors += 1
+
+    async def _sweep_orphan_logs(self) -> None:
+        """Logs of containers deleted while no serve was running (``ctr c rm``) go now.
+
+        Only a log whose container containerd does not know is removed (one Containers.Get
+        per log the client does not supervise: none after a restore, which found them all).
+        """
+        for container_id in self.logs.unknown({c.id for c in self.client.containers()}):
+            try:
+                await self.client.load_container(container_id)
+            except NotFound:
+                self.logs.remove(container_id)
+                log.info("removed the log of %s: the container no longer exists", container_id)
+            except (ContainerdError, ValueError) as exc:
+                log.warning("cannot tell whether %s still exists: %s", container_id, exc)
+
+    def _deleted_elsewhere(self, container: Container) -> None:
+        """Another client deleted one of our containers: remove what we kept for it (its
+        log, staged binds, /etc files), as our own delete does."""
+        if is_ours(container.labels) and self._background is not None:
+            self._background.start_soon(self._removed, container)
 
     async def _drain_restored(self) -> None:
         """After a restart, the log is again the consumer of every restored task's output."""
@@ -875,8 +902,14 @@ class Gateway:
 
     @_handles(proto.TaskWaitParams)
     async def _task_wait(self, session: _Session, params: proto.TaskWaitParams) -> Any:
-        task = await (await self._container(params.id)).task()
-        return msgspec.to_builtins(await task.wait())
+        container = await self._container(params.id)
+        status = await (await container.task()).wait()
+        if container.restart_status().policy in ("", "no"):
+            # As docker: the exit is reported once the task's output is in the log, so a
+            # `logs` after `wait` shows all of it. (A restarting container's log goes on.)
+            with trio.move_on_after(OUTPUT_SETTLE_SECONDS):
+                await self.logs.settled(params.id)
+        return msgspec.to_builtins(status)
 
     @_handles(proto.ProcessExecParams)
     async def _process_exec(self, session: _Session, params: proto.ProcessExecParams) -> Any:
@@ -1128,7 +1161,9 @@ class Gateway:
                 output = functools.partial(
                     send_log_frames, ws, self.logs.store(container_id), log_read.options
                 )
-            await _bridge_stdio(ws, process, io, subprotocol, output)
+            tee_context = self.logs.exec_tee(container_id) if exec_id else _no_tee()
+            async with tee_context as tee:
+                await _bridge_stdio(ws, process, io, subprotocol, output, tee)
         except NotFound as exc:
             await ws.send_message(
                 frames.encode_frame(frames.Channel.ERROR, frames.failure_status_message(str(exc)))
@@ -1153,6 +1188,11 @@ class Gateway:
         return process, process.io
 
 
+@contextlib.asynccontextmanager
+async def _no_tee() -> AsyncIterator[None]:
+    yield None
+
+
 _METHOD_OF: Final = {cls: method for method, cls in proto.METHODS.items()}
 _unserved = sorted(m for m, cls in proto.METHODS.items() if cls not in _HANDLERS)
 if _unserved:
@@ -1165,12 +1205,14 @@ async def _bridge_stdio(
     io: DirectIO,
     subprotocol: str,
     output: Callable[[], Awaitable[None]] | None = None,
+    tee: Callable[[int, bytes], Awaitable[None]] | None = None,
 ) -> None:
     """Copy between one process's stdio and the k8s-framed websocket until it exits.
 
     Output comes from ``output`` (a reader of the container's log) when given, else from the
-    FIFOs. If the peer goes away first, copying stops at once (the FIFOs stay with the actor
-    and keep being drained) and the process keeps running.
+    FIFOs, each chunk handed to ``tee`` (the log, for a container that logs its execs) before
+    it is sent. If the peer goes away first, copying stops at once (the FIFOs stay with the
+    actor and keep being drained) and the process keeps running.
     """
     peer_gone = False
 
@@ -1184,6 +1226,8 @@ async def _bridge_stdio(
 
     async def pump(pipe: Any, channel: frames.Channel) -> None:
         while chunk := await pipe.receive_some(1 << 16):
+            if tee is not None:
+                await tee(int(channel), chunk)
             await ws.send_message(frames.encode_frame(channel, chunk))
 
     async def inbound() -> None:
@@ -1250,6 +1294,7 @@ def _log_settings(params: Any) -> ContainerLogSettings:
         max_files=params.max_files,
         mode=OutputMode(params.mode),
         buffer_size=params.buffer_size,
+        execs=params.execs,
     )
 
 

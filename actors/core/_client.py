@@ -184,6 +184,7 @@ class Client:
         self._resync_wanted = trio.Event()
         self._closed = False
         self._images: Images | None = None
+        self._deletion_watchers: list[Callable[[Container], None]] = []
         self.hub = SubscriberHub()
         self.router = EventRouter(
             remote,
@@ -205,6 +206,24 @@ class Client:
         actor = self._live_actor(container_id)
         if actor is not None:
             actor.deleted_elsewhere()
+            gone: Container = Container._create(actor, actor.record)
+            for watcher in list(self._deletion_watchers):
+                try:
+                    watcher(gone)
+                except Exception:
+                    log.exception("a deletion watcher failed for %s", container_id)
+
+    def watch_deletions(self, callback: Callable[[Container], None]) -> Callable[[], None]:
+        """Call ``callback`` (from the event reader: it must not block) with the handle of
+        each supervised container another client deleted (``ctr c rm``), so the embedder
+        can remove what it kept for it. Returns a function that stops the watching."""
+        self._deletion_watchers.append(callback)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._deletion_watchers.remove(callback)
+
+        return stop
 
     def _image_event(self, topic: str, payload: bytes) -> None:
         """An image record changed (any client): its name is resolved afresh next time."""

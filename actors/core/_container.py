@@ -282,7 +282,7 @@ class ContainerActor:
             terminal=bool(process.terminal),
         )
         try:
-            return DirectIO.open(fifos)
+            return DirectIO.open(fifos, reopened=True)
         except OSError as exc:
             log.warning("cannot re-open stdio of %s: %s", self.container_id, exc)
             return None
@@ -303,6 +303,7 @@ class ContainerActor:
                 self.adopt_task(await self._remote.tasks_get(self.container_id))
             except NotFound:
                 pass
+            await self._reattach_stdio()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -318,6 +319,14 @@ class ContainerActor:
             self._shutdown(final=True)
             raise
         self._shutdown(final=True)
+
+    async def _reattach_stdio(self) -> None:
+        """After a crash: whoever consumed the output before (the control plane's log)
+        consumes the re-opened FIFOs again at once, as nobody else would drain them."""
+        callback = self._restart_with.attach_stdio
+        init = self._init
+        if callback is not None and init is not None and init.io is not None:
+            await _hand_over(callback, init.io)
 
     def _shutdown(self, *, final: bool) -> None:
         """Tell every pending caller, close our fds; a crashed actor forgets its processes.

@@ -12,7 +12,14 @@ after; CRI's format writes a timestamp and stream per line. We keep both ideas w
 encoding: the length at both ends lets a reader walk backwards from the end (``--tail``)
 without an index, and the CRC tells a whole record from one a crash cut short. A record with
 the GAP flag carries, as a u64 payload, how many bytes of that stream were dropped there
-(lossy mode only).
+(lossy mode, or bytes a crash made unrecoverable).
+
+A record with the SPLICED flag had its payload moved by the kernel straight from the
+process's FIFO into the file (splice(2)): the header is written first, announcing how many
+bytes the FIFO held, and the trailer after them. A crash in between leaves a header whose
+payload is short, and the bytes still missing are, in order, at the head of that stream's FIFO
+(nobody else reads it). :func:`tail_repair` finds such a record so that recovery can complete
+it from the FIFO instead of cutting it off.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import msgspec
 
 __all__ = [
     "FLAG_GAP",
+    "FLAG_SPLICED",
     "HEADER_SIZE",
     "MAX_PAYLOAD",
     "RECORD_OVERHEAD",
@@ -34,15 +42,20 @@ __all__ = [
     "LogRecord",
     "LogStream",
     "TailCounter",
+    "TailRepair",
     "decode_records",
     "encode_gap",
+    "encode_header",
     "encode_record",
+    "encode_trailer",
     "record_before",
+    "tail_repair",
     "valid_end",
 ]
 
 MAGIC: Final = 0xCA1E
 FLAG_GAP: Final = 0x01
+FLAG_SPLICED: Final = 0x02
 MAX_PAYLOAD: Final = 1 << 16
 _HEADER = struct.Struct("<HBBIq")
 _TRAILER = struct.Struct("<II")
@@ -72,10 +85,23 @@ class LogRecord(msgspec.Struct, frozen=True, array_like=True):
     dropped: int = 0
 
 
+def encode_header(stream: int, flags: int, length: int, timestamp: int) -> bytes:
+    """A record's header alone (the splicing writer sends the payload separately)."""
+    if stream not in (LogStream.STDOUT, LogStream.STDERR):
+        raise ValueError(f"unknown log stream {stream!r}")
+    if not 0 <= length <= MAX_PAYLOAD:
+        raise ValueError(f"a record holds at most {MAX_PAYLOAD} bytes, not {length}")
+    return _HEADER.pack(MAGIC, stream, flags, length, timestamp)
+
+
+def encode_trailer(header: bytes, payload: bytes) -> bytes:
+    """The trailer that closes the record ``header`` + ``payload``."""
+    return _TRAILER.pack(zlib.crc32(payload, zlib.crc32(header)), len(payload))
+
+
 def _frame(stream: int, flags: int, timestamp: int, payload: bytes) -> bytes:
     header = _HEADER.pack(MAGIC, stream, flags, len(payload), timestamp)
-    crc = zlib.crc32(payload, zlib.crc32(header))
-    return header + payload + _TRAILER.pack(crc, len(payload))
+    return header + payload + encode_trailer(header, payload)
 
 
 def encode_record(stream: int, timestamp: int, data: bytes) -> bytes:
@@ -191,6 +217,67 @@ def valid_end(read_at: ReadAt, size: int, *, chunk: int = 1 << 18) -> int:
         good += consumed
         pending = pending[consumed:]
     return good
+
+
+class TailRepair(msgspec.Struct, frozen=True, kw_only=True):
+    """What recovery does at the end of a file (see :func:`tail_repair`).
+
+    Intact records end at ``good``. If ``length`` is 0 everything after ``good`` goes (a torn
+    header, garbage, or a damaged whole record). Otherwise a record starting at ``good``
+    announced ``length`` payload bytes of ``stream`` (header fields ``flags`` and
+    ``timestamp``) and ``have`` of them are in the file: the trailer is to be written after
+    the missing ``length - have`` bytes, which for a ``spliced`` record are still at the head
+    of that stream's FIFO (for any other record they are lost and must be reported).
+    """
+
+    good: int
+    stream: int = 0
+    flags: int = 0
+    timestamp: int = 0
+    length: int = 0
+    have: int = 0
+
+    @property
+    def missing(self) -> int:
+        return self.length - self.have
+
+    @property
+    def spliced(self) -> bool:
+        return bool(self.flags & FLAG_SPLICED)
+
+
+def tail_repair(read_at: ReadAt, size: int) -> TailRepair:
+    """Decide how to repair a file of ``size`` bytes whose writer may have crashed.
+
+    Only the last record can be unfinished: one thread appends records, a whole one at a
+    time. A header that is whole, names a known stream and is followed by less than its
+    payload and trailer is such a record: it is to be completed, not cut. Anything else after
+    the intact records is cut.
+    """
+    good = valid_end(read_at, size)
+    rest = size - good
+    if rest < HEADER_SIZE:
+        return TailRepair(good=good)  # clean, or a torn header (nothing of its payload moved)
+    header = read_at(good, HEADER_SIZE)
+    if len(header) != HEADER_SIZE:
+        return TailRepair(good=good)
+    magic, stream, flags, length, timestamp = _HEADER.unpack(header)
+    if (
+        magic != MAGIC
+        or stream not in (LogStream.STDOUT, LogStream.STDERR)
+        or flags & FLAG_GAP
+        or not 0 < length <= MAX_PAYLOAD
+        or rest >= HEADER_SIZE + length + TRAILER_SIZE  # whole yet invalid: damage, no crash
+    ):
+        return TailRepair(good=good)
+    return TailRepair(
+        good=good,
+        stream=stream,
+        flags=flags,
+        timestamp=timestamp,
+        length=length,
+        have=min(rest - HEADER_SIZE, length),
+    )
 
 
 class TailCounter:

@@ -7,19 +7,30 @@ buffer, bounded by ``max_size * max_files``. Readers hold their own file descrip
 rotation (a rename) or a removal never cuts a read short; a follower is woken by the writer
 in-process (no polling), and after a restart a reader simply opens the files.
 
-Writes are plain synchronous write(2) calls into the page cache (no fsync, as docker): a
-slow disk slows the task draining the FIFO, which is the backpressure we want. After a
-crash, a record cut short at the end of ``log`` is skipped by readers and truncated away
-when a writer reopens the file.
+Writes are plain synchronous calls into the page cache (no fsync, as docker): a slow disk
+slows the task draining the FIFO, which is the backpressure we want.
+
+Two ways in. :meth:`LogStore.append` writes bytes the caller holds (one pwrite per record).
+:meth:`LogStore.append_from_fifo` never holds them: it writes the header announcing how many
+bytes the FIFO has, moves exactly those from the FIFO into the file with splice(2) (one kernel
+step takes them from the FIFO and puts them in the file), then reads them back for the
+trailer's CRC. Whatever a SIGKILL interrupts, every byte that left the FIFO is in the file and
+every byte that did not is still in the FIFO. When a writer reopens the file it repairs the
+end (:func:`~actors.core._logformat.tail_repair`): a torn header is cut; a record whose
+payload is short is completed from that stream's FIFO (the caller passes the re-opened
+FIFOs) and given its trailer; bytes that can no longer be had (the FIFO is gone, or they were
+in a crashed writer's memory) are recorded as a gap, so readers are told.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import signal
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +38,8 @@ import msgspec
 import trio
 
 from ._logformat import (
+    FLAG_SPLICED,
+    HEADER_SIZE,
     MAX_PAYLOAD,
     RECORD_OVERHEAD,
     LogRecord,
@@ -34,14 +47,20 @@ from ._logformat import (
     TailCounter,
     decode_records,
     encode_gap,
+    encode_header,
     encode_record,
+    encode_trailer,
     record_before,
+    tail_repair,
     valid_end,
 )
 
 __all__ = ["LogConfig", "LogReadOptions", "LogStore", "LogStoreStatistics"]
 
 CURRENT: Final = "log"
+# Fault injection for the crash tests only: "<point>:<n>" SIGKILLs this process at ``point``
+# (after_header, mid_splice, before_trailer) of the n-th record moved from a FIFO.
+CRASH_ENV: Final = "CONTAINERD_ACTORS_TEST_CRASH"
 _READ_CHUNK: Final = 1 << 18
 #: A follower woken by a small append waits this long for more (bounds the added latency).
 COALESCE_SECONDS: Final = 0.002
@@ -87,7 +106,9 @@ class LogStoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
     bytes_written: int
     records_written: int
     rotations: int
-    recovered_bytes_discarded: int
+    recovered_bytes_discarded: int  # garbage or torn headers cut off when reopening
+    recovered_bytes_completed: int  # payload a crash left in a FIFO, moved in when reopening
+    recovered_bytes_lost: int  # payload that could no longer be had: recorded as gaps
     readers: int
 
 
@@ -108,7 +129,11 @@ class LogStore:
         self._records_written = 0
         self._rotations = 0
         self._discarded = 0
+        self._completed = 0
+        self._lost = 0
         self._readers = 0
+        self._torn: int | None = None  # the stream of a record a failed write left unfinished
+        self._can_splice = True
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -116,8 +141,13 @@ class LogStore:
     def writing(self) -> bool:
         return self._open
 
-    def start_writing(self) -> None:
-        """Open ``log`` for appending (creating the directory), cutting off a torn record."""
+    def start_writing(self, fifos: Mapping[int, int] | None = None) -> None:
+        """Open ``log`` for writing (creating the directory) and repair its end.
+
+        ``fifos`` (stream -> the re-opened FIFO's fd, non-blocking) are where the rest of a
+        record a crash interrupted is found; pass them only when re-attaching to the same
+        process whose output was being written (a new process's FIFO holds other bytes).
+        """
         if self._removed:
             raise RuntimeError("the log store was removed")
         if self._open:
@@ -125,29 +155,91 @@ class LogStore:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in self.files()[: -self.config.max_files]:  # max_files was lowered
             stale.unlink(missing_ok=True)
-        path = self.directory / CURRENT
-        fd = os.open(
-            path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-        )
+        fd = _open_for_writing(self.directory / CURRENT)
         try:
-            size = os.fstat(fd).st_size
-            good = valid_end(lambda offset, n: os.pread(fd, n, offset), size)
-            if good != size:
-                os.ftruncate(fd, good)
-                self._discarded += size - good
+            self._fd = fd
+            self._size = self._repair(fifos or {})
         except BaseException:
+            self._fd = None
             os.close(fd)
             raise
-        self._fd, self._size = fd, good
         self._open = True
+
+    def _repair(self, fifos: Mapping[int, int]) -> int:
+        """Make the file end with whole records (see the module docstring); its new size."""
+        fd = self._fd
+        assert fd is not None
+        size = os.fstat(fd).st_size
+        plan = tail_repair(lambda offset, n: os.pread(fd, n, offset), size)
+        start = plan.good
+        if not plan.length:
+            if start != size:
+                os.ftruncate(fd, start)
+                self._discarded += size - start
+            self._torn = None
+            return start
+        payload_end = start + HEADER_SIZE + plan.have
+        if size > payload_end:
+            os.ftruncate(fd, payload_end)  # a torn trailer: written again below
+        got = 0
+        fifo = fifos.get(plan.stream) if plan.spliced else None
+        if fifo is not None and plan.missing:
+            got = self._move(fifo, plan.missing, payload_end)
+        length = plan.have + got
+        lost = plan.missing - got
+        if length == 0:
+            os.ftruncate(fd, start)
+            end = start
+        else:
+            header = encode_header(plan.stream, plan.flags, length, plan.timestamp)
+            if lost:
+                _pwrite_all(fd, header, start)  # the record holds what could be had
+            payload = os.pread(fd, length, start + HEADER_SIZE)
+            _pwrite_all(fd, encode_trailer(header, payload), start + HEADER_SIZE + length)
+            end = start + RECORD_OVERHEAD + length
+        self._completed += got
+        self._torn = None
+        if lost:
+            gap = encode_gap(plan.stream, plan.timestamp, lost)
+            _pwrite_all(fd, gap, end)
+            end += len(gap)
+            self._lost += lost
+        return end
+
+    def _move(self, fifo: int, count: int, offset: int) -> int:
+        """Move up to ``count`` bytes from ``fifo`` into the file at ``offset`` (what the FIFO
+        has now, without waiting); how many moved."""
+        assert self._fd is not None
+        moved = 0
+        while moved < count:
+            try:
+                if self._can_splice:
+                    n = os.splice(
+                        fifo,
+                        self._fd,
+                        count - moved,
+                        offset_dst=offset + moved,
+                        flags=os.SPLICE_F_NONBLOCK,
+                    )
+                else:
+                    n = _pwrite_all(self._fd, os.read(fifo, count - moved), offset + moved)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS) or not self._can_splice:
+                    raise
+                # A file system without splice support: read and write instead (the bytes
+                # are in memory for one write, with nothing awaited in between).
+                self._can_splice = False
+                continue
+            if n == 0:
+                break  # the FIFO has no writer left and nothing in it
+            moved += n
+        return moved
 
     def _reopen(self) -> None:
         # After a failed rotation (full disk, say): append to whatever ``log`` is now.
-        fd = os.open(
-            self.directory / CURRENT,
-            os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
-            0o600,
-        )
+        fd = _open_for_writing(self.directory / CURRENT)
         self._fd, self._size = fd, os.fstat(fd).st_size
 
     def append(self, stream: int, data: bytes, *, timestamp: int | None = None) -> None:
@@ -159,35 +251,94 @@ class LogStore:
         piece = min(MAX_PAYLOAD, self.config.max_size - RECORD_OVERHEAD)
         for start in range(0, len(data), piece):
             chunk = data[start : start + piece]
-            self._write(encode_record(stream, when, chunk), len(chunk))
+            self._write(encode_record(stream, when, chunk), len(chunk), stream)
 
     def append_gap(self, stream: int, dropped: int, *, timestamp: int | None = None) -> None:
         """Record that ``dropped`` bytes of ``stream`` were lost at this point (lossy mode)."""
-        self._write(encode_gap(stream, timestamp or time.time_ns(), dropped), 0)
+        self._write(encode_gap(stream, timestamp or time.time_ns(), dropped), 0, stream)
 
-    def _write(self, encoded: bytes, payload: int) -> None:
-        """Append one whole record; OSError (then retry) leaves no partial record behind
-        except what a crash would, which readers skip."""
+    def _ready(self, record_size: int, stream: int) -> int:
+        """Prepare to append a record of ``record_size`` bytes; the fd to write to."""
         if not self._open:
             raise RuntimeError("the log store is not open for writing")
         if self._fd is None:
             self._reopen()
-        if self._size and self._size + len(encoded) > self.config.max_size:
+        if self._torn is not None:
+            # An earlier append_from_fifo failed halfway: its stream's drain completes it
+            # (from its FIFO) before anything else is appended.
+            if self._torn != stream:
+                raise OSError(errno.EAGAIN, "waiting for the other stream's record")
+            raise _TornRecord()
+        if self._size and self._size + record_size > self.config.max_size:
             self._rotate()
         assert self._fd is not None
-        start = self._size
-        view = memoryview(encoded)
+        return self._fd
+
+    def _write(self, encoded: bytes, payload: int, stream: int = 0) -> None:
+        """Append one whole record; OSError (then retry) leaves no partial record behind
+        except what a crash would, which the next writer repairs."""
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            fd = self._ready(len(encoded), stream)
+        except _TornRecord:
+            raise OSError(errno.EAGAIN, "waiting for this stream's record") from None
+        start = self._size
+        try:
+            _pwrite_all(fd, encoded, start)
         except OSError:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)  # no torn record in front of the retry
+                os.ftruncate(fd, start)  # no torn record in front of the retry
             raise
-        self._size += len(encoded)
+        self._appended_one(len(encoded), payload)
+
+    def _appended_one(self, size: int, payload: int) -> None:
+        self._size += size
         self._bytes_written += payload
         self._records_written += 1
         self._appended.unpark_all()
+
+    def append_from_fifo(self, stream: int, fifo: int, available: int) -> int:
+        """Move up to ``available`` bytes (what FIONREAD reported) of ``stream`` from the FIFO
+        ``fifo`` (non-blocking, read by nobody else) into one record; how many moved.
+
+        Header, splice, trailer, with nothing awaited in between. An OSError midway leaves
+        the record unfinished in the file (its bytes are nowhere else): the next call for
+        the same stream completes it from the FIFO first; other streams wait until then.
+        """
+        piece = min(available, MAX_PAYLOAD, self.config.max_size - RECORD_OVERHEAD)
+        if piece < 1:
+            return 0
+        try:
+            fd = self._ready(RECORD_OVERHEAD + piece, stream)
+        except _TornRecord:
+            self._size = self._repair({stream: fifo})
+            self._appended.unpark_all()
+            return 0
+        start = self._size
+        header = encode_header(stream, FLAG_SPLICED, piece, time.time_ns())
+        try:
+            _pwrite_all(fd, header, start)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # nothing was taken from the FIFO yet
+            raise
+        self._torn = stream
+        if _crash_at is not None:
+            piece = _maybe_crash("after_header", piece)
+        moved = self._move(fifo, piece, start + HEADER_SIZE)
+        if moved == 0:
+            os.ftruncate(fd, start)  # cannot happen with one reader; nothing was taken
+            self._torn = None
+            return 0
+        if moved < piece:
+            header = encode_header(stream, FLAG_SPLICED, moved, _timestamp_of(header))
+            _pwrite_all(fd, header, start)
+        if _crash_at is not None:
+            _maybe_crash("before_trailer", 0)
+        payload = os.pread(fd, moved, start + HEADER_SIZE)
+        _pwrite_all(fd, encode_trailer(header, payload), start + HEADER_SIZE + moved)
+        self._torn = None
+        self._appended_one(RECORD_OVERHEAD + moved, moved)
+        return moved
 
     def _rotate(self) -> None:
         assert self._fd is not None
@@ -210,11 +361,7 @@ class LogStore:
         self.generation += 1
         self._rotations += 1
         self._size = 0
-        self._fd = os.open(
-            self.directory / CURRENT,
-            os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_TRUNC,
-            0o600,
-        )
+        self._fd = _open_for_writing(self.directory / CURRENT, truncate=True)
 
     def finish(self) -> None:
         """The writer is done (the process exited): followers read to the end and stop."""
@@ -237,6 +384,8 @@ class LogStore:
             records_written=self._records_written,
             rotations=self._rotations,
             recovered_bytes_discarded=self._discarded,
+            recovered_bytes_completed=self._completed,
+            recovered_bytes_lost=self._lost,
             readers=self._readers,
         )
 
@@ -379,6 +528,55 @@ class LogStore:
                 and self._size - current.offset < enough
             ):
                 await self._appended.park()
+
+
+def _parse_crash(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    point, _, count = value.partition(":")
+    return point, int(count or 1)
+
+
+_crash_at = _parse_crash(os.environ.get(CRASH_ENV))
+_spliced_records = 0
+
+
+def _maybe_crash(point: str, piece: int) -> int:
+    """The test seam (see CRASH_ENV): die here, as a SIGKILL would kill us."""
+    global _spliced_records
+    assert _crash_at is not None
+    wanted, count = _crash_at
+    if point == "after_header":
+        _spliced_records += 1
+    if _spliced_records != count:
+        return piece
+    if point == "after_header" and wanted == "mid_splice" and piece > 1:
+        return piece // 2  # the caller moves half, then dies below (before_trailer)
+    if wanted == point or (wanted == "mid_splice" and point == "before_trailer"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return piece
+
+
+class _TornRecord(Exception):
+    """Internal: this stream's unfinished record must be completed first."""
+
+
+def _open_for_writing(path: Path, *, truncate: bool = False) -> int:
+    # Not O_APPEND: splice(2) refuses a file opened for appending; we write at our offset.
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.open(path, flags | (os.O_TRUNC if truncate else 0), 0o600)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+    return len(data)
+
+
+def _timestamp_of(header: bytes) -> int:
+    return int.from_bytes(header[8:16], "little", signed=True)
 
 
 class _Cursor:

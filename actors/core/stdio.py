@@ -11,15 +11,27 @@ nobody reads is kept (up to the buffer, then the writer waits) until the process
 are dropped, counted in ``dropped_bytes`` and reported to the reader (``receive_chunk``).
 Stdin is opened read-write so the open never blocks; EOF is delivered by closing our end and
 then Tasks.CloseIO (the shim holds its own keep-alive writer).
+
+A consumer that must not lose bytes even if this process is SIGKILLed (the control plane's
+log) does not read into memory at all: it claims the pipe (:meth:`~OutputPipe.claim`), after which
+the pump leaves the FIFO alone and the consumer moves bytes itself (splice(2) into its file;
+see ``LogStore.append_from_fifo``). The shim keeps the FIFO (it holds its own reader), so what
+was not moved is found there by whoever re-opens it. FIFOs re-opened after a restart are
+therefore not read until someone asks: the first receive, ``resume_reading`` or a claim.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import logging
 import os
+import select
 import stat
+import struct
+import termios
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -33,6 +45,7 @@ __all__ = [
     "OutputChunk",
     "OutputMode",
     "OutputPipe",
+    "fifo_bytes",
 ]
 
 log = logging.getLogger("containerd_actors.stdio")
@@ -69,13 +82,19 @@ class FifoSet(msgspec.Struct, frozen=True, kw_only=True):
         return [p for p in (self.stdin, self.stdout, self.stderr) if p]
 
 
-def _make_fifo(path: str) -> None:
+def _make_fifo(path: str, *, reopen: bool) -> None:
     try:
         os.mkfifo(path, 0o600)
     except FileExistsError:
         # Re-attaching after a restart finds our own FIFO; anything else is refused.
         if not stat.S_ISFIFO(os.lstat(path).st_mode):
             raise
+        if not reopen:
+            # A new process never shares a pipe with a predecessor a crash left behind
+            # (someone may still hold that one, and what is in it is not this process's).
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+            return
         os.chmod(path, 0o600)
 
 
@@ -115,6 +134,7 @@ class OutputPipe(trio.abc.ReceiveStream):
         *,
         limit: int = DEFAULT_OUTPUT_BUFFER,
         mode: OutputMode = OutputMode.BLOCKING,
+        reopened: bool = False,
     ) -> None:
         self.path = path
         self._fd = fd
@@ -129,7 +149,13 @@ class OutputPipe(trio.abc.ReceiveStream):
         self._unreported_drop = 0
         self._exited = False
         self._paused = False
+        # Re-opened after a restart: read nothing until a consumer decides how (see above).
+        self._held = reopened
+        self._reopened = reopened
+        self._claimed = False
         self._wait_scope: trio.CancelScope | None = None
+        self._claim_scope: trio.CancelScope | None = None
+        self._on_close: Callable[[], None] | None = None
         self.total_bytes = 0
         self.dropped_bytes = 0
 
@@ -167,7 +193,80 @@ class OutputPipe(trio.abc.ReceiveStream):
 
     def resume_reading(self) -> None:
         self._paused = False
+        self._held = False
         self._room.unpark_all()
+
+    # -- a consumer that moves bytes out of the FIFO itself ----------------------------------
+
+    @property
+    def claimed(self) -> bool:
+        return self._claimed
+
+    def claim(self, on_close: Callable[[], None] | None = None) -> bytes:
+        """Take over the FIFO: the pump reads no more; the caller moves bytes itself with
+        :meth:`wait_fifo` and :meth:`fileno` (e.g. splice(2) into a file).
+
+        Returns what the pump had already read (exists only in memory; the caller writes it
+        first). ``on_close`` runs just before the fd is closed (the process is deleted, and
+        containerd's Tasks.Delete returns only after the shim copied everything into the
+        FIFO): the last chance to move what is left. Only in BLOCKING mode: LOSSY mode needs
+        the pump's ring buffer.
+        """
+        if self._mode is not OutputMode.BLOCKING:
+            raise ValueError("only a blocking output pipe can be claimed")
+        if self._claimed:
+            raise trio.BusyResourceError("this output pipe is already claimed")
+        if self._closed:
+            raise trio.ClosedResourceError("output pipe is closed")
+        self._claimed = True
+        self._on_close = on_close
+        self._held = False
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()  # the pump's wait ends at once (its fd is ours now)
+        if self._reopened:
+            self._see_writer_close()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._room.unpark_all()
+        return data
+
+    def _see_writer_close(self) -> None:
+        # A reader opened when the writer was already gone is never told POLLHUP: Linux
+        # reports it only if a writer opened after the reader did. Opening (and closing) a
+        # writer ourselves makes the eventual close visible. Only for re-opened FIFOs, whose
+        # writer is there (or gone) already; on a fresh one this would signal EOF early.
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+
+    def fileno(self) -> int:
+        """The FIFO's fd (non-blocking), for a claimant moving bytes itself."""
+        if self._closed:
+            raise trio.ClosedResourceError("output pipe is closed")
+        return self._fd
+
+    async def wait_fifo(self) -> int:
+        """Wait until the FIFO holds bytes (claimants only): how many (FIONREAD), or 0 once
+        no writer is left and it is empty (end of stream)."""
+        if not self._claimed:
+            raise RuntimeError("wait_fifo is for a claimant; call claim() first")
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("output pipe is closed")
+            available = fifo_bytes(self._fd)
+            if available:
+                await trio.lowlevel.checkpoint()
+                return available
+            if _hung_up(self._fd):
+                self._eof = True
+                await trio.lowlevel.checkpoint()
+                return 0
+            with trio.CancelScope() as self._claim_scope:
+                if self._exited:  # belt and braces: look again now and then
+                    self._claim_scope.deadline = trio.current_time() + EXITED_EOF_CHECK_SECONDS
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                finally:
+                    self._claim_scope = None
 
     def mark_exited(self) -> None:
         """The process exited: EOF may now come without poll(2) saying so.
@@ -180,6 +279,8 @@ class OutputPipe(trio.abc.ReceiveStream):
         self._exited = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        if self._claim_scope is not None:
+            self._claim_scope.cancel()
 
     def configure(self, *, mode: OutputMode | None = None, limit: int | None = None) -> None:
         """Change the mode or the buffer bound (e.g. from the ``attach_stdio`` callback)."""
@@ -202,8 +303,11 @@ class OutputPipe(trio.abc.ReceiveStream):
         """Copy from the FIFO until the last writer closes (run in the owner's nursery)."""
         try:
             while not self._closed:
-                if self._paused or (
-                    self._mode is OutputMode.BLOCKING and len(self._buffer) >= self._limit
+                if (
+                    self._paused
+                    or self._held
+                    or self._claimed
+                    or (self._mode is OutputMode.BLOCKING and len(self._buffer) >= self._limit)
                 ):
                     # Backpressure: leave the bytes in the FIFO; the writer blocks once the
                     # kernel's pipe buffer (and the shim's) is full.
@@ -225,7 +329,7 @@ class OutputPipe(trio.abc.ReceiveStream):
                     return
                 finally:
                     self._wait_scope = None
-                if self.paused:  # paused while we waited
+                if self._taken_over():  # paused or claimed while we waited
                     continue
                 want = _READ_CHUNK
                 if self._mode is OutputMode.BLOCKING:
@@ -247,6 +351,9 @@ class OutputPipe(trio.abc.ReceiveStream):
             self._eof = True
             self._readers.unpark_all()
 
+    def _taken_over(self) -> bool:
+        return self._paused or self._claimed
+
     async def receive_chunk(self, max_bytes: int | None = None) -> OutputChunk:
         """The next bytes and how many were dropped right before them.
 
@@ -254,6 +361,9 @@ class OutputPipe(trio.abc.ReceiveStream):
         """
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be positive")
+        if self._claimed:
+            raise trio.BusyResourceError("this output pipe is claimed by another consumer")
+        self._release_hold()
         while not self._buffer:
             if self._closed:
                 raise trio.ClosedResourceError("output pipe is closed")
@@ -270,10 +380,16 @@ class OutputPipe(trio.abc.ReceiveStream):
 
     def receive_nowait(self) -> OutputChunk:
         """Whatever is buffered now, without waiting (e.g. to flush it when shutting down)."""
+        self._release_hold()
         data = bytes(self._buffer)
         self._buffer.clear()
         self._room.unpark_all()
         return self._take_drop(data)
+
+    def _release_hold(self) -> None:
+        if self._held:
+            self._held = False
+            self._room.unpark_all()
 
     def _take_drop(self, data: bytes) -> OutputChunk:
         # Drops only ever remove the oldest buffered bytes, so every drop not reported yet
@@ -294,6 +410,12 @@ class OutputPipe(trio.abc.ReceiveStream):
     def close(self) -> None:
         if self._closed:
             return
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            try:
+                on_close()
+            except Exception:
+                log.exception("the consumer of %s failed to take its last bytes", self.path)
         self._closed = True
         trio.lowlevel.notify_closing(self._fd)
         os.close(self._fd)
@@ -303,6 +425,22 @@ class OutputPipe(trio.abc.ReceiveStream):
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()
+
+
+def fifo_bytes(fd: int) -> int:
+    """How many bytes the pipe holds (FIONREAD)."""
+    try:
+        raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+def _hung_up(fd: int) -> bool:
+    """True once no writer is left (POLLHUP; see ``OutputPipe._see_writer_close``)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
 
 
 def _check_limit(limit: int) -> int:
@@ -382,6 +520,7 @@ class DirectIO:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
+        self.reopened = False  # see DirectIO.open
         self._stdin_closed = stdin is None
 
     @classmethod
@@ -391,13 +530,19 @@ class DirectIO:
         *,
         buffer_limit: int = DEFAULT_OUTPUT_BUFFER,
         mode: OutputMode = OutputMode.BLOCKING,
+        reopened: bool = False,
     ) -> DirectIO:
-        """mkfifo and open our ends without blocking; on failure nothing is left behind."""
+        """mkfifo and open our ends without blocking; on failure nothing is left behind.
+
+        ``reopened``: the process exists already (a restart re-attaches). Its output pipes
+        read nothing until a consumer asks (see the module docstring) and ``reopened`` is
+        True, so a log knows the FIFOs still hold what a crash left in them.
+        """
         os.makedirs(fifos.directory, mode=0o700, exist_ok=True)
         opened: list[int] = []
         try:
             for path in fifos.paths():
-                _make_fifo(path)
+                _make_fifo(path, reopen=reopened)
             flags = os.O_NONBLOCK | os.O_CLOEXEC
             stdin = stdout = stderr = None
             if fifos.stdin:
@@ -408,17 +553,23 @@ class DirectIO:
             if fifos.stdout:
                 fd = os.open(fifos.stdout, os.O_RDONLY | flags)
                 opened.append(fd)
-                stdout = OutputPipe(fifos.stdout, fd, limit=buffer_limit, mode=mode)
+                stdout = OutputPipe(
+                    fifos.stdout, fd, limit=buffer_limit, mode=mode, reopened=reopened
+                )
             if fifos.stderr:
                 fd = os.open(fifos.stderr, os.O_RDONLY | flags)
                 opened.append(fd)
-                stderr = OutputPipe(fifos.stderr, fd, limit=buffer_limit, mode=mode)
+                stderr = OutputPipe(
+                    fifos.stderr, fd, limit=buffer_limit, mode=mode, reopened=reopened
+                )
         except BaseException:
             for fd in opened:
                 os.close(fd)
             _unlink_all(fifos.paths())
             raise
-        return cls(fifos, stdin, stdout, stderr)
+        io = cls(fifos, stdin, stdout, stderr)
+        io.reopened = reopened
+        return io
 
     def pipes(self) -> list[OutputPipe]:
         return [p for p in (self.stdout, self.stderr) if p is not None]

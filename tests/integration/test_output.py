@@ -181,3 +181,83 @@ async def test_paused_reading_leaves_output_in_the_fifo_for_the_next_consumer() 
             pipe.resume_reading()
             assert await pipe.receive_some() == b"second"
             nursery.cancel_scope.cancel()
+
+
+# -- a claimant that moves bytes itself (the control plane's log) ----------------------------
+
+
+async def test_a_claimed_pipe_is_left_to_its_claimant_and_reports_eof(tmp_path: Path) -> None:
+    with pipe_pair(limit=1000) as (pipe, write_fd):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.pump)
+            os.write(write_fd, b"read early")
+            await until(lambda: pipe.total_bytes == 10)
+            closing: list[int] = []
+            assert pipe.claim(lambda: closing.append(1)) == b"read early"  # the caller's now
+            with pytest.raises(trio.BusyResourceError):
+                pipe.claim()
+            os.write(write_fd, b"left in the fifo")
+            with trio.fail_after(10):
+                assert await pipe.wait_fifo() == 16
+            await trio.testing.wait_all_tasks_blocked()
+            assert pipe.total_bytes == 10  # the pump did not touch it
+            with pytest.raises(trio.BusyResourceError):
+                await pipe.receive_some()
+            assert os.read(pipe.fileno(), 100) == b"left in the fifo"
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, write_fd)  # the writer goes (the number stays for pipe_pair)
+            os.close(devnull)
+            with trio.fail_after(10):
+                assert await pipe.wait_fifo() == 0
+            assert pipe.eof
+            nursery.cancel_scope.cancel()
+        pipe.close()
+        assert closing == [1]  # the claimant's last chance ran before the fd closed
+    with (
+        pipe_pair(limit=10, mode=OutputMode.LOSSY) as (lossy, _write_fd),
+        pytest.raises(ValueError, match="blocking"),
+    ):
+        lossy.claim()
+
+
+async def test_a_reopened_fifo_is_read_by_nobody_until_asked_and_a_claimant_sees_eof(
+    tmp_path: Path,
+) -> None:
+    # After a restart the FIFO may still hold what a crash left: nothing reads it before its
+    # consumer decides how, and a claimant sees EOF even though the writer was there first.
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    keeper = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # the shim's own reader
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(writer, b"still here\n")
+    os.close(writer)  # the process ended while nobody read
+    held = OutputPipe(str(path), os.open(path, os.O_RDONLY | os.O_NONBLOCK), reopened=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held.pump)
+            await trio.testing.wait_all_tasks_blocked()
+            assert held.total_bytes == 0
+            assert held.claim() == b""
+            with trio.fail_after(10):
+                assert await held.wait_fifo() == 11
+            assert os.read(held.fileno(), 100) == b"still here\n"
+            with trio.fail_after(10):
+                assert await held.wait_fifo() == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        held.close()
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(writer, b"for a reader\n")
+    reader = OutputPipe(str(path), os.open(path, os.O_RDONLY | os.O_NONBLOCK), reopened=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.pump)
+            await trio.testing.wait_all_tasks_blocked()
+            assert reader.total_bytes == 0
+            with trio.fail_after(10):
+                assert await reader.receive_some() == b"for a reader\n"  # asking releases it
+            nursery.cancel_scope.cancel()
+    finally:
+        reader.close()
+        os.close(writer)
+        os.close(keeper)

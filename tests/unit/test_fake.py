@@ -568,7 +568,11 @@ async def test_a_container_removed_by_another_client_leaves_containers(
     fake: FakeContainerd, client: Client, tmp_path: Path
 ) -> None:
     """Another client's Containers.Delete ends our actor: 0 RPCs of ours, callers told."""
-    container = await client.new_container("elsewhere", spec(["true"]))
+    container = await client.new_container(
+        "elsewhere", spec(["true"]), labels={"kept": "for the watcher"}
+    )
+    told: list[tuple[str, str]] = []
+    stop = client.watch_deletions(lambda gone: told.append((gone.id, gone.labels["kept"])))
     other_remote = FakeRemote(fake, NS)
     before = client.statistics().rpc.calls
     await other_remote.containers_delete("elsewhere")
@@ -576,11 +580,16 @@ async def test_a_container_removed_by_another_client_leaves_containers(
         while [c.id for c in client.containers()]:
             await trio.sleep(0.01)
     assert rpc_delta(before, client.statistics().rpc.calls) == {}, "learned from the event"
+    assert told == [("elsewhere", "for the watcher")]  # with its labels, for the cleanup
+    stop()
     with pytest.raises(NotFound):
         await client.load_container("elsewhere")
     with pytest.raises(NotFound):
         await container.start()
     # Our own delete of another container is not mistaken for one from elsewhere.
     mine = await client.new_container("mine", spec(["true"]))
+    client.watch_deletions(lambda gone: told.append((gone.id, "")))
     await mine.delete()
     assert [c.id for c in client.containers()] == []
+    await trio.testing.wait_all_tasks_blocked()
+    assert told == [("elsewhere", "for the watcher")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,18 +12,25 @@ import trio
 import trio.testing
 
 from actors.core._logformat import (
+    FLAG_SPLICED,
+    HEADER_SIZE,
     MAX_PAYLOAD,
     RECORD_OVERHEAD,
     LogRecord,
     LogStream,
     TailCounter,
+    TailRepair,
     decode_records,
     encode_gap,
+    encode_header,
     encode_record,
+    encode_trailer,
     record_before,
+    tail_repair,
     valid_end,
 )
 from actors.core._logstore import LogConfig, LogReadOptions, LogStore
+from actors.core.stdio import fifo_bytes
 
 OUT, ERR = int(LogStream.STDOUT), int(LogStream.STDERR)
 
@@ -82,6 +90,53 @@ def test_a_torn_or_corrupt_record_is_detected() -> None:
     assert [r for _e, r in decode_records(flipped)][-1] is None
 
 
+def _spliced(stream: int, timestamp: int, data: bytes) -> bytes:
+    header = encode_header(stream, FLAG_SPLICED, len(data), timestamp)
+    return header + data + encode_trailer(header, data)
+
+
+def _plan(data: bytes) -> TailRepair:
+    return tail_repair(lambda o, n: data[o : o + n], len(data))
+
+
+def test_tail_repair_finds_what_a_crash_cut_short() -> None:
+    whole = encode_record(OUT, 1, b"one\n") + _spliced(ERR, 2, b"two\n")
+    assert [r for _e, r in decode_records(whole)][-1] == LogRecord(ERR, 2, b"two\n")
+    assert _plan(whole) == TailRepair(good=len(whole))
+    assert _plan(b"") == TailRepair(good=0)
+    record = _spliced(OUT, 7, b"0123456789")
+    # Killed between header and splice: all ten bytes are still in stdout's FIFO.
+    plan = _plan(whole + record[:HEADER_SIZE])
+    assert (plan.good, plan.stream, plan.length, plan.have, plan.missing) == (
+        len(whole),
+        OUT,
+        10,
+        0,
+        10,
+    )
+    assert plan.spliced and plan.timestamp == 7
+    # Killed in the middle of the splice: 4 moved, 6 left in the FIFO.
+    plan = _plan(whole + record[: HEADER_SIZE + 4])
+    assert (plan.good, plan.have, plan.missing) == (len(whole), 4, 6)
+    # Killed before the trailer (or in it): the payload is whole, only the trailer is due.
+    for cut in (0, 3, 7):
+        plan = _plan(whole + record[: HEADER_SIZE + 10 + cut])
+        assert (plan.good, plan.length, plan.have, plan.missing) == (len(whole), 10, 10, 0)
+    # A torn header: nothing of its payload left the FIFO; cut it.
+    assert _plan(whole + record[:9]) == TailRepair(good=len(whole))
+    # Not written by splice: the missing bytes are not in any FIFO (the caller reports them).
+    plain = encode_record(ERR, 3, b"abcdef")
+    plan = _plan(whole + plain[: HEADER_SIZE + 2])
+    assert (plan.stream, plan.have, plan.missing, plan.spliced) == (ERR, 2, 4, False)
+    # A whole record with a bad CRC is damage, not a crash; garbage is cut too.
+    damaged = bytearray(record)
+    damaged[HEADER_SIZE] ^= 0xFF
+    assert _plan(whole + bytes(damaged)) == TailRepair(good=len(whole))
+    assert _plan(whole + b"\x00" * 40) == TailRepair(good=len(whole))
+    # A gap record is never completed (its payload is no output).
+    assert _plan(whole + encode_gap(OUT, 1, 5)[:20]) == TailRepair(good=len(whole))
+
+
 @pytest.mark.parametrize(
     ("chunks", "lines", "expected"),
     [
@@ -130,9 +185,10 @@ async def test_append_read_and_reopen_after_a_restart(tmp_path: Path) -> None:
     assert text(await collect(again, streams=frozenset({OUT}))) == b"first\nsecond\n"
 
 
-async def test_a_torn_last_record_is_skipped_by_readers_and_cut_by_the_writer(
+async def test_a_torn_trailer_is_skipped_by_readers_and_rewritten_by_the_writer(
     tmp_path: Path,
 ) -> None:
+    # The payload is whole; only the trailer is short: nothing is lost, the record is kept.
     store = LogStore(tmp_path / "c")
     store.start_writing()
     store.append(OUT, b"kept\n", timestamp=1)
@@ -145,12 +201,35 @@ async def test_a_torn_last_record_is_skipped_by_readers_and_cut_by_the_writer(
     assert text(await collect(after_crash)) == b"kept\n"
     assert text(await collect(after_crash, tail=1)) == b"kept\n"
     after_crash.start_writing()
-    assert after_crash.statistics().recovered_bytes_discarded == size - 5 - len(
-        encode_record(OUT, 1, b"kept\n")
-    )
+    assert path.stat().st_size == size
+    stats = after_crash.statistics()
+    assert (stats.recovered_bytes_discarded, stats.recovered_bytes_lost) == (0, 0)
     after_crash.append(OUT, b"next\n", timestamp=3)
-    assert text(await collect(after_crash)) == b"kept\nnext\n"
+    assert text(await collect(after_crash)) == b"kept\ntorn by the crash\nnext\n"
     after_crash.finish()
+
+
+async def test_a_short_payload_written_from_memory_is_kept_and_the_rest_reported(
+    tmp_path: Path,
+) -> None:
+    # A record append() wrote (its bytes were in the crashed writer's memory): what reached
+    # the file stays, and the rest becomes a gap record, so readers are told.
+    store = LogStore(tmp_path / "c")
+    store.start_writing()
+    store.append(OUT, b"kept\n", timestamp=1)
+    store.append(ERR, b"0123456789", timestamp=2)
+    store.finish()
+    path = tmp_path / "c" / "log"
+    os.truncate(path, path.stat().st_size - 8 - 6)  # trailer and 6 payload bytes
+    after_crash = LogStore(tmp_path / "c")
+    after_crash.start_writing()
+    assert after_crash.statistics().recovered_bytes_lost == 6
+    after_crash.finish()
+    assert await collect(after_crash) == [
+        LogRecord(OUT, 1, b"kept\n"),
+        LogRecord(ERR, 2, b"0123"),
+        LogRecord(ERR, 2, b"", 6),
+    ]
 
 
 async def test_garbage_at_the_end_is_cut_too(tmp_path: Path) -> None:
@@ -323,17 +402,171 @@ async def test_a_failed_write_leaves_no_torn_record_and_the_retry_lands(
     store = LogStore(tmp_path / "c")
     store.start_writing()
     store.append(OUT, b"before\n", timestamp=1)
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def half_then_full(fd: int, data: object) -> int:
-        monkeypatch.setattr(os, "write", real_write)
-        written = real_write(fd, bytes(data)[:10])  # type: ignore[call-overload]
+    def half_then_full(fd: int, data: object, offset: int) -> int:
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        written = real_pwrite(fd, bytes(data)[:10], offset)  # type: ignore[call-overload]
         assert written == 10
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(OSError, match="No space"):
         store.append(OUT, b"during\n", timestamp=2)
     store.append(OUT, b"during\n", timestamp=2)  # the retry
     store.finish()
     assert text(await collect(store)) == b"before\nduring\n"
+
+
+# -- splicing from a FIFO, and completing what a crash interrupted --------------------------
+
+
+@contextlib.contextmanager
+def fifo(tmp_path: Path, name: str) -> Iterator[tuple[int, int]]:
+    """(our non-blocking reader, the writer) of a real FIFO."""
+    path = tmp_path / name
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        yield reader, writer
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def fionread(fd: int) -> int:
+    return fifo_bytes(fd)
+
+
+async def test_append_from_fifo_moves_exactly_what_the_fifo_holds(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "c")
+    store.start_writing()
+    with fifo(tmp_path, "out") as (reader, writer), fifo(tmp_path, "err") as (ereader, ewriter):
+        os.write(writer, b"hello\n")
+        os.write(ewriter, b"oops\n")
+        assert store.append_from_fifo(OUT, reader, fionread(reader)) == 6
+        assert store.append_from_fifo(ERR, ereader, fionread(ereader)) == 5
+        os.write(writer, b"x" * 50_000)
+        assert store.append_from_fifo(OUT, reader, fionread(reader)) == 50_000
+        assert fionread(reader) == fionread(ereader) == 0
+    store.finish()
+    records = await collect(store)
+    assert [(r.stream, r.data) for r in records] == [
+        (OUT, b"hello\n"),
+        (ERR, b"oops\n"),
+        (OUT, b"x" * 50_000),
+    ]
+    assert store.statistics().bytes_written == 50_011
+
+
+async def test_append_from_fifo_rotates_and_splits_at_the_size_limit(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "c", LogConfig(max_size=4096, max_files=10))
+    store.start_writing()
+    with fifo(tmp_path, "out") as (reader, writer):
+        os.write(writer, b"y" * 10_000)
+        while available := fionread(reader):
+            store.append_from_fifo(OUT, reader, available)
+    store.finish()
+    assert text(await collect(store)) == b"y" * 10_000
+    assert all(path.stat().st_size <= 4096 for path in store.files())
+    assert len(store.files()) > 2
+
+
+@pytest.mark.parametrize("cut", ["after_header", "mid_splice", "before_trailer", "torn_trailer"])
+async def test_a_record_a_kill_interrupted_is_completed_from_its_fifo(
+    tmp_path: Path, cut: str
+) -> None:
+    """Crafted crash states of a spliced record: the missing bytes are still at the head of
+    the FIFO; the next writer moves exactly those in, then what follows goes on as usual."""
+    directory = tmp_path / "c"
+    with fifo(tmp_path, "out") as (reader, writer), fifo(tmp_path, "err") as (ereader, ewriter):
+        store = LogStore(directory)
+        store.start_writing()
+        store.append(ERR, b"before\n", timestamp=1)
+        store.finish()
+        # What the killed writer left: the header for 10 bytes, and some of them moved.
+        os.write(writer, b"0123456789" + b"after\n")
+        header = encode_header(OUT, FLAG_SPLICED, 10, 2)
+        moved = {"after_header": 0, "mid_splice": 4, "before_trailer": 10, "torn_trailer": 10}
+        with (directory / "log").open("ab") as handle:
+            handle.write(header + os.read(reader, moved[cut]))
+            if cut == "torn_trailer":
+                handle.write(encode_trailer(header, b"0123456789")[:3])
+        os.write(ewriter, b"err later\n")
+        again = LogStore(directory)
+        again.start_writing({OUT: reader, ERR: ereader})
+        stats = again.statistics()
+        assert (stats.recovered_bytes_completed, stats.recovered_bytes_lost) == (10 - moved[cut], 0)
+        assert fionread(reader) == len(b"after\n")  # exactly the missing bytes were taken
+        assert fionread(ereader) == len(b"err later\n")  # the other stream untouched
+        again.append_from_fifo(OUT, reader, fionread(reader))
+        again.append_from_fifo(ERR, ereader, fionread(ereader))
+        again.finish()
+    records = await collect(again)
+    assert [(r.stream, r.data) for r in records] == [
+        (ERR, b"before\n"),
+        (OUT, b"0123456789"),
+        (OUT, b"after\n"),
+        (ERR, b"err later\n"),
+    ]
+    assert records[1].timestamp == 2
+
+
+async def test_a_record_whose_fifo_is_gone_keeps_what_it_has_and_reports_the_rest(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "c"
+    store = LogStore(directory)
+    store.start_writing()
+    store.finish()
+    header = encode_header(OUT, FLAG_SPLICED, 10, 5)
+    with (directory / "log").open("ab") as handle:
+        handle.write(header + b"0123")
+    # A new process's FIFO (or none) is not where those six bytes are: they are lost, said so.
+    again = LogStore(directory)
+    again.start_writing()
+    assert again.statistics().recovered_bytes_lost == 6
+    again.finish()
+    assert await collect(again) == [LogRecord(OUT, 5, b"0123"), LogRecord(OUT, 5, b"", 6)]
+    # Nothing moved at all: nothing kept, the whole announced length reported.
+    with (directory / "log").open("ab") as handle:
+        handle.write(encode_header(ERR, FLAG_SPLICED, 7, 6))
+    third = LogStore(directory)
+    third.start_writing()
+    third.finish()
+    assert (await collect(third))[-1] == LogRecord(ERR, 6, b"", 7)
+
+
+async def test_a_failed_splice_is_completed_by_the_next_append_of_that_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LogStore(tmp_path / "c")
+    store.start_writing()
+    real_pwrite = os.pwrite
+    with fifo(tmp_path, "out") as (reader, writer), fifo(tmp_path, "err") as (ereader, ewriter):
+        os.write(writer, b"0123456789")
+        os.write(ewriter, b"e\n")
+
+        def no_room_for_the_trailer(fd: int, data: object, offset: int) -> int:
+            if len(data) == 8:  # type: ignore[arg-type]
+                raise OSError(28, "No space left on device")
+            return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "pwrite", no_room_for_the_trailer)
+        with pytest.raises(OSError, match="No space"):
+            store.append_from_fifo(OUT, reader, fionread(reader))
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        assert fionread(reader) == 0  # the bytes are in the file, and only there
+        with pytest.raises(OSError, match="other stream"):
+            store.append_from_fifo(ERR, ereader, fionread(ereader))  # waits its turn
+        os.write(writer, b"more\n")
+        assert store.append_from_fifo(OUT, reader, fionread(reader)) == 0  # completes first
+        assert store.append_from_fifo(OUT, reader, fionread(reader)) == 5
+        assert store.append_from_fifo(ERR, ereader, fionread(ereader)) == 2
+    store.finish()
+    assert [(r.stream, r.data) for r in await collect(store)] == [
+        (OUT, b"0123456789"),
+        (OUT, b"more\n"),
+        (ERR, b"e\n"),
+    ]

@@ -1,0 +1,79 @@
+"""The FIFO keeper keeps a FIFO's bytes alive when every other process closed it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from actors.control._fifokeeper import FifoKeeper
+
+
+def _wait_for(predicate: object, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "the keeper did not get there in time"
+        time.sleep(0.05)
+
+
+def test_a_held_fifo_keeps_its_bytes_for_the_next_reader_and_is_let_go_once_drained(
+    tmp_path: Path,
+) -> None:
+    socket_path = tmp_path / "keeper.sock"
+    keeper = FifoKeeper(socket_path)
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # serve's reader
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # the shim's
+    try:
+        keeper.connect()
+        assert keeper.hold(str(fifo), reader)
+        os.write(writer, b"the last words")
+    finally:
+        os.close(writer)  # the process ended ...
+        os.close(reader)  # ... while serve was gone
+    keeper.close()
+    again = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the next serve
+    try:
+        assert os.read(again, 100) == b"the last words"
+    finally:
+        os.close(again)
+    # Drained, no writer, nobody connected: the keeper lets go and exits.
+    _wait_for(lambda: not socket_path.exists())
+
+
+def test_a_removed_fifo_is_let_go_and_a_second_keeper_defers_to_the_first(
+    tmp_path: Path,
+) -> None:
+    socket_path = tmp_path / "keeper.sock"
+    first, second = FifoKeeper(socket_path), FifoKeeper(socket_path)
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        first.connect()
+        second.connect()  # the same keeper: a second would have exited at once
+        assert first.hold(str(fifo), reader)
+        os.write(writer, b"unread")
+    finally:
+        os.close(reader)
+    first.close()
+    second.close()
+    os.unlink(fifo)  # the process was deleted: its FIFO removed, the bytes wanted by nobody
+    _wait_for(lambda: not socket_path.exists())
+    os.close(writer)
+
+
+def test_without_a_keeper_hold_says_so_and_returns_false(tmp_path: Path) -> None:
+    # A socket path that cannot be bound (its directory is a file): no keeper.
+    (tmp_path / "file").write_text("")
+    keeper = FifoKeeper(tmp_path / "file" / "keeper.sock")
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert keeper.hold(str(fifo), reader) is False
+        assert not keeper.connected
+    finally:
+        os.close(reader)
