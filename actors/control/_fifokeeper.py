@@ -29,8 +29,12 @@ START_TIMEOUT_SECONDS: Final = 10.0
 class FifoKeeper:
     """A connection to the keeper of ``socket_path``, starting the keeper if none runs."""
 
-    def __init__(self, socket_path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, socket_path: str | os.PathLike[str], *, sweep_seconds: float | None = None
+    ) -> None:
         self.socket_path = Path(socket_path)
+        # How often a keeper this starts re-checks what it holds (its default when None).
+        self.sweep_seconds = sweep_seconds
         self._socket: socket.socket | None = None
         self._warned = False
         self.held = 0
@@ -48,7 +52,13 @@ class FifoKeeper:
         except OSError:
             self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             subprocess.run(
-                [sys.executable, "-S", str(PROGRAM), str(self.socket_path)],
+                [
+                    sys.executable,
+                    "-S",
+                    str(PROGRAM),
+                    str(self.socket_path),
+                    *([] if self.sweep_seconds is None else [str(self.sweep_seconds)]),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
