@@ -8,21 +8,25 @@ unprotected, and the log says so once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
-__all__ = ["FifoKeeper"]
+import trio
+
+__all__ = ["FifoKeeper", "watch_keeper"]
 
 log = logging.getLogger("containerd_actors.logs")
 
 PROGRAM: Final = Path(__file__).with_name("_fifokeeper_main.py")
 SEND_TIMEOUT_SECONDS: Final = 2.0
+RETRY_SECONDS: Final = 1.0
 START_TIMEOUT_SECONDS: Final = 10.0
 
 
@@ -79,23 +83,19 @@ class FifoKeeper:
 
     def hold(self, path: str, fd: int) -> bool:
         """Have the keeper hold a duplicate of ``fd`` (the FIFO at ``path``). False (said
-        once in the log) if no keeper can be reached."""
-        message = b"hold\0" + os.fsencode(path)
-        for attempt in (1, 2):
-            try:
-                if self._socket is None:
-                    self.connect()
-                assert self._socket is not None
-                socket.send_fds(self._socket, [message], [fd])
-                self.held += 1
-                return True
-            except (OSError, subprocess.SubprocessError) as exc:
-                self.close()
-                if attempt == 2:
-                    self._warn(exc)
-                else:
-                    time.sleep(0.01)
-        return False
+        once in the log) if no keeper is connected: :func:`watch_keeper` connects again and
+        hands the new keeper every FIFO still drained, so nothing here blocks on a start."""
+        if self._socket is None:
+            self._warn(ConnectionError("not connected"))
+            return False
+        try:
+            socket.send_fds(self._socket, [b"hold\0" + os.fsencode(path)], [fd])
+        except OSError as exc:
+            self._warn(exc)
+            self.close()
+            return False
+        self.held += 1
+        return True
 
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:
@@ -109,5 +109,35 @@ class FifoKeeper:
     def close(self) -> None:
         """Disconnect (the keeper goes on holding what it holds, and exits once idle)."""
         if self._socket is not None:
+            with contextlib.suppress(RuntimeError):  # outside Trio nobody waits on it
+                trio.lowlevel.notify_closing(self._socket)
             self._socket.close()
             self._socket = None
+
+
+async def watch_keeper(
+    keeper: FifoKeeper,
+    drained: Mapping[str, Callable[[], int]],
+    *,
+    retry_seconds: float = RETRY_SECONDS,
+) -> NoReturn:
+    """Keep a keeper holding every FIFO in ``drained`` (path -> its reader's fd) until
+    cancelled: when the keeper goes away (killed: it never sends, so the connection turning
+    readable means it ended), start a new one and hand it each FIFO again."""
+    while True:
+        connection = keeper._socket
+        if connection is not None:
+            with contextlib.suppress(trio.ClosedResourceError):
+                await trio.lowlevel.wait_readable(connection)
+            if keeper._socket is connection:
+                log.warning("the FIFO keeper went away: starting another")
+                keeper.close()
+        try:
+            await trio.to_thread.run_sync(keeper.connect)
+        except (OSError, subprocess.SubprocessError) as exc:
+            keeper._warn(exc)
+            await trio.sleep(retry_seconds)
+            continue
+        for path, fileno in list(drained.items()):
+            with contextlib.suppress(OSError, trio.ClosedResourceError):
+                keeper.hold(path, fileno())

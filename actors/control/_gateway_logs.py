@@ -42,7 +42,7 @@ import trio
 from ..core._logformat import LogRecord, LogStream
 from ..core._logstore import LogConfig, LogReadOptions, LogStore
 from ..core.stdio import DEFAULT_OUTPUT_BUFFER, DirectIO, OutputMode, OutputPipe, fifo_bytes
-from ._fifokeeper import FifoKeeper
+from ._fifokeeper import FifoKeeper, watch_keeper
 
 __all__ = ["ContainerLogSettings", "LogManager", "timestamp_prefix"]
 
@@ -101,6 +101,8 @@ class LogManager:
         self._settings: dict[str, ContainerLogSettings] = {}
         self._draining: dict[str, int] = {}
         self._teeing: dict[str, int] = {}  # exec sessions writing to the log (opt-in)
+        # FIFO path -> its reader's fd, for every FIFO drained now: what a new keeper gets.
+        self._kept: dict[str, Callable[[], int]] = {}
         self._drain_ended = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._bytes = 0
@@ -116,6 +118,8 @@ class LogManager:
                     log.warning("cannot start the FIFO keeper: %s", exc)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.keeper is not None:
+                    nursery.start_soon(watch_keeper, self.keeper, self._kept)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -290,6 +294,7 @@ class LogManager:
             for pipe, stream in streams:
                 early = pipe.claim(functools.partial(self._last_bytes, store, pipe, stream))
                 if self.keeper is not None:
+                    self._kept[pipe.path] = pipe.fileno
                     self.keeper.hold(pipe.path, pipe.fileno())
                 copies.append(functools.partial(self._splice, store, pipe, stream, early))
         self._draining[container_id] = self._draining.get(container_id, 0) + 1
@@ -322,6 +327,8 @@ class LogManager:
                 )
         except trio.ClosedResourceError:
             return  # the process was deleted (its last bytes went in through on_close)
+        finally:
+            self._kept.pop(pipe.path, None)
 
     @staticmethod
     def _splice_once(store: LogStore, pipe: OutputPipe, stream: LogStream, available: int) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
-from actors.control._fifokeeper import FifoKeeper
+import trio
+
+from actors.control._fifokeeper import FifoKeeper, watch_keeper
 
 
 def _wait_for(predicate: object, seconds: float = 20.0) -> None:
@@ -14,6 +17,21 @@ def _wait_for(predicate: object, seconds: float = 20.0) -> None:
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, "the keeper did not get there in time"
         time.sleep(0.05)
+
+
+def _keeper_pid(socket_path: Path) -> int:
+    """The keeper serving ``socket_path`` (its command line names the socket)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"_fifokeeper_main.py") for a in argv) and (
+                os.fsencode(socket_path) in argv
+            ):
+                return int(entry.name)
+    raise AssertionError("no keeper runs for " + str(socket_path))
 
 
 def test_a_held_fifo_keeps_its_bytes_for_the_next_reader_and_is_let_go_once_drained(
@@ -81,3 +99,37 @@ def test_without_a_keeper_hold_says_so_and_returns_false(tmp_path: Path) -> None
         assert not keeper.connected
     finally:
         os.close(reader)
+
+
+async def test_a_killed_keeper_is_replaced_and_handed_every_drained_fifo_again(
+    tmp_path: Path,
+) -> None:
+    socket_path = tmp_path / "keeper.sock"
+    keeper = FifoKeeper(socket_path, sweep_seconds=0.2)
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # serve's drain
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # the shim's
+    drained = {str(fifo): lambda: reader}
+    try:
+        await trio.to_thread.run_sync(keeper.connect)
+        assert keeper.hold(str(fifo), reader)
+        first = _keeper_pid(socket_path)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_keeper, keeper, drained)
+            os.kill(first, signal.SIGKILL)  # what it held dies with it
+            with trio.fail_after(20):
+                while keeper.held < 2:
+                    await trio.sleep(0.05)
+            assert _keeper_pid(socket_path) != first
+            nursery.cancel_scope.cancel()
+        os.write(writer, b"kept by the second keeper")
+    finally:
+        keeper.close()  # serve is gone ...
+        os.close(writer)  # ... when the process ends
+        os.close(reader)
+    again = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the next serve
+    try:
+        assert os.read(again, 100) == b"kept by the second keeper"
+    finally:
+        os.close(again)
