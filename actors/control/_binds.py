@@ -215,16 +215,22 @@ def _umount(target: str) -> None:
         raise OSError(errno, os.strerror(errno), target)
 
 
-def stage(pinned: list[PinnedSource], staging_dir: str, container_id: str) -> tuple[str, list[str]]:
+def stage(
+    pinned: list[PinnedSource], staging_dir: str, container_id: str, namespace: str = ""
+) -> tuple[str, list[str]]:
     """Bind-mount each pinned source onto a fresh target; the directory and the targets.
 
     The directory is new (random suffix) and root-only, so nothing else can have put a
-    symlink there. On failure everything staged so far is removed.
+    symlink there. On failure everything staged so far is removed. Its name starts with
+    ``namespace@`` (no namespace or container id holds an ``@``), so a serve can tell its
+    own staged binds from another namespace's in the shared directory
+    (:func:`staged_entries`).
     """
     os.makedirs(staging_dir, mode=0o700, exist_ok=True)
     if os.stat(staging_dir, follow_symlinks=False).st_uid != os.getuid():
         raise PermissionError(f"staging directory {staging_dir} is not ours")
-    directory = os.path.join(staging_dir, f"{container_id}.{secrets.token_hex(4)}")
+    owner = f"{namespace}@" if namespace else ""
+    directory = os.path.join(staging_dir, f"{owner}{container_id}.{secrets.token_hex(4)}")
     os.mkdir(directory, 0o700)
     targets: list[str] = []
     try:
@@ -242,6 +248,21 @@ def stage(pinned: list[PinnedSource], staging_dir: str, container_id: str) -> tu
         unstage(directory, staging_dir)
         raise
     return directory, targets
+
+
+def staged_entries(staging_dir: str, namespace: str) -> list[tuple[str, str]]:
+    """(directory, container id) of every staging directory :func:`stage` made for
+    ``namespace``."""
+    prefix = f"{namespace}@"
+    try:
+        names = os.listdir(staging_dir)
+    except FileNotFoundError:
+        return []
+    return [
+        (os.path.join(staging_dir, name), name[len(prefix) :].rsplit(".", 1)[0])
+        for name in sorted(names)
+        if name.startswith(prefix) and "." in name[len(prefix) :]
+    ]
 
 
 def unstage(directory: str, staging_dir: str) -> None:

@@ -517,7 +517,12 @@ def _bind_mount(
 
 
 def stage_bind_sources(
-    what: str, spec: Spec, requested: Sequence[MountParams], policy: SpecPolicy, container_id: str
+    what: str,
+    spec: Spec,
+    requested: Sequence[MountParams],
+    policy: SpecPolicy,
+    container_id: str,
+    namespace: str = "",
 ) -> str | None:
     """Pin every requested bind source again and point ``spec`` at staged mounts of them.
 
@@ -537,7 +542,7 @@ def stage_bind_sources(
         for entry in requested:
             pinned.append(open_source(what, entry.source, policy.allowed_bind_roots, protected))
         try:
-            directory, targets = stage(pinned, policy.bind_staging_dir, container_id)
+            directory, targets = stage(pinned, policy.bind_staging_dir, container_id, namespace)
         except FileNotFoundError:
             # A pinned directory was removed before the mount; nothing is left staged.
             raise InvalidArgument(

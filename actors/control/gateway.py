@@ -65,7 +65,7 @@ from ..errors import (
 from ..images._api import Image
 from . import _frames as frames
 from . import _protocol as proto
-from ._binds import unstage
+from ._binds import staged_entries, unstage
 from ._etcfiles import remove_container_files, write_container_files
 from ._gateway_logs import ContainerLogSettings, LogManager, send_log_frames
 from ._images_rpc import ImageMethods
@@ -390,7 +390,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 await nursery.start(self.logs.run)
-                await self._sweep_orphan_logs()
+                await self._sweep_orphans()
                 await self._drain_restored()
                 await nursery.start(self._watch_events)
                 await nursery.start(server.run)
@@ -405,20 +405,40 @@ class Gateway:
     def _count_internal_error(self) -> None:
         self._internal_errors += 1
 
-    async def _sweep_orphan_logs(self) -> None:
-        """Logs of containers deleted while no serve was running (``ctr c rm``) go now.
+    async def _sweep_orphans(self) -> None:
+        """Logs and staged binds of containers deleted while no serve was running
+        (``ctr c rm``) go now.
 
-        Only a log whose container containerd does not know is removed (one Containers.Get
-        per log the client does not supervise: none after a restore, which found them all).
+        Only what belongs to a container containerd does not know is removed (one
+        Containers.Get per container id the client does not supervise: none after a restore,
+        which found them all). Staged binds are told apart by namespace
+        (:func:`~actors.control._binds.staged_entries`); a directory a live container's
+        label names is kept.
         """
-        for container_id in self.logs.unknown({c.id for c in self.client.containers()}):
+        known = {c.id for c in self.client.containers()}
+        staging = self.config.policy.bind_staging_dir
+        referenced = {c.labels.get(BINDS_LABEL) for c in self._ours()}
+        unstaged = [
+            (directory, cid)
+            for directory, cid in staged_entries(staging, self.client.namespace)
+            if directory not in referenced and cid not in known
+        ]
+        candidates = sorted(set(self.logs.unknown(known)) | {cid for _, cid in unstaged})
+        gone: set[str] = set()
+        for container_id in candidates:
             try:
                 await self.client.load_container(container_id)
             except NotFound:
-                self.logs.remove(container_id)
-                log.info("removed the log of %s: the container no longer exists", container_id)
+                gone.add(container_id)
             except (ContainerdError, ValueError) as exc:
                 log.warning("cannot tell whether %s still exists: %s", container_id, exc)
+        for container_id in sorted(gone & set(self.logs.unknown(known))):
+            self.logs.remove(container_id)
+            log.info("removed the log of %s: the container no longer exists", container_id)
+        for directory, container_id in unstaged:
+            if container_id in gone:
+                await trio.to_thread.run_sync(unstage, directory, staging)
+                log.info("unstaged the binds of %s: the container no longer exists", container_id)
 
     def _deleted_elsewhere(self, container: Container) -> None:
         """Another client deleted one of our containers: remove what we kept for it (its
@@ -745,7 +765,7 @@ class Gateway:
         spec = build_container_spec(params, policy, namespace=client.namespace, image=image)
         settings = _log_settings(params.log)
         staged = stage_bind_sources(
-            f"container {params.id!r}", spec, params.mounts, policy, params.id
+            f"container {params.id!r}", spec, params.mounts, policy, params.id, client.namespace
         )
         if staged is not None:
             labels[BINDS_LABEL] = staged

@@ -6,7 +6,6 @@ on the host. Loops are bounded in count and time; everything targets loopback.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from actors import (
     open_client,
 )
 from actors.containerd._embedded import PrivateContainerd
-from actors.control._binds import DEFAULT_STAGING_DIR
+from actors.control._binds import DEFAULT_STAGING_DIR, staged_entries
 from actors.control._policy import SpecPolicy
 from actors.control.gateway import Gateway, GatewayConfig
 from actors.control.gateway_client import GatewayClient, connect_gateway
@@ -72,10 +71,7 @@ async def _remove(gw: GatewayClient, cid: str) -> None:
 
 
 def _staged(cid: str) -> list[str]:
-    try:
-        return [n for n in os.listdir(DEFAULT_STAGING_DIR) if n.startswith(f"{cid}.")]
-    except FileNotFoundError:
-        return []
+    return [path for path, owner in staged_entries(DEFAULT_STAGING_DIR, NAMESPACE) if owner == cid]
 
 
 async def _run(gw: GatewayClient, cid: str, params: dict[str, Any]) -> int:

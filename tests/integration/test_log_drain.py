@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from actors.containerd._embedded import PrivateContainerd
-from actors.control._binds import DEFAULT_STAGING_DIR, unstage
+from actors.control._binds import DEFAULT_STAGING_DIR, staged_entries
 from actors.control.gateway_client import GatewayClient, connect_gateway
 from actors.testing import crash_actor
 
@@ -96,11 +96,13 @@ def ctr(daemon: PrivateContainerd, *args: str) -> str:
     ).stdout
 
 
+def mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as table:
+        return any(line.split()[4] == path for line in table)
+
+
 def staged(cid: str) -> list[str]:
-    try:
-        return [n for n in os.listdir(DEFAULT_STAGING_DIR) if n.startswith(f"{cid}.")]
-    except FileNotFoundError:
-        return []
+    return [path for path, owner in staged_entries(DEFAULT_STAGING_DIR, NAMESPACE) if owner == cid]
 
 
 async def test_a_container_removed_with_ctr_loses_its_log_and_staged_binds(
@@ -142,14 +144,17 @@ async def test_a_container_removed_with_ctr_loses_its_log_and_staged_binds(
     listed = ctr(containerd, "containers", "ls", "-q").split()
     orphans = [d.name for d in log_root.iterdir() if d.is_dir() and d.name not in listed]
     assert away in orphans
+    [left] = staged(away)
+    assert mounted(os.path.join(left, "0"))
     async with serve(containerd, io_dir, rootfs, tmp_path) as served:
         assert not served.gateway.logs.directory(away).exists()
-        # One Containers.Get per log whose container the restore did not find, no more.
+        # Its staged binds too: named by namespace, so told apart from another serve's.
+        assert staged(away) == []
+        assert not os.path.exists(left)
+        assert not mounted(os.path.join(left, "0"))
+        # One Containers.Get per container the restore did not find (log and binds share
+        # it), no more.
         assert served.client.statistics().rpc.calls.get("Containers.Get", 0) == len(orphans)
-    # Its staged binds cannot be told apart from another namespace's by a new serve
-    # (the staging directory is shared): unstaged here by hand, as an operator would.
-    for name in staged(away):
-        unstage(os.path.join(DEFAULT_STAGING_DIR, name), DEFAULT_STAGING_DIR)
 
 
 # -- exec output in the log: opt-in per container (--log-execs), off by default -------------
