@@ -8,14 +8,12 @@ hostile file fails cleanly and leaves no container and no snapshot behind.
 from __future__ import annotations
 
 import io
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from actors import Client, Image, image_spec, open_client
+from actors import Client, Image, image_spec
 from actors.containerd._embedded import PrivateContainerd
 from actors.control.gateway_client import GatewayError, connect_gateway
 from actors.errors import InvalidArgument
@@ -23,6 +21,7 @@ from actors.images._platform import host_platform
 from tests.imagebuilder import ExtraEntry, Fifo, Symlink, build_image, layout_tar
 
 from ...conftest import unique_id
+from .ctrtools import ctr
 from .test_images_gateway import serve_like
 
 pytestmark = pytest.mark.integration
@@ -40,24 +39,6 @@ GROUP = (
     b"root:x:0:\nwww-data:x:33:\nstaff:x:50:app\napp:x:1000:\nextra:x:60:other,app\nother:x:1001:\n"
 )
 ID_SCRIPT = ["/bin/sh", "-c", "echo $(id -u) $(id -g) $(id -G | tr ' ' '\\n' | sort -n)"]
-
-
-def ctr(daemon: PrivateContainerd, namespace: str, *args: str) -> str:
-    return subprocess.run(
-        ["ctr", "-a", daemon.address, "-n", namespace, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-
-
-@pytest.fixture
-async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
-    async with open_client(
-        containerd.address, unique_id("usr").replace("_", "-"), state_dir=str(io_dir)
-    ) as client:
-        yield client
 
 
 async def load(

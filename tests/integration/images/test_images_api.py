@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,31 +20,12 @@ from tests.imagebuilder import BuiltImage, build_image, layout_tar, skopeo_push
 from tests.registry_fixture import LocalRegistry, require_tools
 
 from ...conftest import unique_id
+from .ctrtools import ctr, ctr_lines, snapshots
 
 pytestmark = pytest.mark.integration
 
 HOST = str(host_platform())
 OTHER = "linux/arm64" if HOST != "linux/arm64" else "linux/amd64"
-
-
-def ctr(daemon: PrivateContainerd, namespace: str, *args: str) -> str:
-    return subprocess.run(
-        ["ctr", "-a", daemon.address, "-n", namespace, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-
-
-def ctr_lines(daemon: PrivateContainerd, namespace: str, *args: str) -> list[str]:
-    return ctr(daemon, namespace, *args, "-q").split()
-
-
-def snapshots(daemon: PrivateContainerd, client: Client) -> list[str]:
-    snapshotter = client.images.store._snapshotter or "overlayfs"
-    out = ctr(daemon, client.namespace, "snapshots", "--snapshotter", snapshotter, "ls")
-    return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
 
 
 @pytest.fixture(scope="session")
@@ -59,14 +38,6 @@ def pushed(
     reference = f"{registry.host}/api/busybox:v1"
     skopeo_push(base / "layout", "v1", reference)
     return reference, image
-
-
-@pytest.fixture
-async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
-    async with open_client(
-        containerd.address, unique_id("img").replace("_", "-"), state_dir=str(io_dir)
-    ) as client:
-        yield client
 
 
 async def run_output(client: Client, image: Image | str, **overrides: object) -> tuple[int, bytes]:

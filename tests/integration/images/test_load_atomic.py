@@ -8,14 +8,12 @@ GC leaves nothing of what the load wrote.
 from __future__ import annotations
 
 import io
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from actors import Client, open_client
+from actors import Client
 from actors.containerd._embedded import PrivateContainerd
 from actors.errors import DataLoss
 from actors.images._media import ANNOTATION_REF_NAME, OCI_INDEX, Descriptor, Index, encode
@@ -23,41 +21,11 @@ from actors.images._platform import host_platform
 from tests.imagebuilder import BuiltImage, build_image, layout_tar
 
 from ...conftest import unique_id
+from .ctrtools import ctr_lines, snapshots
 
 pytestmark = pytest.mark.integration
 
 HOST = str(host_platform())
-
-
-def ctr_lines(daemon: PrivateContainerd, namespace: str, *args: str) -> list[str]:
-    return subprocess.run(
-        ["ctr", "-a", daemon.address, "-n", namespace, *args, "-q"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.split()
-
-
-def active_and_committed(daemon: PrivateContainerd, client: Client) -> list[str]:
-    snapshotter = client.images.store._snapshotter or "overlayfs"
-    command = ["ctr", "-a", daemon.address, "-n", client.namespace, "snapshots"]
-    out = subprocess.run(
-        [*command, "--snapshotter", snapshotter, "ls"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
-
-
-@pytest.fixture
-async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
-    async with open_client(
-        containerd.address, unique_id("load").replace("_", "-"), state_dir=str(io_dir)
-    ) as client:
-        yield client
 
 
 def archive_of(images: list[tuple[str, BuiltImage]], layout: Path) -> bytes:
@@ -114,4 +82,4 @@ async def test_an_archive_with_a_corrupt_second_image_loads_nothing(
         await client.images.store.collect_garbage()
     for kind in ("images", "content", "leases"):
         assert ctr_lines(containerd, client.namespace, kind, "ls") == [], kind
-    assert active_and_committed(containerd, client) == []
+    assert snapshots(containerd, client) == []

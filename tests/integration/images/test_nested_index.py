@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import subprocess
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,42 +25,12 @@ from tests.imagebuilder import BuiltImage, build_image, layout_tar, skopeo_push,
 from tests.registry_fixture import LocalRegistry, require_tools
 
 from ...conftest import unique_id
+from .ctrtools import ctr_lines, snapshots
 
 pytestmark = pytest.mark.integration
 
 HOST = str(host_platform())
 OTHER = "linux/arm64" if HOST != "linux/arm64" else "linux/amd64"
-
-
-def ctr_lines(daemon: PrivateContainerd, namespace: str, *args: str) -> list[str]:
-    return subprocess.run(
-        ["ctr", "-a", daemon.address, "-n", namespace, *args, "-q"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.split()
-
-
-def snapshots(daemon: PrivateContainerd, client: Client) -> list[str]:
-    snapshotter = client.images.store._snapshotter or "overlayfs"
-    command = ["ctr", "-a", daemon.address, "-n", client.namespace, "snapshots"]
-    out = subprocess.run(
-        [*command, "--snapshotter", snapshotter, "ls"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
-
-
-@pytest.fixture
-async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
-    async with open_client(
-        containerd.address, unique_id("nest").replace("_", "-"), state_dir=str(io_dir)
-    ) as client:
-        yield client
 
 
 def put_manifest(registry: LocalRegistry, repository: str, tag: str, body: bytes) -> int:

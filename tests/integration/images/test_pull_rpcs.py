@@ -11,27 +11,20 @@ their one COMMIT answers AlreadyExists when they are present.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import trio
 
-from actors import Client, LayerProgress, open_client
-from actors.containerd._embedded import PrivateContainerd
+from actors import Client, LayerProgress
 from actors.images._ingest import CHUNK_SIZE
 from actors.images._platform import host_platform
 from tests.imagebuilder import BuiltImage, build_image, skopeo_push
 from tests.registry_fixture import LocalRegistry, require_tools
 
-from ...conftest import unique_id
+from .ctrtools import rpc_delta
 
 HOST = str(host_platform())
 OTHER = "linux/arm64" if HOST != "linux/arm64" else "linux/amd64"
-
-
-def rpc_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +45,6 @@ def big_image(
     reference = f"{registry.host}/rpcs/big-{os.getpid()}:v1"
     skopeo_push(base / "layout", "v1", reference)
     return reference, built
-
-
-@pytest.fixture
-async def ns_client(containerd: PrivateContainerd, io_dir: Path) -> AsyncIterator[Client]:
-    async with open_client(
-        containerd.address, unique_id("rpcs").replace("_", "-"), state_dir=str(io_dir)
-    ) as client:
-        yield client
 
 
 async def test_pull_costs_one_write_per_blob_and_no_info_for_big_layers(
