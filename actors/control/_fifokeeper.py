@@ -25,7 +25,7 @@ __all__ = ["FifoKeeper", "watch_keeper"]
 log = logging.getLogger("containerd_actors.logs")
 
 PROGRAM: Final = Path(__file__).with_name("_fifokeeper_main.py")
-SEND_TIMEOUT_SECONDS: Final = 2.0
+CONNECT_TIMEOUT_SECONDS: Final = 2.0
 RETRY_SECONDS: Final = 1.0
 START_TIMEOUT_SECONDS: Final = 10.0
 
@@ -46,6 +46,11 @@ class FifoKeeper:
     @property
     def connected(self) -> bool:
         return self._socket is not None
+
+    @property
+    def connection(self) -> socket.socket | None:
+        """The socket to the keeper, for :func:`watch_keeper` to wait on."""
+        return self._socket
 
     def connect(self) -> None:
         """Connect, starting the keeper first if needed (blocking: run it in a thread)."""
@@ -74,30 +79,33 @@ class FifoKeeper:
     def _try_connect(self) -> socket.socket:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            connection.settimeout(SEND_TIMEOUT_SECONDS)
+            connection.settimeout(CONNECT_TIMEOUT_SECONDS)
             connection.connect(str(self.socket_path))
+            # hold() runs on the Trio thread: a keeper that stops taking messages makes it
+            # fail (and the watcher reconnect), never wait.
+            connection.setblocking(False)
         except BaseException:
             connection.close()
             raise
         return connection
 
     def hold(self, path: str, fd: int) -> bool:
-        """Have the keeper hold a duplicate of ``fd`` (the FIFO at ``path``). False (said
-        once in the log) if no keeper is connected: :func:`watch_keeper` connects again and
-        hands the new keeper every FIFO still drained, so nothing here blocks on a start."""
+        """Have the keeper hold a duplicate of ``fd`` (the FIFO at ``path``); never blocks.
+        False if no keeper took it: :func:`watch_keeper` then (re)starts one and hands it
+        every FIFO still drained, this one included."""
         if self._socket is None:
-            self._warn(ConnectionError("not connected"))
             return False
         try:
             socket.send_fds(self._socket, [b"hold\0" + os.fsencode(path)], [fd])
         except OSError as exc:
-            self._warn(exc)
+            log.warning("the FIFO keeper did not take %s (%s): reconnecting", path, exc)
             self.close()
             return False
         self.held += 1
         return True
 
-    def _warn(self, exc: BaseException) -> None:
+    def warn_unavailable(self, exc: BaseException) -> None:
+        """Said once: without a keeper, what a FIFO holds dies with its last opener."""
         if not self._warned:
             self._warned = True
             log.warning(
@@ -125,17 +133,17 @@ async def watch_keeper(
     cancelled: when the keeper goes away (killed: it never sends, so the connection turning
     readable means it ended), start a new one and hand it each FIFO again."""
     while True:
-        connection = keeper._socket
+        connection = keeper.connection
         if connection is not None:
             with contextlib.suppress(trio.ClosedResourceError):
                 await trio.lowlevel.wait_readable(connection)
-            if keeper._socket is connection:
+            if keeper.connection is connection:
                 log.warning("the FIFO keeper went away: starting another")
                 keeper.close()
         try:
             await trio.to_thread.run_sync(keeper.connect)
         except (OSError, subprocess.SubprocessError) as exc:
-            keeper._warn(exc)
+            keeper.warn_unavailable(exc)
             await trio.sleep(retry_seconds)
             continue
         for path, fileno in list(drained.items()):

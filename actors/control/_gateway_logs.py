@@ -114,8 +114,8 @@ class LogManager:
             if self.keeper is not None:
                 try:
                     await trio.to_thread.run_sync(self.keeper.connect)
-                except Exception as exc:  # serve runs on; hold() retries and warns once
-                    log.warning("cannot start the FIFO keeper: %s", exc)
+                except Exception as exc:  # serve runs on; watch_keeper retries and warns
+                    log.warning("cannot start the FIFO keeper yet: %s", exc)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.keeper is not None:

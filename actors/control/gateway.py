@@ -423,7 +423,8 @@ class Gateway:
             for directory, cid in staged_entries(staging, self.client.namespace)
             if directory not in referenced and cid not in known
         ]
-        candidates = sorted(set(self.logs.unknown(known)) | {cid for _, cid in unstaged})
+        orphan_logs = set(self.logs.unknown(known))
+        candidates = sorted(orphan_logs | {cid for _, cid in unstaged})
         gone: set[str] = set()
         for container_id in candidates:
             try:
@@ -432,7 +433,7 @@ class Gateway:
                 gone.add(container_id)
             except (ContainerdError, ValueError) as exc:
                 log.warning("cannot tell whether %s still exists: %s", container_id, exc)
-        for container_id in sorted(gone & set(self.logs.unknown(known))):
+        for container_id in sorted(gone & orphan_logs):
             self.logs.remove(container_id)
             log.info("removed the log of %s: the container no longer exists", container_id)
         for directory, container_id in unstaged:

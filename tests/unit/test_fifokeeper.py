@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from actors.control._fifokeeper import FifoKeeper, watch_keeper
@@ -87,15 +90,31 @@ def test_a_removed_fifo_is_let_go_and_a_second_keeper_defers_to_the_first(
     os.close(writer)
 
 
-def test_without_a_keeper_hold_says_so_and_returns_false(tmp_path: Path) -> None:
-    # A socket path that cannot be bound (its directory is a file): no keeper.
+async def test_without_a_keeper_hold_returns_false_and_the_watcher_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A socket path that cannot be bound (its directory is a file): no keeper can start.
     (tmp_path / "file").write_text("")
     keeper = FifoKeeper(tmp_path / "file" / "keeper.sock")
     fifo = tmp_path / "out"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
+        with pytest.raises((OSError, subprocess.SubprocessError)):
+            keeper.connect()
         assert keeper.hold(str(fifo), reader) is False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(
+                    watch_keeper, keeper, {str(fifo): lambda: reader}, retry_seconds=0.01
+                )
+            )
+            with trio.fail_after(20):
+                while "no FIFO keeper" not in caplog.text:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)  # several more failed starts ...
+            nursery.cancel_scope.cancel()
+        assert caplog.text.count("no FIFO keeper") == 1  # ... said once
         assert not keeper.connected
     finally:
         os.close(reader)
